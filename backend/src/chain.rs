@@ -1,0 +1,110 @@
+//! Descriptor chain walking (virtio 1.x 2.7.5 and 2.7.5.3), hardened against hostile guests.
+//!
+//! [`walk`] follows a chain from its head, through at most one indirect table, and
+//! translates each buffer into a [`SegList`]. Every rule a guest can break is an
+//! error here rather than a truncated chain, so the caller can count it: a head or
+//! `next` out of range, a loop (more descriptors than the table holds), a nested
+//! indirect table, INDIRECT together with NEXT, a table of bad length or outside
+//! memory, a buffer outside memory or straddling regions, the wrong direction, too
+//! many buffers, or a total length past 4 GiB.
+
+use crate::guest_mem::{HostBuf, MemMap};
+use crate::seglist::SegList;
+use crate::split_ring::{read_desc, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+
+/// Why a chain was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The head index is not below the queue size.
+    #[error("head index {0} out of range")]
+    HeadOutOfRange(u16),
+    /// A `next` index is not below the table size.
+    #[error("next index {0} out of range")]
+    NextOutOfRange(u16),
+    /// The chain has more descriptors than its table: a loop.
+    #[error("descriptor chain loops or is longer than its table")]
+    Loop,
+    /// An indirect table's length is zero or not a multiple of 16.
+    #[error("indirect table of bad length {0}")]
+    IndirectLength(u32),
+    /// An indirect descriptor inside an indirect table.
+    #[error("nested indirect table")]
+    IndirectNested,
+    /// INDIRECT and NEXT both set.
+    #[error("indirect descriptor with NEXT set")]
+    IndirectWithNext,
+    /// An indirect table not inside guest memory.
+    #[error("indirect table outside guest memory")]
+    IndirectOutsideMemory,
+    /// A buffer not inside one region of guest memory.
+    #[error("buffer outside guest memory")]
+    BufferOutsideMemory,
+    /// A device-writable buffer where a readable one is needed, or the reverse.
+    #[error("buffer of the wrong direction")]
+    WrongDirection,
+    /// More buffers than a frame may have, or more than 4 GiB in all.
+    #[error("too many buffers in one chain")]
+    TooManyBuffers,
+}
+
+/// Walks the chain at `head`, appending its buffers to `out` (cleared first).
+/// `writable` selects the direction every buffer must have.
+pub fn walk(
+    ring: &SplitRing,
+    map: &MemMap,
+    head: u16,
+    writable: bool,
+    out: &mut SegList,
+) -> Result<(), ChainError> {
+    out.clear();
+    let size = u32::from(ring.size());
+    if u32::from(head) >= size {
+        return Err(ChainError::HeadOutOfRange(head));
+    }
+    let mut table: HostBuf = *ring.desc_table();
+    let mut count = size;
+    let mut index = u32::from(head);
+    let mut budget = size;
+    let mut indirect = false;
+    loop {
+        let d = read_desc(&table, count, index).ok_or(ChainError::NextOutOfRange(index as u16))?;
+        if d.flags & DESC_F_INDIRECT != 0 {
+            if indirect {
+                return Err(ChainError::IndirectNested);
+            }
+            if d.flags & DESC_F_NEXT != 0 {
+                return Err(ChainError::IndirectWithNext);
+            }
+            if d.len == 0 || !d.len.is_multiple_of(16) || d.len / 16 > 65536 {
+                return Err(ChainError::IndirectLength(d.len));
+            }
+            table = map
+                .translate(d.addr, d.len)
+                .ok_or(ChainError::IndirectOutsideMemory)?;
+            count = d.len / 16;
+            budget = count;
+            index = 0;
+            indirect = true;
+            continue;
+        }
+        if budget == 0 {
+            return Err(ChainError::Loop);
+        }
+        budget -= 1;
+        if (d.flags & DESC_F_WRITE != 0) != writable {
+            return Err(ChainError::WrongDirection);
+        }
+        if d.len > 0 {
+            let buf = map
+                .translate(d.addr, d.len)
+                .ok_or(ChainError::BufferOutsideMemory)?;
+            if !out.push(buf) {
+                return Err(ChainError::TooManyBuffers);
+            }
+        }
+        if d.flags & DESC_F_NEXT == 0 {
+            return Ok(());
+        }
+        index = u32::from(d.next);
+    }
+}

@@ -1,0 +1,33 @@
+//! vpmd's vhost-user virtio-net device.
+//!
+//! Control plane (vhost-user protocol, one thread per port):
+//! - [`connection`]: a port's socket in server or client role, across reconnects.
+//! - [`device`]: the `VhostUserBackend` of one connection: features, config space,
+//!   publishing started rings to the polling threads.
+//! - [`features`]: offered virtio / vhost-user features and the config space.
+//! - [`port`]: [`port::VirtioNetPort`], what polling threads hold: identity and live rings.
+//!
+//! Data path (called by polling threads, one burst at a time):
+//! - [`virtqueue`]: one burst on one queue: lock, map, pop, push used, publish once, notify once.
+//! - [`net`]: virtio-net frames: take one from a TX chain, deliver one into RX buffers.
+//! - [`chain`]: descriptor chain walking with every guest error reported.
+//! - [`split_ring`]: raw access to the split ring's areas.
+//! - [`seglist`]: a chain's buffers as host segments, and the one frame copy.
+//! - [`guest_mem`]: guest-physical to host translation, bounds-checked.
+#![deny(unsafe_code)]
+
+pub mod chain;
+pub mod connection;
+pub mod device;
+pub mod features;
+pub mod guest_mem;
+pub mod net;
+pub mod port;
+pub mod seglist;
+pub mod split_ring;
+pub mod virtqueue;
+
+/// The memory type every vring and snapshot uses (no dirty-page bitmap).
+pub type GuestMemoryAtomicMmap = vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap>;
+/// A vring shared between the vhost-user thread and the polling threads.
+pub type Vring = vhost_user_backend::VringRwLock<GuestMemoryAtomicMmap>;

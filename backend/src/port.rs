@@ -1,0 +1,120 @@
+//! A vhost-user virtio-net port as the polling threads see it.
+//!
+//! A [`VirtioNetPort`] outlives connections: it has a name, a MAC and an MTU, and,
+//! while a frontend is connected and has started its rings, an [`ActiveRings`].
+//! Polling threads clone the `Arc<ActiveRings>` once per burst and work on the
+//! rings through [`VirtQueue`]; the connection thread replaces or clears it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+
+use crate::features;
+use crate::net::NetLayout;
+use crate::virtqueue::{QueueError, VirtQueue};
+use crate::{GuestMemoryAtomicMmap, Vring};
+
+/// Queue index of the first RX queue.
+pub const RX_QUEUE: usize = 0;
+/// Queue index of the first TX queue.
+pub const TX_QUEUE: usize = 1;
+
+/// The rings and memory of one live connection.
+pub struct ActiveRings {
+    vrings: Vec<Vring>,
+    mem: GuestMemoryAtomicMmap,
+    acked_features: Arc<AtomicU64>,
+}
+
+impl ActiveRings {
+    pub(crate) fn new(
+        vrings: Vec<Vring>,
+        mem: GuestMemoryAtomicMmap,
+        acked_features: Arc<AtomicU64>,
+    ) -> Self {
+        ActiveRings {
+            vrings,
+            mem,
+            acked_features,
+        }
+    }
+
+    /// Opens queue `index` for a burst; `Ok(None)` when it is not running.
+    #[inline]
+    pub fn queue(&self, index: usize) -> Result<Option<VirtQueue<'_>>, QueueError> {
+        match self.vrings.get(index) {
+            Some(v) => VirtQueue::open(v, &self.mem),
+            None => Ok(None),
+        }
+    }
+
+    /// Frame layout of the negotiated features.
+    #[inline]
+    pub fn layout(&self) -> NetLayout {
+        features::layout(self.acked_features.load(Ordering::Relaxed))
+    }
+
+    /// Whether queue `index` is started and enabled.
+    pub fn queue_running(&self, index: usize) -> bool {
+        self.vrings.get(index).is_some_and(|v| {
+            let s = v.get_ref();
+            s.get_queue().ready() && s.is_enabled()
+        })
+    }
+}
+
+/// A virtio-net port served over vhost-user.
+pub struct VirtioNetPort {
+    name: String,
+    mac: [u8; 6],
+    mtu: u16,
+    active: Mutex<Option<Arc<ActiveRings>>>,
+}
+
+impl VirtioNetPort {
+    /// A port with no connection yet.
+    pub fn new(name: &str, mac: [u8; 6], mtu: u16) -> Self {
+        VirtioNetPort {
+            name: name.to_string(),
+            mac,
+            mtu,
+            active: Mutex::new(None),
+        }
+    }
+
+    /// Port name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// MAC address the guest sees in config space.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// MTU the guest sees in config space.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// The live rings, if a frontend has started them. Called once per burst.
+    #[inline]
+    pub fn active(&self) -> Option<Arc<ActiveRings>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the guest driver has both queues running.
+    pub fn is_up(&self) -> bool {
+        self.active()
+            .is_some_and(|a| a.queue_running(RX_QUEUE) && a.queue_running(TX_QUEUE))
+    }
+
+    pub(crate) fn set_active(&self, rings: Option<Arc<ActiveRings>>) {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = rings;
+    }
+}

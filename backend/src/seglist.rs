@@ -1,0 +1,226 @@
+//! A frame's buffers as a fixed-size list of host segments, and the one copy routine.
+//!
+//! A [`SegList`] holds the translated buffers of one descriptor chain. It lives in
+//! per-thread scratch space, so building one allocates nothing. [`copy`] moves bytes
+//! from one list to another, segment by segment: this is the single copy a frame
+//! makes on its way from one guest to another.
+
+use crate::guest_mem::HostBuf;
+
+/// Most buffers one chain may have. Linux sends at most MAX_SKB_FRAGS + 2 (19).
+pub const MAX_SEGS: usize = 64;
+
+/// Buffers of one chain, in order.
+#[derive(Clone, Debug)]
+pub struct SegList {
+    segs: [HostBuf; MAX_SEGS],
+    count: usize,
+    total: u32,
+}
+
+impl Default for SegList {
+    fn default() -> Self {
+        SegList {
+            segs: [HostBuf::EMPTY; MAX_SEGS],
+            count: 0,
+            total: 0,
+        }
+    }
+}
+
+/// A position inside a [`SegList`]: segment index and offset in that segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    seg: usize,
+    off: u32,
+}
+
+impl SegList {
+    /// Empties the list.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.count = 0;
+        self.total = 0;
+    }
+
+    /// Appends a buffer; `false` when the list is full or the total would overflow.
+    #[inline]
+    pub fn push(&mut self, buf: HostBuf) -> bool {
+        if self.count == MAX_SEGS {
+            return false;
+        }
+        let Some(total) = self.total.checked_add(buf.len()) else {
+            return false;
+        };
+        self.segs[self.count] = buf;
+        self.count += 1;
+        self.total = total;
+        true
+    }
+
+    /// Total bytes.
+    #[inline]
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// The segments.
+    #[inline]
+    pub fn segs(&self) -> &[HostBuf] {
+        &self.segs[..self.count]
+    }
+
+    /// Drops the first `n` bytes (the virtio-net header of a TX chain).
+    /// `false` when the list holds fewer than `n` bytes.
+    pub fn strip_front(&mut self, mut n: u32) -> bool {
+        if n > self.total {
+            return false;
+        }
+        self.total -= n;
+        let mut first = 0;
+        while n > 0 {
+            let seg = self.segs[first];
+            if seg.len() <= n {
+                n -= seg.len();
+                first += 1;
+            } else {
+                self.segs[first] = seg.advance(n);
+                n = 0;
+            }
+        }
+        if first > 0 {
+            self.segs.copy_within(first..self.count, 0);
+            self.count -= first;
+        }
+        true
+    }
+
+    /// Writes `bytes` at byte offset `off` of the list, across segments.
+    /// Returns the bytes written (fewer when the list is too short).
+    pub fn write_at(&self, off: u32, bytes: &[u8]) -> u32 {
+        let mut skip = off;
+        let mut done = 0u32;
+        for seg in self.segs() {
+            if done as usize == bytes.len() {
+                break;
+            }
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            done += seg.write_at(skip, &bytes[done as usize..]);
+            skip = 0;
+        }
+        done
+    }
+
+    /// Reads bytes from offset `off` into `out`; returns the bytes read.
+    pub fn read_at(&self, off: u32, out: &mut [u8]) -> u32 {
+        let mut skip = off;
+        let mut done = 0u32;
+        for seg in self.segs() {
+            if done as usize == out.len() {
+                break;
+            }
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            done += seg.read_at(skip, &mut out[done as usize..]);
+            skip = 0;
+        }
+        done
+    }
+}
+
+/// Copies up to `n` bytes from `src` at `src_pos` into `dst` at `dst_pos`,
+/// advancing both cursors. Returns the bytes copied (fewer when either list ends).
+#[inline]
+pub fn copy(
+    dst: &SegList,
+    dst_pos: &mut Cursor,
+    src: &SegList,
+    src_pos: &mut Cursor,
+    n: u32,
+) -> u32 {
+    let mut left = n;
+    while left > 0 && dst_pos.seg < dst.count && src_pos.seg < src.count {
+        let d = &dst.segs[dst_pos.seg];
+        let s = &src.segs[src_pos.seg];
+        let chunk = left.min(d.len() - dst_pos.off).min(s.len() - src_pos.off);
+        d.copy_from(dst_pos.off, s, src_pos.off, chunk);
+        left -= chunk;
+        dst_pos.off += chunk;
+        src_pos.off += chunk;
+        if dst_pos.off == d.len() {
+            dst_pos.seg += 1;
+            dst_pos.off = 0;
+        }
+        if src_pos.off == s.len() {
+            src_pos.seg += 1;
+            src_pos.off = 0;
+        }
+    }
+    n - left
+}
+
+/// Moves a cursor forward by `n` bytes without copying; returns the bytes skipped.
+pub fn skip(list: &SegList, pos: &mut Cursor, n: u32) -> u32 {
+    let mut left = n;
+    while left > 0 && pos.seg < list.count {
+        let room = list.segs[pos.seg].len() - pos.off;
+        let step = left.min(room);
+        left -= step;
+        pos.off += step;
+        if pos.off == list.segs[pos.seg].len() {
+            pos.seg += 1;
+            pos.off = 0;
+        }
+    }
+    n - left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(bufs: &mut [Vec<u8>]) -> SegList {
+        let mut l = SegList::default();
+        for b in bufs.iter_mut() {
+            assert!(l.push(HostBuf::from_slice(b)));
+        }
+        l
+    }
+
+    #[test]
+    fn copy_spans_uneven_segments() {
+        let mut src_bufs = vec![vec![1u8, 2, 3], vec![4, 5], vec![6, 7, 8, 9]];
+        let mut dst_bufs = vec![vec![0u8; 4], vec![0; 1], vec![0; 10]];
+        let src = list(&mut src_bufs);
+        let dst = list(&mut dst_bufs);
+        let (mut dp, mut sp) = (Cursor::default(), Cursor::default());
+        assert_eq!(copy(&dst, &mut dp, &src, &mut sp, 100), 9);
+        let mut out = [0u8; 9];
+        assert_eq!(dst.read_at(0, &mut out), 9);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn strip_front_removes_a_header_split_over_buffers() {
+        let mut bufs = vec![vec![0u8; 4], vec![0u8; 8], vec![7u8; 3]];
+        let mut l = list(&mut bufs);
+        assert!(l.strip_front(12));
+        assert_eq!(l.total(), 3);
+        assert_eq!(l.segs().len(), 1);
+        assert!(!l.strip_front(4));
+    }
+
+    #[test]
+    fn write_at_crosses_segments() {
+        let mut bufs = vec![vec![0u8; 11], vec![0u8; 4]];
+        let l = list(&mut bufs);
+        assert_eq!(l.write_at(10, &[0xaa, 0xbb]), 2);
+        assert_eq!(bufs[0][10], 0xaa);
+        assert_eq!(bufs[1][0], 0xbb);
+    }
+}

@@ -1,0 +1,309 @@
+# Shared helpers for the system tests (sourced, not run). Each test gets a work
+# dir under /tmp; every process a test starts is registered and killed by the
+# EXIT trap, pass or fail, and its sockets are removed.
+#
+# Environment:
+#   VPMD       the daemon binary (default: <repo>/target/release/vpmd)
+#   GUEST_DIR  where the guest kernel/initramfs are built (default: <repo>/target/guest)
+#   KEEP_WORK  1: keep the work dir even when the test passes
+# shellcheck shell=bash
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VPMD=${VPMD:-$REPO/target/release/vpmd}
+GUEST_DIR=${GUEST_DIR:-$REPO/target/guest}
+RUN_QEMU=$REPO/scripts/guest/run-qemu.sh
+TEST_NAME=$(basename "$0" .sh)
+WORK=$(mktemp -d "/tmp/vpmd-$TEST_NAME.XXXXXX")
+CONTROL=$WORK/control.sock
+VPMD_PID=""
+VPMD_N=0          # how many times vpmd was started (log file suffix)
+_PIDS=()          # "pid:comm" of every process we started
+_FAILED=0
+
+log() { echo "[$TEST_NAME $(date +%T)] $*"; }
+
+# register_pid PID: remember it (with its command name, so cleanup never kills
+# an unrelated process that got the same pid later).
+register_pid() {
+  local comm
+  comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 0
+  _PIDS+=("$1:$comm")
+}
+
+# alive PID: the process exists and is not a zombie (an exited child of ours
+# that has not been waited for still answers kill -0).
+alive() {
+  kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
+# stop_pid PID [SIGNAL] [WAIT_S]: signal a registered process and wait for it
+# to exit; SIGKILL after WAIT_S seconds. Returns 0 if it is gone.
+stop_pid() {
+  local pid=$1 sig=${2:-TERM} wait_s=${3:-10} i
+  alive "$pid" || return 0
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < wait_s * 10; i++)); do
+    alive "$pid" || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  sleep 0.2
+  ! alive "$pid"
+}
+
+_cleanup() {
+  local status=$? entry pid comm
+  set +e
+  for entry in "${_PIDS[@]}"; do
+    pid=${entry%%:*}; comm=${entry#*:}
+    if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]; then
+      stop_pid "$pid" TERM 5
+    fi
+  done
+  wait 2>/dev/null
+  find "$WORK" -type s -delete 2>/dev/null
+  if [[ $status -ne 0 || $_FAILED -ne 0 ]]; then
+    echo "[$TEST_NAME] logs kept in $WORK" >&2
+  elif [[ ${KEEP_WORK:-0} != 1 ]]; then
+    rm -rf "$WORK"
+  fi
+}
+trap _cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# fail MESSAGE: print the message and the tails of the logs, exit 1.
+fail() {
+  _FAILED=1
+  echo "FAIL: $TEST_NAME: $*" >&2
+  local f
+  for f in "$WORK"/*.log; do
+    [[ -f $f ]] || continue
+    echo "----- tail of $f" >&2
+    tail -n 25 "$f" | tr -d '\r' | grep -av $'\e\\[' >&2 || true
+  done
+  exit 1
+}
+
+pass() { echo "PASS: $TEST_NAME${1:+: $1}"; }
+
+# wait_for_log FILE PATTERN TIMEOUT_S [PID]: wait until FILE has a line
+# matching the extended regex PATTERN. Fails early if PID (when given) exits.
+wait_for_log() {
+  local file=$1 pattern=$2 timeout=$3 pid=${4:-} deadline
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    grep -aqE -- "$pattern" "$file" 2>/dev/null && return 0
+    if [[ -n $pid ]] && ! alive "$pid"; then
+      grep -aqE -- "$pattern" "$file" 2>/dev/null && return 0
+      echo "wait_for_log: process $pid exited before '$pattern' appeared in $file" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "wait_for_log: '$pattern' not in $file after ${timeout}s" >&2
+  return 1
+}
+
+# check_prereqs: binaries the tests use.
+check_prereqs() {
+  [[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
+  local b
+  for b in qemu-system-x86_64 jq cpio gzip; do
+    command -v "$b" >/dev/null || fail "$b missing (run scripts/install-deps.sh)"
+  done
+  "$REPO/scripts/guest/build-initramfs.sh" "$GUEST_DIR" >/dev/null || fail "guest build failed"
+}
+
+# start_vpmd CONFIG [--no-ready]: run vpmd in the background (stderr to
+# $WORK/vpmd.N.log, stdout to $WORK/vpmd.N.out). Waits for "vpmd ready"
+# (every server-role socket listening), or with --no-ready (client-role ports
+# only, nothing to listen on) for the control socket.
+start_vpmd() {
+  local config=$1 mode=${2:-}
+  VPMD_N=$((VPMD_N + 1))
+  VPMD_LOG=$WORK/vpmd.$VPMD_N.log
+  VPMD_OUT=$WORK/vpmd.$VPMD_N.out
+  rm -f "$CONTROL"
+  "$VPMD" run --config "$config" >"$VPMD_OUT" 2>"$VPMD_LOG" &
+  VPMD_PID=$!
+  register_pid "$VPMD_PID"
+  if [[ $mode == --no-ready ]]; then
+    local deadline=$((SECONDS + 30))
+    until [[ -S $CONTROL ]]; do
+      alive "$VPMD_PID" || fail "vpmd exited at start"
+      ((SECONDS < deadline)) || fail "vpmd control socket $CONTROL did not appear"
+      sleep 0.2
+    done
+  else
+    wait_for_log "$VPMD_LOG" 'vpmd ready' 30 "$VPMD_PID" || fail "vpmd did not become ready"
+  fi
+  log "vpmd running (pid $VPMD_PID, log $VPMD_LOG)"
+}
+
+# stop_vpmd: SIGTERM, which must stop it cleanly (exit 0) within 10 s.
+stop_vpmd() {
+  [[ -n $VPMD_PID ]] || return 0
+  kill -TERM "$VPMD_PID" 2>/dev/null || fail "vpmd was no longer running"
+  local i rc
+  for ((i = 0; i < 100; i++)); do
+    alive "$VPMD_PID" || break
+    sleep 0.1
+  done
+  ! alive "$VPMD_PID" || fail "vpmd did not stop within 10 s of SIGTERM"
+  rc=0; wait "$VPMD_PID" || rc=$?
+  [[ $rc -eq 0 ]] || fail "vpmd exited with status $rc after SIGTERM"
+  log "vpmd stopped cleanly; final counters: $(tr '\n' ' ' <"$VPMD_OUT" | cut -c1-300)"
+  VPMD_PID=""
+}
+
+# vpmd_stats_json: the running instance's counters as JSON.
+vpmd_stats_json() {
+  "$VPMD" stats --json --control "$CONTROL"
+}
+
+# port_stat JSON PORT JQ_PATH: one field of one port, e.g. port_stat "$j" vm0 .tx_packets
+port_stat() {
+  jq -r --arg p "$2" ".ports[] | select(.name == \$p) | $3" <<<"$1"
+}
+
+# wait_port_state PORT STATE TIMEOUT_S
+wait_port_state() {
+  local deadline=$((SECONDS + $3)) s=""
+  while ((SECONDS < deadline)); do
+    s=$(port_stat "$(vpmd_stats_json 2>/dev/null)" "$1" .state 2>/dev/null || true)
+    [[ $s == "$2" ]] && return 0
+    sleep 0.5
+  done
+  echo "port $1 state is '$s', wanted '$2' (after $3 s)" >&2
+  return 1
+}
+
+# start_guest NAME SOCKET ROLE MAC HOST_MTU APPEND: boot a guest; its serial
+# console goes to $WORK/NAME.log. HOST_MTU may be "" (QEMU default).
+start_guest() {
+  local name=$1 sock=$2 role=$3 mac=$4 mtu=$5 append=$6
+  local args=(--socket "$sock" --role "$role" --mac "$mac" --guest-dir "$GUEST_DIR"
+              --serial "$WORK/$name.log" --pidfile "$WORK/$name.pid" --append "$append")
+  [[ -n $mtu ]] && args+=(--host-mtu "$mtu")
+  "$RUN_QEMU" "${args[@]}" || fail "run-qemu.sh failed for $name"
+  register_pid "$(cat "$WORK/$name.pid")"
+  log "guest $name started (pid $(cat "$WORK/$name.pid"), $role, $sock)"
+}
+
+guest_pid() { cat "$WORK/$1.pid"; }
+
+# wait_guest NAME PATTERN TIMEOUT_S: wait for a serial console line; fails
+# the test if QEMU exits first.
+wait_guest() {
+  wait_for_log "$WORK/$1.log" "$2" "$3" "$(guest_pid "$1")" || fail "guest $1: no '$2'"
+}
+
+# guest_ping_result NAME SIZE: "transmitted received" of the ping run of SIZE.
+guest_ping_result() {
+  grep -a "^VPMD-RESULT ping size=$2 " "$WORK/$1.log" | tail -n 1 |
+    sed -E 's/.*transmitted=([0-9]+) received=([0-9]+).*/\1 \2/'
+}
+
+# assert_ping NAME SIZE COUNT: the guest's ping run of SIZE had COUNT replies.
+assert_ping() {
+  wait_guest "$1" "^VPMD-RESULT ping size=$2 " 150
+  local tx rx
+  read -r tx rx <<<"$(guest_ping_result "$1" "$2")"
+  [[ $tx == "$3" && $rx == "$3" ]] ||
+    fail "guest $1: ping -s $2: transmitted=$tx received=$rx, wanted $3/$3 (0% loss)"
+  log "guest $1: ping -s $2: $rx/$tx replies"
+}
+
+# guest_counter NAME FIELD: the last VPMD-COUNTERS value of FIELD.
+guest_counter() {
+  grep -a '^VPMD-COUNTERS ' "$WORK/$1.log" | tail -n 1 | tr -d '\r' |
+    sed -nE "s/.* $2=([0-9]+).*/\\1/p"
+}
+
+# assert_counters_agree TIMEOUT_S GUEST:PORT...: vpmd's counters for each port
+# equal those the guest's eth0 reports (tx = frames the guest sent = frames
+# vpmd took from it; rx likewise, packets and bytes). Guests print their
+# counters once they have been still for 3 s and again after any later change
+# (a late ARP probe), so retry until they agree or TIMEOUT_S runs out.
+assert_counters_agree() {
+  local timeout=$1; shift
+  local deadline=$((SECONDS + timeout)) json pair g p f gv pv diff
+  while true; do
+    diff=""
+    json=$(vpmd_stats_json 2>&1) || diff="vpmd stats failed: $json"
+    if [[ -z $diff ]]; then
+      for pair in "$@"; do
+        g=${pair%%:*}; p=${pair#*:}
+        for f in tx_packets rx_packets tx_bytes rx_bytes; do
+          gv=$(guest_counter "$g" "$f"); pv=$(port_stat "$json" "$p" ".$f")
+          [[ -n $gv && $gv == "$pv" ]] || diff+=" $g.$f=${gv:-?} vs vpmd $p.$f=$pv;"
+        done
+      done
+    fi
+    if [[ -z $diff ]]; then
+      for pair in "$@"; do
+        g=${pair%%:*}; p=${pair#*:}
+        log "counters agree: guest $g = port $p: $(port_stat "$json" "$p" \
+          '"tx_packets=\(.tx_packets) rx_packets=\(.rx_packets) tx_bytes=\(.tx_bytes) rx_bytes=\(.rx_bytes)"')"
+      done
+      return 0
+    fi
+    ((SECONDS < deadline)) || { echo "$json" >"$WORK/stats-at-failure.json";
+      fail "vpmd counters disagree with the guests:$diff (stats in $WORK/stats-at-failure.json)"; }
+    sleep 1
+  done
+}
+
+# assert_no_drops PORT...: every drop counter is zero except peer_down,
+# which is reported (frames sent before the peer guest's driver was up).
+assert_no_drops() {
+  local json p bad
+  json=$(vpmd_stats_json) || fail "vpmd stats failed"
+  for p in "$@"; do
+    bad=$(port_stat "$json" "$p" '.drops | to_entries | map(select(.key != "peer_down" and .value != 0)) | map("\(.key)=\(.value)") | join(" ")')
+    [[ -z $bad ]] || fail "port $p has drops: $bad"
+    log "port $p: drops zero except peer_down=$(port_stat "$json" "$p" .drops.peer_down)"
+  done
+}
+
+# assert_accounting PORT PEER: tx_packets of PORT = rx_packets of PEER + drops
+# of PORT (interfaces.md), for a veth pair whose only traffic is between them.
+assert_accounting() {
+  local json tx rx drops
+  json=$(vpmd_stats_json) || fail "vpmd stats failed"
+  tx=$(port_stat "$json" "$1" .tx_packets)
+  rx=$(port_stat "$json" "$2" .rx_packets)
+  drops=$(port_stat "$json" "$1" '[.drops[]] | add')
+  [[ $tx -eq $((rx + drops)) ]] ||
+    fail "accounting: $1.tx_packets=$tx != $2.rx_packets=$rx + $1 drops=$drops"
+}
+
+# write_config FILE MODE MTU SOCKDIR: two ports vm0/vm1 in a veth pair, their
+# sockets in SOCKDIR, control socket $CONTROL, polling on core 1.
+write_config() {
+  local file=$1 mode=$2 mtu=$3 sockdir=$4
+  mkdir -p "$sockdir"
+  cat >"$file" <<TOML
+[pmd]
+cores = [1]
+control_socket = "$CONTROL"
+
+[[port]]
+name = "vm0"
+socket = "$sockdir/vm0.sock"
+mode = "$mode"
+mac = "52:54:00:00:00:01"
+mtu = $mtu
+
+[[port]]
+name = "vm1"
+socket = "$sockdir/vm1.sock"
+mode = "$mode"
+mac = "52:54:00:00:00:02"
+mtu = $mtu
+
+[[veth]]
+ports = ["vm0", "vm1"]
+TOML
+}
