@@ -5,20 +5,26 @@
 //! retrying until it appears. Either way a disconnect (guest reboot, QEMU restart)
 //! ends the connection's `VhostUserDaemon`, withdraws its rings from the polling
 //! threads, and the loop waits for the next frontend with fresh backend state.
+//! vpmd accepts or connects the frontend itself and puts a [`relay`] between it and
+//! the daemon, to smooth over a QEMU message order the library rejects.
 
+use std::fs::DirBuilder;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost_user_backend::VhostUserDaemon;
 
 use crate::device::{new_guest_memory, NetDevice};
 use crate::port::VirtioNetPort;
+use crate::relay;
 
 /// How often waiting loops look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -71,7 +77,7 @@ pub enum ConnectionError {
 /// A running connection thread of one port.
 pub struct Connection {
     stop: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<ShutdownHandle>>>,
+    current: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -79,7 +85,8 @@ struct Worker {
     port: Arc<VirtioNetPort>,
     path: PathBuf,
     stop: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<ShutdownHandle>>>,
+    /// The live frontend connection, so that `stop` can shut it down.
+    current: Arc<Mutex<Option<UnixStream>>>,
 }
 
 impl Connection {
@@ -136,13 +143,13 @@ impl Connection {
     /// In the server role the socket file is removed.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self
+        if let Some(s) = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            h.shutdown();
+            let _ = s.shutdown(Shutdown::Both);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -170,86 +177,128 @@ impl Worker {
         }
     }
 
-    /// Serves one established connection until the frontend goes away.
-    fn run_connection(&self, mut daemon: VhostUserDaemon<Arc<NetDevice>>, dev: Arc<NetDevice>) {
-        log::info!(
-            "port {}: frontend connected on {}",
-            self.port.name(),
-            self.path.display()
-        );
+    /// Serves one established frontend connection until it goes away: a fresh
+    /// vhost-user-backend daemon behind a [`relay`].
+    fn run_connection(&self, frontend: UnixStream) {
+        let name = self.port.name().to_string();
+        log::info!("port {name}: frontend connected on {}", self.path.display());
+        let (mut internal, backend_side) = match relay_pair() {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("port {name}: cannot set up the vhost-user relay: {e}");
+                return;
+            }
+        };
+        let Some((mut daemon, dev)) = self.new_daemon() else {
+            return;
+        };
+        // Our end is already queued on the internal listener, so this accepts it at once.
+        if let Err(e) = daemon.start(&mut internal) {
+            log::error!("port {name}: cannot start the vhost-user daemon: {e}");
+            return;
+        }
         {
             let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            *cur = daemon.shutdown_handle();
+            match frontend.try_clone() {
+                Ok(c) => *cur = Some(c),
+                Err(e) => log::warn!("port {name}: cannot keep a handle to stop it: {e}"),
+            }
             if self.stopping() {
-                if let Some(h) = cur.take() {
-                    h.shutdown();
-                }
+                let _ = frontend.shutdown(Shutdown::Both);
             }
         }
-        let result = daemon.wait();
+        let relay_name = name.clone();
+        let relay = thread::Builder::new()
+            .name(format!("relay-{name}"))
+            .spawn(move || relay::run(frontend, backend_side, &relay_name));
+        let result = match relay {
+            Ok(relay) => {
+                let r = daemon.wait();
+                let _ = relay.join();
+                r
+            }
+            Err(e) => {
+                log::error!("port {name}: cannot start the relay thread: {e}");
+                daemon.request_shutdown();
+                daemon.wait()
+            }
+        };
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         dev.unpublish();
         match result {
-            Ok(()) => log::info!("port {}: frontend disconnected", self.port.name()),
-            Err(e) => log::warn!("port {}: connection ended: {e}", self.port.name()),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected,
+            )) => log::info!("port {name}: frontend disconnected"),
+            Err(e) => log::warn!("port {name}: connection ended: {e}"),
         }
-        // Dropping the daemon joins its vring worker thread and unmaps guest memory
+        // Dropping the daemon joins its vring worker thread; guest memory is unmapped
         // once the polling threads have let go of their last snapshot.
     }
 
-    fn serve(self, mut listener: Listener) {
+    fn serve(self, listener: Listener) {
         while wait_readable(&listener, &self.stop) {
-            let Some((mut daemon, dev)) = self.new_daemon() else {
-                thread::sleep(POLL_INTERVAL);
-                continue;
-            };
-            if let Err(e) = daemon.start(&mut listener) {
-                log::warn!(
-                    "port {}: accepting a frontend failed: {e}",
-                    self.port.name()
-                );
-                continue;
+            match listener.accept() {
+                Ok(Some(stream)) => self.run_connection(stream),
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!(
+                        "port {}: accepting a frontend failed: {e}",
+                        self.port.name()
+                    );
+                    thread::sleep(POLL_INTERVAL);
+                }
             }
-            self.run_connection(daemon, dev);
         }
     }
 
     fn connect_loop(self) {
         let mut waiting_logged = false;
         while !self.stopping() {
-            if !self.path.exists() {
-                if !waiting_logged {
-                    log::info!(
-                        "port {}: waiting for the frontend to create {}",
-                        self.port.name(),
-                        self.path.display()
-                    );
-                    waiting_logged = true;
-                }
-                thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-            let Some((mut daemon, dev)) = self.new_daemon() else {
-                thread::sleep(POLL_INTERVAL);
-                continue;
-            };
-            match daemon.start_client(&self.path.to_string_lossy()) {
-                Ok(()) => {
+            match UnixStream::connect(&self.path) {
+                Ok(stream) => {
                     waiting_logged = false;
-                    self.run_connection(daemon, dev);
+                    self.run_connection(stream);
                 }
                 Err(e) => {
                     if !waiting_logged {
-                        log::info!("port {}: cannot connect yet: {e}", self.port.name());
+                        log::info!(
+                            "port {}: waiting for the frontend's socket {} ({e})",
+                            self.port.name(),
+                            self.path.display()
+                        );
                         waiting_logged = true;
                     }
                     thread::sleep(POLL_INTERVAL);
                 }
             }
         }
+    }
+}
+
+/// A listener for vhost-user-backend and a stream already connected to it, for the
+/// relay. The listener is bound in a fresh directory only we (the owner) may enter,
+/// and its name is gone before anyone is accepted, so no other process can slip in.
+fn relay_pair() -> std::io::Result<(Listener, UnixStream)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vpmd-relay-{}-{n}", std::process::id()));
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let path = dir.join("s");
+        let pair =
+            UnixListener::bind(&path).and_then(|l| UnixStream::connect(&path).map(|s| (l, s)));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+        let (l, s) = pair?;
+        return Ok((Listener::from(l), s));
     }
 }
 

@@ -115,6 +115,33 @@ impl HostBuf {
         n
     }
 
+    /// Writes all `N` bytes at `off`, or nothing (`false`) when they do not fit.
+    /// The length is a constant, so this is a few stores rather than a `memcpy`
+    /// call: for ring entries and headers.
+    #[inline]
+    pub fn write_array<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> bool {
+        if u64::from(off) + N as u64 > u64::from(self.len) {
+            return false;
+        }
+        // SAFETY: the destination range is inside this buffer (checked above) and the
+        // source is an array of `N` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), N) };
+        true
+    }
+
+    /// Reads `N` bytes at `off`; `None` when they are not all inside the buffer.
+    #[inline]
+    pub fn read_array<const N: usize>(&self, off: u32) -> Option<[u8; N]> {
+        if u64::from(off) + N as u64 > u64::from(self.len) {
+            return None;
+        }
+        let mut out = [0u8; N];
+        // SAFETY: the source range is inside this buffer (checked above) and the
+        // destination is an array of `N` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off as usize), out.as_mut_ptr(), N) };
+        Some(out)
+    }
+
     /// A view of a host slice, for unit tests and locally built headers.
     pub fn from_slice(s: &mut [u8]) -> HostBuf {
         HostBuf {
@@ -211,6 +238,18 @@ mod tests {
         );
         assert!(map.translate_aligned(0x10002, 16, 16).is_none());
         assert!(map.translate(0x10fff, 1).is_some());
+    }
+
+    #[test]
+    fn fixed_size_access_is_all_or_nothing() {
+        let mut a = [0u8; 8];
+        let b = HostBuf::from_slice(&mut a);
+        assert!(b.write_array(4, &[1, 2, 3, 4]));
+        assert!(!b.write_array(5, &[9, 9, 9, 9]), "one byte past the end");
+        assert!(!b.write_array(u32::MAX, &[9]));
+        assert_eq!(b.read_array::<4>(4), Some([1, 2, 3, 4]));
+        assert_eq!(b.read_array::<2>(7), None);
+        assert_eq!(a, [0, 0, 0, 0, 1, 2, 3, 4]);
     }
 
     #[test]

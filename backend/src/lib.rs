@@ -5,6 +5,7 @@
 //! - [`device`]: the `VhostUserBackend` of one connection: features, config space,
 //!   publishing started rings to the polling threads.
 //! - [`features`]: offered virtio / vhost-user features and the config space.
+//! - [`relay`]: passes vhost-user messages to the library, holding back an early ring enable.
 //! - [`port`]: [`port::VirtioNetPort`], what polling threads hold: identity and live rings.
 //!
 //! Data path (called by polling threads, one burst at a time):
@@ -23,9 +24,13 @@ pub mod features;
 pub mod guest_mem;
 pub mod net;
 pub mod port;
+pub mod relay;
 pub mod seglist;
 pub mod split_ring;
 pub mod virtqueue;
+
+#[cfg(test)]
+mod tests;
 
 /// The memory type every vring and snapshot uses (no dirty-page bitmap).
 pub type GuestMemoryAtomicMmap = vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap>;

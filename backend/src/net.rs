@@ -15,6 +15,10 @@ pub const MAX_RX_BUFFERS: usize = 64;
 /// Offset of `num_buffers` in `virtio_net_hdr_mrg_rxbuf`.
 const NUM_BUFFERS_OFFSET: u32 = 10;
 
+/// The RX header: no offloads are negotiated, so all zero but `num_buffers` (in
+/// the 12-byte form), 1 unless the frame takes more chains.
+const RX_HEADER: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
 /// Why a TX chain does not carry a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TxError {
@@ -127,9 +131,10 @@ pub fn deliver_rx_frame(
                 q.rewind(start);
                 return Err(RxError::NoBuffers);
             }
-            // The header: no offloads are negotiated, so all zero but num_buffers,
-            // which is written once the count is known.
-            dst.write_at(0, &[0u8; 12][..layout.hdr_len as usize]);
+            match layout.hdr_len {
+                12 => dst.write_array_at(0, &RX_HEADER),
+                n => dst.write_at(0, &RX_HEADER[..n as usize]),
+            };
             seglist::skip(dst, &mut pos, layout.hdr_len);
             written = layout.hdr_len;
             left -= layout.hdr_len;
@@ -143,9 +148,13 @@ pub fn deliver_rx_frame(
             return Err(RxError::NoBuffers);
         }
     }
-    if layout.mrg_rxbuf {
-        let n = s.used.len() as u16;
-        s.first.write_at(NUM_BUFFERS_OFFSET, &n.to_le_bytes());
+    // The 12-byte header has num_buffers: the chains used with MRG_RXBUF, and 1
+    // without it (virtio 1.x 5.1.6.4.1: VERSION_1 drivers get the 12-byte header
+    // even without MRG_RXBUF, and the device MUST set num_buffers to 1 then).
+    // RX_HEADER wrote 1; only a frame over several chains needs the real count.
+    let n = s.used.len() as u16;
+    if layout.hdr_len > NUM_BUFFERS_OFFSET && n > 1 {
+        s.first.write_array_at(NUM_BUFFERS_OFFSET, &n.to_le_bytes());
     }
     for &(h, l) in s.used.iter() {
         q.push_used(h, l);

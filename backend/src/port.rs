@@ -2,8 +2,11 @@
 //!
 //! A [`VirtioNetPort`] outlives connections: it has a name, a MAC and an MTU, and,
 //! while a frontend is connected and has started its rings, an [`ActiveRings`].
-//! Polling threads clone the `Arc<ActiveRings>` once per burst and work on the
-//! rings through [`VirtQueue`]; the connection thread replaces or clears it.
+//! The connection thread replaces or clears it and bumps the port's generation.
+//! Each polling thread keeps a [`RingCache`]: one acquire load of the generation per
+//! burst, and only when it changed a lock and an `Arc` clone. A cache holding rings of
+//! a closed connection keeps that connection's memory mapped until its next burst,
+//! so a polling thread never touches an unmapped address.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +74,8 @@ pub struct VirtioNetPort {
     mac: [u8; 6],
     mtu: u16,
     active: Mutex<Option<Arc<ActiveRings>>>,
+    /// Bumped (release) after every change of `active`.
+    generation: AtomicU64,
 }
 
 impl VirtioNetPort {
@@ -81,6 +86,7 @@ impl VirtioNetPort {
             mac,
             mtu,
             active: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -99,7 +105,8 @@ impl VirtioNetPort {
         self.mtu
     }
 
-    /// The live rings, if a frontend has started them. Called once per burst.
+    /// The live rings, if a frontend has started them. Takes a lock: polling
+    /// threads go through a [`RingCache`] instead.
     #[inline]
     pub fn active(&self) -> Option<Arc<ActiveRings>> {
         self.active
@@ -116,5 +123,34 @@ impl VirtioNetPort {
 
     pub(crate) fn set_active(&self, rings: Option<Arc<ActiveRings>>) {
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = rings;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A polling thread's view of one port's live rings.
+#[derive(Default)]
+pub struct RingCache {
+    generation: u64,
+    rings: Option<Arc<ActiveRings>>,
+}
+
+impl RingCache {
+    /// The port's current rings. Costs one atomic load unless a connection came or went.
+    #[inline]
+    pub fn rings(&mut self, port: &VirtioNetPort) -> Option<&ActiveRings> {
+        let generation = port.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            // Read the generation before the rings: a change racing with this read
+            // bumps it again and the next burst picks the newer rings up.
+            self.rings = port.active();
+            self.generation = generation;
+        }
+        self.rings.as_deref()
+    }
+
+    /// Lets go of the cached rings (and the memory they keep mapped).
+    pub fn clear(&mut self) {
+        self.rings = None;
+        self.generation = 0;
     }
 }

@@ -114,6 +114,17 @@ impl SegList {
         done
     }
 
+    /// [`SegList::write_at`] for a fixed-size value: a few stores, no `memcpy`
+    /// call, when the first segment holds the whole range (the usual case for
+    /// headers).
+    #[inline]
+    pub fn write_array_at<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> u32 {
+        match self.segs().first() {
+            Some(seg) if seg.write_array(off, bytes) => N as u32,
+            _ => self.write_at(off, bytes),
+        }
+    }
+
     /// Reads bytes from offset `off` into `out`; returns the bytes read.
     pub fn read_at(&self, off: u32, out: &mut [u8]) -> u32 {
         let mut skip = off;

@@ -61,11 +61,10 @@ pub struct Desc {
 /// Returns `None` when the index is out of range.
 #[inline]
 pub fn read_desc(table: &HostBuf, count: u32, index: u32) -> Option<Desc> {
-    if index >= count || (index + 1) * 16 > table.len() {
+    if index >= count {
         return None;
     }
-    let mut raw = [0u8; 16];
-    table.read_at(index * 16, &mut raw);
+    let raw: [u8; 16] = table.read_array(index.checked_mul(16)?)?;
     Some(Desc {
         addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
         len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
@@ -171,7 +170,8 @@ impl SplitRing {
         let mut raw = [0u8; 8];
         raw[0..4].copy_from_slice(&u32::from(id).to_le_bytes());
         raw[4..8].copy_from_slice(&len.to_le_bytes());
-        self.used.write_at(off, &raw);
+        let written = self.used.write_array(off, &raw);
+        debug_assert!(written, "the used area's length was checked in `new`");
     }
 
     /// Publishes every used entry up to `idx` with one release store of `used.idx`.
