@@ -59,7 +59,9 @@ impl std::str::FromStr for Mac {
         let mut out = [0u8; 6];
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (want six hex bytes like 52:54:00:00:00:01)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (want six hex bytes like 52:54:00:00:00:01)"
+            ));
         }
         for (o, p) in out.iter_mut().zip(parts) {
             *o = u8::from_str_radix(p, 16)
@@ -74,7 +76,11 @@ impl std::str::FromStr for Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -236,10 +242,19 @@ fn validate(raw: RawConfig, file: &str, cpus: usize) -> Result<Config, ConfigErr
     let mut seen_cores = HashSet::new();
     for (i, &c) in cores.iter().enumerate() {
         if c >= cpus {
-            return Err(bad(format!("pmd.cores[{i}]"), format!("core {c} does not exist (this machine has cores 0-{})", cpus - 1)));
+            return Err(bad(
+                format!("pmd.cores[{i}]"),
+                format!(
+                    "core {c} does not exist (this machine has cores 0-{})",
+                    cpus - 1
+                ),
+            ));
         }
         if !seen_cores.insert(c) {
-            return Err(bad(format!("pmd.cores[{i}]"), format!("core {c} is listed twice")));
+            return Err(bad(
+                format!("pmd.cores[{i}]"),
+                format!("core {c} is listed twice"),
+            ));
         }
     }
     if raw.ports.is_empty() {
@@ -249,17 +264,35 @@ fn validate(raw: RawConfig, file: &str, cpus: usize) -> Result<Config, ConfigErr
     let (mut names, mut sockets, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
     for (i, p) in raw.ports.iter().enumerate() {
         let f = |name: &str| format!("port[{i}].{name}");
-        if p.name.is_empty() || p.name.len() > 32 || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(bad(f("name"), format!("{:?} must be 1-32 characters of letters, digits, '-', '_' or '.'", p.name)));
+        if p.name.is_empty()
+            || p.name.len() > 32
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(
+                f("name"),
+                format!(
+                    "{:?} must be 1-32 characters of letters, digits, '-', '_' or '.'",
+                    p.name
+                ),
+            ));
         }
         if !names.insert(p.name.clone()) {
-            return Err(bad(f("name"), format!("port name {:?} is used twice", p.name)));
+            return Err(bad(
+                f("name"),
+                format!("port name {:?} is used twice", p.name),
+            ));
         }
         if p.socket.as_os_str().is_empty() {
             return Err(bad(f("socket"), "is empty".into()));
         }
         if !sockets.insert(p.socket.clone()) {
-            return Err(bad(f("socket"), format!("{} is used by another port", p.socket.display())));
+            return Err(bad(
+                f("socket"),
+                format!("{} is used by another port", p.socket.display()),
+            ));
         }
         let mac: Mac = p.mac.parse().map_err(|e| bad(f("mac"), e))?;
         if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
@@ -269,14 +302,22 @@ fn validate(raw: RawConfig, file: &str, cpus: usize) -> Result<Config, ConfigErr
             return Err(bad(f("mac"), format!("{mac} is used by another port")));
         }
         if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
-            return Err(bad(f("mtu"), format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu)));
+            return Err(bad(
+                f("mtu"),
+                format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu),
+            ));
         }
         let socket_mode = match &p.socket_mode {
             None => 0o600,
             Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
                 .ok()
                 .filter(|m| *m <= 0o777)
-                .ok_or_else(|| bad(f("socket_mode"), format!("{s:?} is not an octal mode like \"0660\"")))?,
+                .ok_or_else(|| {
+                    bad(
+                        f("socket_mode"),
+                        format!("{s:?} is not an octal mode like \"0660\""),
+                    )
+                })?,
         };
         ports.push(Port {
             name: p.name.clone(),
@@ -298,7 +339,10 @@ fn validate(raw: RawConfig, file: &str, cpus: usize) -> Result<Config, ConfigErr
                 .position(|p| &p.name == name)
                 .ok_or_else(|| bad(field.clone(), format!("no [[port]] is named {name:?}")))?;
             if let Some(other) = wired[idx] {
-                return Err(bad(field, format!("port {name:?} already belongs to veth[{other}]")));
+                return Err(bad(
+                    field,
+                    format!("port {name:?} already belongs to veth[{other}]"),
+                ));
             }
             wired[idx] = Some(i);
             pair[j] = idx;
@@ -308,7 +352,10 @@ fn validate(raw: RawConfig, file: &str, cpus: usize) -> Result<Config, ConfigErr
     if let Some(i) = wired.iter().position(Option::is_none) {
         return Err(bad(
             format!("port[{i}]"),
-            format!("port {:?} is not part of any [[veth]]: its frames would go nowhere", ports[i].name),
+            format!(
+                "port {:?} is not part of any [[veth]]: its frames would go nowhere",
+                ports[i].name
+            ),
         ));
     }
     Ok(Config {
@@ -365,15 +412,30 @@ ports = ["a", "b"]
     fn errors_name_the_field() {
         let cases = [
             (PAIR.replace("mtu = 9000", "mtu = 9001"), "port[1].mtu"),
-            (PAIR.replace("52:54:00:00:00:02", "52:54:00:00:00:01"), "port[1].mac"),
-            (PAIR.replace("52:54:00:00:00:02", "01:00:5e:00:00:01"), "port[1].mac"),
+            (
+                PAIR.replace("52:54:00:00:00:02", "52:54:00:00:00:01"),
+                "port[1].mac",
+            ),
+            (
+                PAIR.replace("52:54:00:00:00:02", "01:00:5e:00:00:01"),
+                "port[1].mac",
+            ),
             (PAIR.replace("52:54:00:00:00:02", "nope"), "port[1].mac"),
             (PAIR.replace("cores = [1]", "cores = [7]"), "pmd.cores[0]"),
-            (PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"c\"]"), "veth[0].ports[1]"),
-            (PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"a\"]"), "veth[0].ports[1]"),
+            (
+                PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"c\"]"),
+                "veth[0].ports[1]",
+            ),
+            (
+                PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"a\"]"),
+                "veth[0].ports[1]",
+            ),
             (PAIR.replace("/tmp/b.sock", "/tmp/a.sock"), "port[1].socket"),
             (PAIR.replace("mode = \"client\"", "mode = \"both\""), "mode"),
-            (PAIR.replace("mtu = 9000", "mtu = 9000\ncolour = 1"), "colour"),
+            (
+                PAIR.replace("mtu = 9000", "mtu = 9000\ncolour = 1"),
+                "colour",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(&text).unwrap_err();

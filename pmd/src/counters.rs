@@ -1,0 +1,282 @@
+//! Per-port and per-thread counters, shared between polling threads and `vpmd stats`.
+//!
+//! Polling threads add up a burst's figures in a plain [`PortTally`] and flush it once
+//! per burst: one relaxed atomic add per counter that moved, none per frame. Readers
+//! take a [`PortStats`] snapshot whenever they like.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a frame taken from a port was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The destination port has no running guest driver (a veth peer that is down).
+    PeerDown,
+    /// The destination guest has no free RX buffers.
+    NoRxBuffer,
+    /// The destination guest's RX descriptors or ring are malformed.
+    BadRxDesc,
+    /// The sending guest's TX descriptor chain is malformed.
+    BadTxDesc,
+    /// The frame is longer than the destination's MTU allows.
+    TooBig,
+    /// The frame is shorter than an Ethernet header.
+    Runt,
+}
+
+impl DropReason {
+    /// Every reason, in the order stats print them.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::PeerDown,
+        DropReason::NoRxBuffer,
+        DropReason::BadRxDesc,
+        DropReason::BadTxDesc,
+        DropReason::TooBig,
+        DropReason::Runt,
+    ];
+
+    /// The name used in stats and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::PeerDown => "peer_down",
+            DropReason::NoRxBuffer => "no_rx_buffer",
+            DropReason::BadRxDesc => "bad_rx_desc",
+            DropReason::BadTxDesc => "bad_tx_desc",
+            DropReason::TooBig => "too_big",
+            DropReason::Runt => "runt",
+        }
+    }
+}
+
+const NUM_DROPS: usize = DropReason::ALL.len();
+
+/// A burst's figures for one port, added up without atomics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PortTally {
+    /// Frames delivered into the port's RX queue.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames taken from the port's TX queue.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames taken from this port and dropped, by reason.
+    pub drops: [u64; NUM_DROPS],
+    /// Times one of the port's rings could not be used (bad placement, index jump).
+    pub ring_errors: u64,
+}
+
+impl PortTally {
+    /// Counts one dropped frame.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
+/// The live counters of one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; NUM_DROPS],
+    ring_errors: AtomicU64,
+}
+
+#[inline]
+fn add(counter: &AtomicU64, n: u64) {
+    if n != 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl PortCounters {
+    /// Adds a burst's tally and clears it.
+    #[inline]
+    pub fn flush(&self, t: &mut PortTally) {
+        add(&self.rx_packets, t.rx_packets);
+        add(&self.rx_bytes, t.rx_bytes);
+        add(&self.tx_packets, t.tx_packets);
+        add(&self.tx_bytes, t.tx_bytes);
+        for (c, &n) in self.drops.iter().zip(&t.drops) {
+            add(c, n);
+        }
+        add(&self.ring_errors, t.ring_errors);
+        *t = PortTally::default();
+    }
+
+    /// A snapshot, for stats.
+    pub fn snapshot(&self, name: &str, up: bool) -> PortStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PortStats {
+            name: name.to_string(),
+            state: if up { "up" } else { "down" }.to_string(),
+            rx_packets: load(&self.rx_packets),
+            rx_bytes: load(&self.rx_bytes),
+            tx_packets: load(&self.tx_packets),
+            tx_bytes: load(&self.tx_bytes),
+            drops: DropCounts {
+                peer_down: load(&self.drops[DropReason::PeerDown as usize]),
+                no_rx_buffer: load(&self.drops[DropReason::NoRxBuffer as usize]),
+                bad_rx_desc: load(&self.drops[DropReason::BadRxDesc as usize]),
+                bad_tx_desc: load(&self.drops[DropReason::BadTxDesc as usize]),
+                too_big: load(&self.drops[DropReason::TooBig as usize]),
+                runt: load(&self.drops[DropReason::Runt as usize]),
+            },
+            ring_errors: load(&self.ring_errors),
+        }
+    }
+}
+
+/// Frames dropped, by reason (names as in [`DropReason::name`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropCounts {
+    /// See [`DropReason::PeerDown`].
+    pub peer_down: u64,
+    /// See [`DropReason::NoRxBuffer`].
+    pub no_rx_buffer: u64,
+    /// See [`DropReason::BadRxDesc`].
+    pub bad_rx_desc: u64,
+    /// See [`DropReason::BadTxDesc`].
+    pub bad_tx_desc: u64,
+    /// See [`DropReason::TooBig`].
+    pub too_big: u64,
+    /// See [`DropReason::Runt`].
+    pub runt: u64,
+}
+
+impl DropCounts {
+    /// Sum over all reasons.
+    pub fn total(&self) -> u64 {
+        self.peer_down
+            + self.no_rx_buffer
+            + self.bad_rx_desc
+            + self.bad_tx_desc
+            + self.too_big
+            + self.runt
+    }
+
+    /// `(name, count)` pairs in [`DropReason::ALL`] order.
+    pub fn pairs(&self) -> [(&'static str, u64); NUM_DROPS] {
+        [
+            ("peer_down", self.peer_down),
+            ("no_rx_buffer", self.no_rx_buffer),
+            ("bad_rx_desc", self.bad_rx_desc),
+            ("bad_tx_desc", self.bad_tx_desc),
+            ("too_big", self.too_big),
+            ("runt", self.runt),
+        ]
+    }
+}
+
+/// One port's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    /// Port name.
+    pub name: String,
+    /// "up" when the guest driver runs the port's queues, else "down".
+    pub state: String,
+    /// Frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Their Ethernet bytes.
+    pub rx_bytes: u64,
+    /// Frames taken from the guest.
+    pub tx_packets: u64,
+    /// Their Ethernet bytes.
+    pub tx_bytes: u64,
+    /// Frames taken from this guest and dropped.
+    pub drops: DropCounts,
+    /// Bursts in which one of the port's rings was unusable (not frames).
+    pub ring_errors: u64,
+}
+
+/// Live counters of one polling thread (single writer: the thread itself).
+#[derive(Debug, Default)]
+pub struct ThreadCounters {
+    frames: AtomicU64,
+    busy_cycles: AtomicU64,
+    idle_cycles: AtomicU64,
+}
+
+impl ThreadCounters {
+    /// Publishes the thread's running totals (plain stores: one writer).
+    #[inline]
+    pub fn publish(&self, frames: u64, busy_cycles: u64, idle_cycles: u64) {
+        self.frames.store(frames, Ordering::Relaxed);
+        self.busy_cycles.store(busy_cycles, Ordering::Relaxed);
+        self.idle_cycles.store(idle_cycles, Ordering::Relaxed);
+    }
+
+    /// A snapshot, for stats.
+    pub fn snapshot(&self, core: usize, streams: &[String], tsc_hz: u64) -> ThreadStats {
+        ThreadStats {
+            core,
+            streams: streams.to_vec(),
+            frames: self.frames.load(Ordering::Relaxed),
+            busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
+            idle_cycles: self.idle_cycles.load(Ordering::Relaxed),
+            tsc_hz,
+        }
+    }
+}
+
+/// One polling thread at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadStats {
+    /// Core the thread is pinned to.
+    pub core: usize,
+    /// Streams it polls, as "source->destination".
+    pub streams: Vec<String>,
+    /// Frames it moved (taken from a source, delivered or dropped).
+    pub frames: u64,
+    /// TSC cycles spent in polls that moved at least one frame.
+    pub busy_cycles: u64,
+    /// TSC cycles spent in polls that moved nothing.
+    pub idle_cycles: u64,
+    /// TSC frequency, to turn cycles into time.
+    pub tsc_hz: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_adds_and_clears_the_tally() {
+        let c = PortCounters::default();
+        let mut t = PortTally {
+            tx_packets: 3,
+            tx_bytes: 180,
+            ..Default::default()
+        };
+        t.drop(DropReason::PeerDown);
+        t.drop(DropReason::Runt);
+        c.flush(&mut t);
+        assert_eq!(t.tx_packets, 0);
+        t.drop(DropReason::PeerDown);
+        c.flush(&mut t);
+        let s = c.snapshot("vm0", false);
+        assert_eq!((s.tx_packets, s.tx_bytes), (3, 180));
+        assert_eq!(s.drops.peer_down, 2);
+        assert_eq!(s.drops.runt, 1);
+        assert_eq!(s.drops.total(), 3);
+        assert_eq!(s.state, "down");
+    }
+
+    #[test]
+    fn drop_names_follow_the_enum_order() {
+        let d = DropCounts {
+            too_big: 7,
+            ..Default::default()
+        };
+        let names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        let pairs: Vec<_> = d.pairs().iter().map(|p| p.0).collect();
+        assert_eq!(names, pairs);
+        assert_eq!(d.pairs()[DropReason::TooBig as usize].1, 7);
+    }
+}

@@ -1,0 +1,149 @@
+//! Forwarding: what a polling thread does with frames, one burst at a time.
+//!
+//! A [`Stream`] is DPDK testpmd's forwarding stream: a source queue, where its frames
+//! go, and the counters. Each forwarding engine lives in a file of its own:
+//! - [`veth`]: a frame taken from one port of a pair is delivered to the other.
+//!
+//! Shared pieces: [`VhostEndpoint`] (a vhost-user port as a stream holds it) and
+//! [`deliver`] (one frame into a guest's RX queue, with the drop reason on failure).
+
+pub mod veth;
+
+use std::sync::Arc;
+
+use vpmd_backend::net::{self, NetLayout, RxError, RxScratch};
+use vpmd_backend::port::{RingCache, VirtioNetPort};
+use vpmd_backend::seglist::SegList;
+use vpmd_backend::virtqueue::{QueueError, VirtQueue};
+
+use crate::counters::{DropReason, PortCounters, PortTally};
+use crate::ratelimit::LogLimiter;
+
+/// Most frames one poll of a stream moves.
+pub const BURST: usize = 32;
+/// Bytes a frame may exceed the MTU by: Ethernet header and one VLAN tag, as Linux's
+/// veth accepts (`is_skb_forwardable`).
+pub const L2_OVERHEAD: u32 = 14 + 4;
+/// Shortest frame forwarded: an Ethernet header.
+pub const MIN_FRAME: u32 = 14;
+
+/// Per-thread scratch space, reused by every burst (the thread's only allocations).
+pub struct Scratch {
+    /// The frame being forwarded, as segments of the sender's buffers.
+    pub frame: SegList,
+    /// Space for delivering into RX buffers.
+    pub rx: RxScratch,
+}
+
+impl Scratch {
+    /// Scratch for one polling thread.
+    pub fn new() -> Self {
+        Scratch {
+            frame: SegList::default(),
+            rx: RxScratch::new(),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a polling thread polls.
+pub trait Stream: Send {
+    /// "source->destination", for logs and stats.
+    fn name(&self) -> &str;
+    /// Moves at most [`BURST`] frames; returns how many were taken from the source.
+    fn poll(&mut self, scratch: &mut Scratch) -> u32;
+}
+
+/// A vhost-user port as one stream holds it: the shared port and counters, and
+/// this stream's private ring cache, burst tally and log limiter.
+pub struct VhostEndpoint {
+    /// The port.
+    pub port: Arc<VirtioNetPort>,
+    /// Its shared counters, flushed once per burst.
+    pub counters: Arc<PortCounters>,
+    /// The port's rings as this stream last saw them.
+    pub cache: RingCache,
+    /// This burst's figures.
+    pub tally: PortTally,
+    /// Limits log lines about this port's bad rings.
+    pub log: LogLimiter,
+}
+
+impl VhostEndpoint {
+    /// An endpoint of `port`.
+    pub fn new(port: Arc<VirtioNetPort>, counters: Arc<PortCounters>) -> Self {
+        VhostEndpoint {
+            port,
+            counters,
+            cache: RingCache::default(),
+            tally: PortTally::default(),
+            log: LogLimiter::guest_errors(),
+        }
+    }
+
+    /// Largest Ethernet frame the port's guest accepts.
+    #[inline]
+    pub fn max_frame(&self) -> u32 {
+        u32::from(self.port.mtu()) + L2_OVERHEAD
+    }
+
+    /// Adds this burst's tally to the shared counters.
+    #[inline]
+    pub fn flush(&mut self) {
+        self.counters.flush(&mut self.tally);
+    }
+}
+
+/// Counts and (rate-limited) logs a ring that cannot be used this burst.
+#[cold]
+pub fn ring_error(
+    tally: &mut PortTally,
+    log: &mut LogLimiter,
+    port: &str,
+    queue: &str,
+    e: &QueueError,
+) {
+    tally.ring_errors += 1;
+    if let Some(held_back) = log.allow() {
+        log::warn!(
+            "port {port}: {queue} queue unusable: {e} ({held_back} similar messages held back)"
+        );
+    }
+}
+
+/// An RX queue open for a burst, with the layout its guest negotiated.
+pub struct RxTarget<'a> {
+    /// The queue.
+    pub queue: VirtQueue<'a>,
+    /// Header layout.
+    pub layout: NetLayout,
+    /// Set once the queue ran out of buffers: the rest of the burst is dropped
+    /// without looking again.
+    pub full: bool,
+}
+
+/// Copies `frame` (`len` bytes) into `rx`, or says why not.
+#[inline]
+pub fn deliver(
+    rx: &mut RxTarget<'_>,
+    frame: &SegList,
+    len: u32,
+    scratch: &mut RxScratch,
+) -> Result<(), DropReason> {
+    if rx.full {
+        return Err(DropReason::NoRxBuffer);
+    }
+    match net::deliver_rx_frame(&mut rx.queue, rx.layout, frame, len, scratch) {
+        Ok(()) => Ok(()),
+        Err(RxError::NoBuffers) => {
+            rx.full = true;
+            Err(DropReason::NoRxBuffer)
+        }
+        Err(RxError::Chain(_) | RxError::ShortHeader) => Err(DropReason::BadRxDesc),
+    }
+}

@@ -1,0 +1,121 @@
+//! The veth engine: frames sent by one port of a pair are received by the other.
+//!
+//! One burst: open the source's TX queue (one read of `avail.idx`); if it has frames,
+//! open the peer's RX queue; move up to [`BURST`] frames, each copied once from the
+//! sender's TX buffers straight into the receiver's RX buffers; then both queues
+//! publish their used entries with one store each and notify at most once each.
+//! A frame that cannot be delivered is still taken from the sender (as a veth
+//! drops it) and counted under its reason, so a stuck peer never stalls the sender.
+
+use vpmd_backend::net;
+use vpmd_backend::port::{RX_QUEUE, TX_QUEUE};
+
+use super::{deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use crate::counters::DropReason;
+
+/// One direction of a veth pair.
+pub struct VethStream {
+    name: String,
+    src: VhostEndpoint,
+    dst: VhostEndpoint,
+}
+
+impl VethStream {
+    /// Frames from `src`'s TX queue into `dst`'s RX queue.
+    pub fn new(src: VhostEndpoint, dst: VhostEndpoint) -> Self {
+        VethStream {
+            name: format!("{}->{}", src.port.name(), dst.port.name()),
+            src,
+            dst,
+        }
+    }
+}
+
+impl Stream for VethStream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, s: &mut Scratch) -> u32 {
+        let (src, dst) = (&mut self.src, &mut self.dst);
+        let Some(src_rings) = src.cache.rings(&src.port) else {
+            return 0;
+        };
+        let mut txq = match src_rings.queue(TX_QUEUE) {
+            Ok(Some(q)) => q,
+            Ok(None) => return 0,
+            Err(e) => {
+                ring_error(&mut src.tally, &mut src.log, src.port.name(), "TX", &e);
+                src.counters.flush(&mut src.tally);
+                return 0;
+            }
+        };
+        if txq.pending() == 0 {
+            return 0;
+        }
+        let src_layout = src_rings.layout();
+        let max_frame = dst.max_frame();
+
+        // The peer's RX queue: absent while its guest driver is not running.
+        let mut rx = None;
+        let mut rx_broken = false;
+        if let Some(dst_rings) = dst.cache.rings(&dst.port) {
+            match dst_rings.queue(RX_QUEUE) {
+                Ok(Some(queue)) => {
+                    rx = Some(RxTarget {
+                        queue,
+                        layout: dst_rings.layout(),
+                        full: false,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    rx_broken = true;
+                    ring_error(&mut dst.tally, &mut dst.log, dst.port.name(), "RX", &e);
+                }
+            }
+        }
+
+        let mut taken = 0u32;
+        while (taken as usize) < BURST {
+            let Some(head) = txq.pop() else { break };
+            taken += 1;
+            src.tally.tx_packets += 1;
+            let len = match net::take_tx_frame(&txq, head, src_layout, &mut s.frame) {
+                Ok(len) => len,
+                Err(_) => {
+                    src.tally.drop(DropReason::BadTxDesc);
+                    txq.push_used(head, 0);
+                    continue;
+                }
+            };
+            src.tally.tx_bytes += u64::from(len);
+            let outcome = if len < MIN_FRAME {
+                Err(DropReason::Runt)
+            } else if len > max_frame {
+                Err(DropReason::TooBig)
+            } else {
+                match rx.as_mut() {
+                    Some(rx) => deliver(rx, &s.frame, len, &mut s.rx),
+                    None if rx_broken => Err(DropReason::BadRxDesc),
+                    None => Err(DropReason::PeerDown),
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    dst.tally.rx_packets += 1;
+                    dst.tally.rx_bytes += u64::from(len);
+                }
+                Err(reason) => src.tally.drop(reason),
+            }
+            // The TX buffers are done with either way; the device writes nothing into them.
+            txq.push_used(head, 0);
+        }
+        // Publish the receiver's frames, then give the sender its buffers back.
+        drop(rx);
+        drop(txq);
+        src.flush();
+        dst.flush();
+        taken
+    }
+}

@@ -1,0 +1,30 @@
+//! vpmd: a vhost-user poll-mode virtual switch for VMs.
+//!
+//! `main` parses the command line, [`config`] turns TOML into a validated [`config::Config`],
+//! and [`switch::Switch::start`] runs it until a signal arrives.
+//!
+//! Control plane:
+//! - [`config`]: the TOML configuration, validated with errors that name the field.
+//! - [`switch`]: a running instance: ports, connections, polling threads, control socket.
+//! - [`control`]: the control socket behind `vpmd stats`.
+//! - [`stats`]: snapshots of every counter, as JSON or a table.
+//!
+//! Data path (the polling threads):
+//! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
+//! - [`fwd`]: forwarding streams; one engine per file ([`fwd::veth`]).
+//! - [`counters`]: per-port and per-thread counters, flushed once per burst.
+//! - [`tsc`]: the cycle counter; [`ratelimit`]: guest-triggered log lines.
+//!
+//! The vhost-user device itself (rings, descriptor chains, the one frame copy) is the
+//! `vpmd-backend` crate.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod control;
+pub mod counters;
+pub mod fwd;
+pub mod pmd_thread;
+pub mod ratelimit;
+pub mod stats;
+pub mod switch;
+pub mod tsc;

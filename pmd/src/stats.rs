@@ -1,0 +1,190 @@
+//! What `vpmd stats` shows: a [`Snapshot`] of every port and polling thread, as JSON
+//! (the contract in docs/interfaces.md) or as a table for people.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vpmd_backend::port::VirtioNetPort;
+
+use crate::counters::{PortCounters, PortStats, ThreadCounters, ThreadStats};
+
+/// Every counter of a running vpmd at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Ports, in configuration order.
+    pub ports: Vec<PortStats>,
+    /// Polling threads.
+    pub threads: Vec<ThreadStats>,
+}
+
+/// A port as the stats see it.
+pub struct PortEntry {
+    /// The vhost-user port (for its state).
+    pub port: Arc<VirtioNetPort>,
+    /// Its counters.
+    pub counters: Arc<PortCounters>,
+}
+
+/// A polling thread as the stats see it.
+pub struct ThreadEntry {
+    /// Core it is pinned to.
+    pub core: usize,
+    /// Names of its streams.
+    pub streams: Vec<String>,
+    /// Its counters.
+    pub counters: Arc<ThreadCounters>,
+}
+
+/// Where snapshots are taken from; shared with the control socket's thread.
+pub struct Registry {
+    /// Ports.
+    pub ports: Vec<PortEntry>,
+    /// Threads.
+    pub threads: Vec<ThreadEntry>,
+    /// TSC rate, reported with the thread cycles.
+    pub tsc_hz: u64,
+}
+
+impl Registry {
+    /// Reads every counter now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ports: self
+                .ports
+                .iter()
+                .map(|p| p.counters.snapshot(p.port.name(), p.port.is_up()))
+                .collect(),
+            threads: self
+                .threads
+                .iter()
+                .map(|t| t.counters.snapshot(t.core, &t.streams, self.tsc_hz))
+                .collect(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// The table `vpmd stats` prints.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let w = self
+            .ports
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:<5}  {:>12} {:>14}  {:>12} {:>14}  {:>10}",
+            "PORT", "STATE", "RX_PACKETS", "RX_BYTES", "TX_PACKETS", "TX_BYTES", "DROPS"
+        );
+        for p in &self.ports {
+            let _ = writeln!(
+                out,
+                "{:<w$}  {:<5}  {:>12} {:>14}  {:>12} {:>14}  {:>10}",
+                p.name,
+                p.state,
+                p.rx_packets,
+                p.rx_bytes,
+                p.tx_packets,
+                p.tx_bytes,
+                p.drops.total()
+            );
+        }
+        let _ = writeln!(out, "\ndrops of frames taken from each port, by reason:");
+        for p in &self.ports {
+            let reasons: Vec<String> = p
+                .drops
+                .pairs()
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<w$}  {}  ring_errors={}",
+                p.name,
+                reasons.join(" "),
+                p.ring_errors
+            );
+        }
+        let _ = writeln!(out, "\npolling threads:");
+        for t in &self.threads {
+            let per_frame = if t.frames > 0 {
+                format!("{:.0}", t.busy_cycles as f64 / t.frames as f64)
+            } else {
+                "-".to_string()
+            };
+            let total = t.busy_cycles + t.idle_cycles;
+            let busy_pct = if total > 0 {
+                100.0 * t.busy_cycles as f64 / total as f64
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                out,
+                "  core {}: {} frames, {} cycles/frame, busy {:.1}%  streams: {}",
+                t.core,
+                t.frames,
+                per_frame,
+                busy_pct,
+                t.streams.join(", ")
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::DropCounts;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            ports: vec![PortStats {
+                name: "vm0".into(),
+                state: "up".into(),
+                rx_packets: 1,
+                rx_bytes: 60,
+                tx_packets: 2,
+                tx_bytes: 120,
+                drops: DropCounts {
+                    peer_down: 1,
+                    ..Default::default()
+                },
+                ring_errors: 0,
+            }],
+            threads: vec![ThreadStats {
+                core: 1,
+                streams: vec!["vm0->vm1".into()],
+                frames: 3,
+                busy_cycles: 300,
+                idle_cycles: 700,
+                tsc_hz: 1_000_000_000,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(v["ports"][0]["name"], "vm0");
+        assert_eq!(v["ports"][0]["drops"]["peer_down"], 1);
+        assert_eq!(v["ports"][0]["drops"]["no_rx_buffer"], 0);
+        assert_eq!(v["threads"][0]["streams"][0], "vm0->vm1");
+        assert_eq!(v["threads"][0]["busy_cycles"], 300);
+        let back: Snapshot = serde_json::from_value(v).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn text_shows_ports_reasons_and_threads() {
+        let t = sample().to_text();
+        assert!(t.contains("vm0"));
+        assert!(t.contains("peer_down=1"));
+        assert!(t.contains("100 cycles/frame"));
+        assert!(t.contains("busy 30.0%"));
+    }
+}

@@ -1,0 +1,239 @@
+//! A running vpmd: ports, their vhost-user connections, the polling threads and the
+//! control socket, started from a [`Config`] and stopped in the reverse order.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vpmd_backend::connection::{Connection, ConnectionError, Role};
+use vpmd_backend::port::VirtioNetPort;
+
+use crate::config::{Config, Mode};
+use crate::control::{ControlError, ControlServer};
+use crate::counters::{PortCounters, ThreadCounters};
+use crate::fwd::veth::VethStream;
+use crate::fwd::{Stream, VhostEndpoint};
+use crate::pmd_thread::PmdThread;
+use crate::stats::{PortEntry, Registry, Snapshot, ThreadEntry};
+use crate::tsc;
+
+/// Why vpmd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket's directory could not be created.
+    #[error("cannot create directory {path} for {what}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Whose socket lives there.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A port's socket failed.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A polling thread could not be started.
+    #[error("cannot start the polling thread for core {core}: {source}")]
+    Thread {
+        /// Its core.
+        core: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running instance.
+pub struct Switch {
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<PmdThread>,
+    connections: Vec<Connection>,
+    control: Option<ControlServer>,
+}
+
+/// One polling thread's share of the streams.
+struct Assignment {
+    core: usize,
+    streams: Vec<Box<dyn Stream>>,
+}
+
+fn ensure_parent(path: &Path, what: &str) -> Result<(), StartError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Directory {
+                path: dir.to_path_buf(),
+                what: what.to_string(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Builds every stream the config wires and deals them out to the cores, round-robin
+/// in config order, so the two directions of a pair land on different cores when
+/// there are two.
+fn assign_streams(
+    config: &Config,
+    ports: &[Arc<VirtioNetPort>],
+    counters: &[Arc<PortCounters>],
+) -> Vec<Assignment> {
+    let endpoint = |i: usize| VhostEndpoint::new(ports[i].clone(), counters[i].clone());
+    let mut streams: Vec<Box<dyn Stream>> = Vec::new();
+    for &[a, b] in &config.veths {
+        streams.push(Box::new(VethStream::new(endpoint(a), endpoint(b))));
+        streams.push(Box::new(VethStream::new(endpoint(b), endpoint(a))));
+    }
+    let mut out: Vec<Assignment> = config
+        .cores
+        .iter()
+        .map(|&core| Assignment {
+            core,
+            streams: Vec::new(),
+        })
+        .collect();
+    let n = out.len();
+    for (i, s) in streams.into_iter().enumerate() {
+        out[i % n].streams.push(s);
+    }
+    out
+}
+
+impl Switch {
+    /// Starts everything `config` describes. On error, whatever was started is stopped.
+    pub fn start(config: &Config) -> Result<Switch, StartError> {
+        let ports: Vec<Arc<VirtioNetPort>> = config
+            .ports
+            .iter()
+            .map(|p| Arc::new(VirtioNetPort::new(&p.name, p.mac.0, p.mtu)))
+            .collect();
+        let counters: Vec<Arc<PortCounters>> = ports
+            .iter()
+            .map(|_| Arc::new(PortCounters::default()))
+            .collect();
+        let assignments = assign_streams(config, &ports, &counters);
+        let thread_counters: Vec<Arc<ThreadCounters>> = assignments
+            .iter()
+            .map(|_| Arc::new(ThreadCounters::default()))
+            .collect();
+        let registry = Arc::new(Registry {
+            ports: ports
+                .iter()
+                .zip(&counters)
+                .map(|(p, c)| PortEntry {
+                    port: p.clone(),
+                    counters: c.clone(),
+                })
+                .collect(),
+            threads: assignments
+                .iter()
+                .zip(&thread_counters)
+                .map(|(a, c)| ThreadEntry {
+                    core: a.core,
+                    streams: a.streams.iter().map(|s| s.name().to_string()).collect(),
+                    counters: c.clone(),
+                })
+                .collect(),
+            tsc_hz: tsc::measure_hz(Duration::from_millis(50)),
+        });
+
+        let mut switch = Switch {
+            registry: registry.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            connections: Vec::new(),
+            control: None,
+        };
+
+        ensure_parent(&config.control_socket, "the control socket")?;
+        switch.control = Some(ControlServer::start(&config.control_socket, registry)?);
+
+        for (a, c) in assignments.into_iter().zip(thread_counters) {
+            let names: Vec<&str> = a.streams.iter().map(|s| s.name()).collect();
+            if names.is_empty() {
+                log::info!("pmd thread on core {}: no streams (idle)", a.core);
+            } else {
+                log::info!(
+                    "pmd thread on core {}: streams {}",
+                    a.core,
+                    names.join(", ")
+                );
+            }
+            let t =
+                PmdThread::spawn(a.core, a.streams, switch.stop.clone(), c).map_err(|source| {
+                    StartError::Thread {
+                        core: a.core,
+                        source,
+                    }
+                })?;
+            switch.threads.push(t);
+        }
+
+        for (p, port) in config.ports.iter().zip(&ports) {
+            let role = match p.mode {
+                Mode::Server => {
+                    ensure_parent(&p.socket, &format!("port {}", p.name))?;
+                    Role::Server
+                }
+                Mode::Client => Role::Client,
+            };
+            let conn = Connection::spawn(port.clone(), &p.socket, role, p.socket_mode)?;
+            switch.connections.push(conn);
+            match role {
+                Role::Server => log::info!(
+                    "port {}: listening on {} (mac {}, mtu {})",
+                    p.name,
+                    p.socket.display(),
+                    p.mac,
+                    p.mtu
+                ),
+                Role::Client => log::info!(
+                    "port {}: connecting to {} (mac {}, mtu {})",
+                    p.name,
+                    p.socket.display(),
+                    p.mac,
+                    p.mtu
+                ),
+            }
+        }
+        Ok(switch)
+    }
+
+    /// Every counter now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.registry.snapshot()
+    }
+
+    /// Stops polling, closes every connection and socket, and returns the final counters.
+    pub fn stop(mut self) -> Snapshot {
+        self.shutdown();
+        self.registry.snapshot()
+    }
+
+    fn shutdown(&mut self) {
+        // Polling first, so nothing touches guest memory while connections close.
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            t.join();
+        }
+        for c in self.connections.drain(..) {
+            c.stop();
+        }
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
