@@ -1,0 +1,306 @@
+//! The transmit half of an AF_XDP socket: TX ring + completion ring.
+//!
+//! A burst ([`XskTransmitter::transmit_burst`]) first takes back, in one
+//! batch, every chunk the kernel has finished sending (completion ring →
+//! free list), then grants up to N slots — as many as the TX ring and the
+//! free list allow. For each slot the caller writes a frame straight into
+//! a free UMEM chunk ([`TxBurst::buffer`]) and reports its length
+//! ([`TxBurst::commit`]). Dropping the burst publishes all committed frames
+//! with one release store of the TX producer index and kicks the kernel
+//! once, only if it asked for it.
+//!
+//! Need-wakeup: a zero-copy driver clears `XDP_RING_NEED_WAKEUP` on the TX
+//! ring while its NAPI polls the ring by itself, and the burst then makes no
+//! system call. In copy mode the flag is always set and the kick (`sendto`)
+//! is where the kernel actually sends: it copies up to 32 frames per call
+//! and answers `EAGAIN` if more remain, so the burst kicks again while the
+//! kernel makes progress — one call per 32 frames; bursts of at most 32
+//! frames make exactly one. Frames the kernel could not take now stay on
+//! the ring and go with the next burst's kick, or [`XskTransmitter::flush`].
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::ring::{ConsumerRing, ProducerRing, XdpDesc};
+use crate::stats::TxCounters;
+use crate::umem::UmemArea;
+
+/// The transmit half of a socket. `Send`, not `Sync`: one thread owns it
+/// and calls [`Self::transmit_burst`] through `&mut self`.
+#[derive(Debug)]
+pub struct XskTransmitter {
+    tx: ProducerRing<XdpDesc>,
+    completion: ConsumerRing<u64>,
+    /// Chunks not on any ring (start addresses). Its capacity covers every
+    /// transmit chunk, so pushing never allocates.
+    free: Vec<u64>,
+    umem: Arc<UmemArea>,
+    fd: Arc<OwnedFd>,
+    /// Frames start this far into their chunk.
+    headroom: u32,
+    /// Largest frame a chunk holds.
+    capacity: u32,
+    /// The last kick left frames on the ring.
+    kick_pending: bool,
+    queue_id: u32,
+    counters: TxCounters,
+}
+
+impl XskTransmitter {
+    /// Takes over `tx` and `completion`, with `chunks` as the free list.
+    pub(crate) fn new(
+        tx: ProducerRing<XdpDesc>,
+        completion: ConsumerRing<u64>,
+        chunks: Vec<u64>,
+        umem: Arc<UmemArea>,
+        fd: Arc<OwnedFd>,
+        queue_id: u32,
+    ) -> Self {
+        let headroom = umem.headroom();
+        let capacity = umem.chunk_size() - headroom;
+        // Chunks are conserved: the list never outgrows its initial length,
+        // so pushing reclaimed chunks back never reallocates.
+        let free = chunks;
+        Self {
+            tx,
+            completion,
+            free,
+            umem,
+            fd,
+            headroom,
+            capacity,
+            kick_pending: false,
+            queue_id,
+            counters: TxCounters::default(),
+        }
+    }
+
+    /// Grants up to `max` TX slots (fewer if the TX ring or the free list
+    /// runs short: counted in [`TxCounters::ring_full`] /
+    /// [`TxCounters::no_chunk`]). Dropping the burst sends what was
+    /// committed.
+    pub fn transmit_burst(&mut self, max: usize) -> TxBurst<'_> {
+        self.reclaim_completions();
+        let wanted = max.min(self.tx.size() as usize) as u32;
+        let ring_free = self.tx.free(wanted);
+        let chunks = self.free.len().min(u32::MAX as usize) as u32;
+        let granted = wanted.min(ring_free).min(chunks);
+        if granted < wanted {
+            let short = u64::from(wanted - granted);
+            if ring_free <= chunks {
+                self.counters.ring_full += short;
+            } else {
+                self.counters.no_chunk += short;
+            }
+        }
+        TxBurst {
+            transmitter: self,
+            granted,
+            offered: 0,
+            queued: 0,
+        }
+    }
+
+    /// Moves every chunk the kernel has finished sending back to the free
+    /// list, in one batch; returns how many.
+    pub fn reclaim_completions(&mut self) -> usize {
+        let done = self.completion.available(self.completion.size());
+        for i in 0..done {
+            let addr = self.completion.read(i);
+            self.free.push(self.umem.chunk_of(addr));
+        }
+        self.completion.release(done);
+        self.counters.completed += u64::from(done);
+        done as usize
+    }
+
+    /// Reclaims completions and kicks the kernel if frames wait on the TX
+    /// ring (left by a kick that hit the kernel's per-call budget or a busy
+    /// device). Call it when a poll found nothing to transmit.
+    pub fn flush(&mut self) {
+        self.reclaim_completions();
+        if self.kick_pending || self.tx.unconsumed() > 0 {
+            self.kick();
+        }
+    }
+
+    /// Largest frame one slot holds (chunk size minus headroom).
+    pub fn frame_capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Chunks available for new frames now.
+    pub fn free_chunks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// RX/TX queue this socket is bound to.
+    pub fn queue_id(&self) -> u32 {
+        self.queue_id
+    }
+
+    pub fn counters(&self) -> TxCounters {
+        self.counters
+    }
+
+    /// Makes the kernel look at the TX ring, if it asked to be told.
+    fn kick(&mut self) {
+        if !self.tx.needs_wakeup() {
+            // The driver polls the ring by itself.
+            self.kick_pending = false;
+            return;
+        }
+        loop {
+            let before = self.tx.unconsumed();
+            if before == 0 {
+                self.kick_pending = false;
+                return;
+            }
+            self.counters.kicks += 1;
+            // SAFETY: sendto with a null buffer of length 0 and no address
+            // sends nothing itself; it only makes the kernel process the ring.
+            let ret = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if ret >= 0 {
+                self.kick_pending = false;
+                return;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    self.counters.kick_again += 1;
+                    if self.tx.unconsumed() < before {
+                        continue; // progress: the kernel will take more
+                    }
+                }
+                Some(libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => self.counters.kick_busy += 1,
+                _ => self.counters.kick_errors += 1,
+            }
+            self.kick_pending = true;
+            return;
+        }
+    }
+}
+
+impl AsFd for XskTransmitter {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Slots granted by one [`XskTransmitter::transmit_burst`]. For each slot:
+/// [`Self::buffer`], write the frame, [`Self::commit`] its length. Dropping
+/// the burst submits the committed frames.
+#[derive(Debug)]
+pub struct TxBurst<'t> {
+    transmitter: &'t mut XskTransmitter,
+    /// Slots granted.
+    granted: u32,
+    /// Slots used up by `commit`, sent or not.
+    offered: u32,
+    /// Frames written to the TX ring, not yet published.
+    queued: u32,
+}
+
+impl TxBurst<'_> {
+    /// Slots granted by the burst.
+    pub fn granted(&self) -> usize {
+        self.granted as usize
+    }
+
+    /// Slots not yet committed.
+    pub fn remaining(&self) -> usize {
+        (self.granted - self.offered) as usize
+    }
+
+    /// Frames committed so far.
+    pub fn queued(&self) -> usize {
+        self.queued as usize
+    }
+
+    /// The current slot's buffer: a free UMEM chunk of
+    /// [`XskTransmitter::frame_capacity`] bytes to write the frame into,
+    /// from its first byte. `None` once every granted slot is committed.
+    /// Calling it again before `commit` returns the same chunk.
+    pub fn buffer(&mut self) -> Option<&mut [u8]> {
+        if self.offered >= self.granted {
+            return None;
+        }
+        let t = &mut *self.transmitter;
+        // Never empty here: every slot granted had a free chunk, and only a
+        // committed frame takes one.
+        let chunk = *t.free.last()?;
+        // SAFETY: the chunk is on the free list, so on no ring and in no
+        // other view; the slice borrows the burst mutably, so no second
+        // view of it can exist until it is gone.
+        Some(unsafe {
+            t.umem
+                .bytes_mut(chunk + u64::from(t.headroom), t.capacity as usize)
+        })
+    }
+
+    /// Ends the current slot: `len` bytes written by [`Self::buffer`] are a
+    /// frame to send. `len == 0` abandons the slot; `len` above the buffer's
+    /// size means the frame did not fit, and it is counted as too big.
+    /// Returns whether the frame was queued.
+    pub fn commit(&mut self, len: usize) -> bool {
+        if self.offered >= self.granted {
+            return false;
+        }
+        self.offered += 1;
+        let t = &mut *self.transmitter;
+        if len == 0 {
+            t.counters.abandoned += 1;
+            return false;
+        }
+        if len > t.capacity as usize {
+            t.counters.too_big += 1;
+            return false;
+        }
+        let chunk = t.free.pop().expect("a granted slot has a free chunk");
+        let desc = XdpDesc {
+            addr: chunk + u64::from(t.headroom),
+            len: len as u32,
+            options: 0,
+        };
+        t.tx.write(self.queued, desc);
+        self.queued += 1;
+        t.counters.bytes += len as u64;
+        true
+    }
+
+    /// Copies `frame` into the current slot and commits it: for callers
+    /// that already hold the frame in one piece.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        let Some(buffer) = self.buffer() else {
+            return false;
+        };
+        if frame.len() > buffer.len() {
+            return self.commit(frame.len()); // counted as too big
+        }
+        buffer[..frame.len()].copy_from_slice(frame);
+        self.commit(frame.len())
+    }
+}
+
+impl Drop for TxBurst<'_> {
+    fn drop(&mut self) {
+        let t = &mut *self.transmitter;
+        if self.queued > 0 {
+            t.tx.submit(self.queued);
+            t.counters.frames += u64::from(self.queued);
+        }
+        if self.queued > 0 || t.kick_pending {
+            t.kick();
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! One uplink, put together: the XDP program and its maps, attached to the
+//! interface, and one AF_XDP socket per configured RX queue on one UMEM.
+//!
+//! Setup order keeps the interface usable throughout: refuse early if a
+//! foreign XDP program is attached; load the program; create the UMEM and
+//! the sockets; put the sockets in the XSK map; attach last. Until the
+//! attach the kernel stack sees every frame; from then on, frames for VM
+//! MACs and broadcast/multicast go to the sockets.
+
+use crate::attach::{self, AttachError, AttachMode, AttachPreference, XdpLink};
+use crate::maps::{MacTable, MapError};
+use crate::netlink::{self, NetlinkError};
+use crate::program::{ProgramError, RedirectPolicy, XdpProgram};
+use crate::socket::{BindMode, BindPreference, RingSizes, SocketError, SocketSetup, XskSocket};
+use crate::umem::{UmemArea, UmemConfig, UmemError};
+use std::os::fd::AsFd;
+
+/// What to build on which interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// The kernel interface, e.g. `eth1`.
+    pub ifname: String,
+    /// RX queues to bind a socket to. Frames arriving on any other queue are
+    /// not redirected (they reach the kernel stack): list every queue, or
+    /// reduce the device to one (`ethtool -L DEV combined 1`).
+    pub queues: Vec<u32>,
+    pub policy: RedirectPolicy,
+    pub umem: UmemConfig,
+    pub rings: RingSizes,
+    /// Most VM MAC addresses the MAC table holds.
+    pub mac_capacity: u32,
+    pub attach: AttachPreference,
+    pub bind: BindPreference,
+}
+
+impl UplinkConfig {
+    /// Defaults: queue 0, MAC filter, 4096 chunks of 4096 bytes per queue,
+    /// rings of 2048, up to 1024 MACs, native XDP and zero-copy if possible.
+    pub fn new(ifname: impl Into<String>) -> Self {
+        Self {
+            ifname: ifname.into(),
+            queues: vec![0],
+            policy: RedirectPolicy::MacFilter,
+            umem: UmemConfig::default(),
+            rings: RingSizes::default(),
+            mac_capacity: 1024,
+            attach: AttachPreference::default(),
+            bind: BindPreference::default(),
+        }
+    }
+}
+
+/// Failures of [`Uplink::open`].
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("uplink `{ifname}`: no RX queue configured")]
+    NoQueues { ifname: String },
+    #[error("uplink `{ifname}`: RX queue {queue} is listed twice")]
+    DuplicateQueue { ifname: String, queue: u32 },
+    #[error("uplink `{ifname}`: looking up the interface failed")]
+    Interface {
+        ifname: String,
+        #[source]
+        source: NetlinkError,
+    },
+    /// Refusals name the interface themselves.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("uplink `{ifname}`: loading the XDP program failed")]
+    Program {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("uplink `{ifname}`: creating the UMEM failed")]
+    Umem {
+        ifname: String,
+        #[source]
+        source: UmemError,
+    },
+    #[error("uplink `{ifname}`: setting up the AF_XDP socket of RX queue {queue} failed")]
+    Socket {
+        ifname: String,
+        queue: u32,
+        #[source]
+        source: SocketError,
+    },
+    #[error("uplink `{ifname}`: registering the sockets in the XSK map failed")]
+    XskMap {
+        ifname: String,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// An attached uplink. Dropping it detaches the program; sockets already
+/// taken with [`Self::take_sockets`] keep working for transmit until they
+/// are dropped, but receive nothing more.
+#[derive(Debug)]
+pub struct Uplink {
+    // Declared first, dropped first: the program leaves the interface
+    // before anything it redirects to goes away.
+    link: XdpLink,
+    program: XdpProgram,
+    sockets: Vec<XskSocket>,
+    bind_mode: BindMode,
+}
+
+impl Uplink {
+    /// Builds and attaches the uplink described by `config`.
+    pub fn open(config: &UplinkConfig) -> Result<Self, UplinkError> {
+        let ifname = config.ifname.as_str();
+        let queues = &config.queues;
+        if queues.is_empty() {
+            return Err(UplinkError::NoQueues {
+                ifname: ifname.into(),
+            });
+        }
+        for (i, &queue) in queues.iter().enumerate() {
+            if queues[..i].contains(&queue) {
+                return Err(UplinkError::DuplicateQueue {
+                    ifname: ifname.into(),
+                    queue,
+                });
+            }
+        }
+        let ifindex = netlink::ifindex(ifname).map_err(|source| UplinkError::Interface {
+            ifname: ifname.into(),
+            source,
+        })?;
+        // Refuse before building anything if the interface is taken.
+        attach::refuse_if_attached(ifname, ifindex)?;
+
+        let slots = queues.iter().max().copied().unwrap_or(0) + 1;
+        let program =
+            XdpProgram::load(config.policy, config.mac_capacity, slots).map_err(|source| {
+                UplinkError::Program {
+                    ifname: ifname.into(),
+                    source,
+                }
+            })?;
+
+        let per_queue = u64::from(config.umem.chunks_per_queue);
+        let umem =
+            UmemArea::map(per_queue * queues.len() as u64, &config.umem).map_err(|source| {
+                UplinkError::Umem {
+                    ifname: ifname.into(),
+                    source,
+                }
+            })?;
+        let mut sockets: Vec<XskSocket> = Vec::with_capacity(queues.len());
+        for (i, &queue_id) in queues.iter().enumerate() {
+            let first = i as u64 * per_queue;
+            let setup = SocketSetup {
+                umem: &umem,
+                ifindex,
+                queue_id,
+                rings: config.rings,
+                chunks: first..first + per_queue,
+                share_with: sockets.first().map(|owner| owner.as_fd()),
+                preference: config.bind,
+            };
+            let socket = XskSocket::open(&setup).map_err(|source| UplinkError::Socket {
+                ifname: ifname.into(),
+                queue: queue_id,
+                source,
+            })?;
+            sockets.push(socket);
+        }
+        for socket in &sockets {
+            program
+                .xsk_map()
+                .insert(socket.queue_id(), socket.as_fd())
+                .map_err(|source| UplinkError::XskMap {
+                    ifname: ifname.into(),
+                    source,
+                })?;
+        }
+        let bind_mode = sockets[0].bind_mode();
+        let link = XdpLink::attach(&program, ifname, ifindex, config.attach)?;
+        log::info!(
+            "uplink {ifname}: XDP program {} ({:?}) in {} mode, {} AF_XDP socket(s) in {bind_mode} mode",
+            program.id(),
+            config.policy,
+            link.mode(),
+            sockets.len(),
+        );
+        Ok(Self {
+            link,
+            program,
+            sockets,
+            bind_mode,
+        })
+    }
+
+    /// The VM MAC table, to add and remove ports' MACs at run time (from
+    /// any thread: each change is one `bpf(2)` call).
+    pub fn mac_table(&self) -> MacTable {
+        self.program.mac_table().clone()
+    }
+
+    /// Hands the sockets over (in the order of `config.queues`), to be
+    /// moved into the polling threads. Empty after the first call.
+    pub fn take_sockets(&mut self) -> Vec<XskSocket> {
+        std::mem::take(&mut self.sockets)
+    }
+
+    /// The sockets not yet taken.
+    pub fn sockets_mut(&mut self) -> &mut [XskSocket] {
+        &mut self.sockets
+    }
+
+    /// Copy or zero-copy: chosen by the kernel for the first socket, shared
+    /// by all.
+    pub fn bind_mode(&self) -> BindMode {
+        self.bind_mode
+    }
+
+    /// The XDP hook the program runs at.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.link.mode()
+    }
+
+    pub fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+
+    pub fn ifname(&self) -> &str {
+        self.link.ifname()
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.link.ifindex()
+    }
+}

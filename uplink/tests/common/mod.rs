@@ -1,0 +1,374 @@
+//! Test bench for the uplink: a network namespace with one end of a veth
+//! pair, the other end ("host end") in the test's own namespace for the
+//! uplink to attach to; raw AF_PACKET sockets on either end; test frames.
+//!
+//! Traffic only ever flows over the test's own veth pair. Everything is
+//! removed by `Drop` guards, also when a test fails.
+#![allow(dead_code, unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a frame it expects (a bound on waiting, not a
+/// timing assertion: frames normally arrive in microseconds).
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Ethernet addresses of the test.
+pub const VM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xaa, 0x01];
+pub const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xaa, 0x02];
+pub const UNKNOWN_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xbb, 0x01];
+pub const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xcc, 0x01];
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+pub const MULTICAST: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: this test needs root (netns, veth, BPF, AF_XDP)");
+    }
+    root
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its error output on failure.
+pub fn ip(args: &[&str]) -> String {
+    run("ip", args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A namespace `vpmd-up-<tag>-<pid>` holding `ns_if`, veth peer of
+/// `host_if` in the test's namespace. Dropping it deletes both.
+pub struct TestNet {
+    pub ns: String,
+    pub host_if: String,
+    pub ns_if: String,
+}
+
+impl TestNet {
+    /// `tag`: at most 4 characters, unique per test. `queues`: RX and TX
+    /// queues on each end. `mtu`: on both ends.
+    pub fn new(tag: &str, queues: u32, mtu: u32) -> Self {
+        assert!(tag.len() <= 4, "interface names have 15 characters");
+        let pid = std::process::id();
+        let net = Self {
+            ns: format!("vpmd-up-{tag}-{pid}"),
+            host_if: format!("vu{pid}{tag}h"),
+            ns_if: format!("vu{pid}{tag}n"),
+        };
+        // `net` exists before anything is created: a failure below still
+        // runs Drop and removes what was made.
+        let q = queues.to_string();
+        let mtu = mtu.to_string();
+        ip(&["netns", "add", &net.ns]);
+        // No IPv6 autoconfiguration chatter on the test link.
+        let _ = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.ns,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; \
+                 echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+            ],
+        );
+        ip(&[
+            "link",
+            "add",
+            &net.host_if,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.ns_if,
+            "netns",
+            &net.ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ]);
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", net.host_if),
+            "1",
+        );
+        ip(&["link", "set", "dev", &net.host_if, "mtu", &mtu, "up"]);
+        ip(&[
+            "-n",
+            &net.ns,
+            "link",
+            "set",
+            "dev",
+            &net.ns_if,
+            "address",
+            &mac_text(&PEER_MAC),
+        ]);
+        ip(&[
+            "-n", &net.ns, "link", "set", "dev", &net.ns_if, "mtu", &mtu, "up",
+        ]);
+        net
+    }
+
+    pub fn host_ifindex(&self) -> u32 {
+        vpmd_uplink::ifindex(&self.host_if).expect("host end exists")
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its veth end and with it the pair;
+        // delete the host end as well in case the move never happened.
+        let _ = run("ip", &["netns", "del", &self.ns]);
+        let _ = run("ip", &["link", "del", "dev", &self.host_if]);
+    }
+}
+
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    vpmd_uplink::format_mac(mac)
+}
+
+/// UDP port range of test frames: frames of different sequence numbers
+/// are different flows, so a multi-queue veth spreads them over queues.
+const BASE_PORT: u16 = 40000;
+const MAGIC: &[u8; 8] = b"VPMDTEST";
+
+/// An IPv4/UDP frame from 198.18.0.2 to 198.18.0.1 carrying `MAGIC`, `seq`
+/// and a byte pattern, `len` bytes in all (>= 60).
+pub fn test_frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    assert!(len >= 60);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64; // TTL
+    f[23] = 17; // UDP
+    f[26..30].copy_from_slice(&[198, 18, 0, 2]);
+    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
+    let port = BASE_PORT + (seq % 1000) as u16;
+    f[34..36].copy_from_slice(&port.to_be_bytes());
+    f[36..38].copy_from_slice(&port.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f[42..50].copy_from_slice(MAGIC);
+    f[50..54].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(31).wrapping_add(seq) as u8;
+    }
+    f
+}
+
+/// The sequence number of a test frame; `None` for any other frame.
+pub fn frame_seq(frame: &[u8]) -> Option<u32> {
+    if frame.len() >= 54 && &frame[42..50] == MAGIC {
+        Some(u32::from_be_bytes(frame[50..54].try_into().unwrap()))
+    } else {
+        None
+    }
+}
+
+/// A raw AF_PACKET socket bound to one interface.
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+const PACKET_OUTGOING: u8 = 4;
+
+impl PacketSocket {
+    /// On interface `ifname` of the calling thread's namespace.
+    pub fn open(ifname: &str) -> io::Result<Self> {
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: name is a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Protocol 0 until bound: no frames of other interfaces sneak in.
+        // SAFETY: plain socket(2) call; checked below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let rcvbuf: libc::c_int = 8 << 20;
+        // SAFETY: rcvbuf is a live c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&rcvbuf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: addr is a valid sockaddr_ll of the size passed.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// On interface `ifname` of namespace `ns`: a helper thread enters the
+    /// namespace and creates the socket there; a socket stays in the
+    /// namespace it was created in, whichever thread uses it later.
+    pub fn open_in_netns(ns: &str, ifname: &str) -> io::Result<Self> {
+        let path = format!("/run/netns/{ns}");
+        let ifname = ifname.to_owned();
+        std::thread::spawn(move || {
+            let ns_file = std::fs::File::open(&path)?;
+            // SAFETY: setns on this helper thread only; ns_file is an open
+            // network namespace file.
+            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Self::open(&ifname)
+        })
+        .join()
+        .expect("netns helper thread")
+    }
+
+    pub fn send(&self, frame: &[u8]) {
+        // SAFETY: frame is readable for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// The next frame received (not sent) on the interface, waiting at most
+    /// `wait`.
+    pub fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+            if ready <= 0 {
+                return None;
+            }
+            // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and from are writable for the lengths passed.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            if n < 0 {
+                continue;
+            }
+            if from.sll_pkttype != PACKET_OUTGOING {
+                return Some(buf[..n as usize].to_vec());
+            }
+        }
+    }
+
+    /// Test frames received until one with sequence number `seq` (included),
+    /// or `None` if it does not come.
+    pub fn recv_test_frames_until(&self, seq: u32) -> Option<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        while let Some(frame) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            if let Some(s) = frame_seq(&frame) {
+                seen.push(frame);
+                if s == seq {
+                    return Some(seen);
+                }
+            }
+        }
+        None
+    }
+
+    /// Test frames already queued (waiting briefly for stragglers).
+    pub fn drain_test_frames(&self) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        while let Some(frame) = self.recv(Duration::from_millis(20)) {
+            if frame_seq(&frame).is_some() {
+                seen.push(frame);
+            }
+        }
+        seen
+    }
+}
+
+/// Receives test frames from `socket` until `done(frames so far)` holds or
+/// `PATIENCE` runs out; returns them in arrival order.
+pub fn receive_test_frames(
+    socket: &mut vpmd_uplink::XskSocket,
+    done: impl Fn(&[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut frames = Vec::new();
+    while !done(&frames) && Instant::now() < deadline {
+        let burst = socket.receive_burst(64);
+        if burst.is_empty() {
+            drop(burst);
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        frames.extend(
+            burst
+                .iter()
+                .filter(|f| frame_seq(f).is_some())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    frames
+}
+
+/// Sequence numbers of `frames`.
+pub fn seqs(frames: &[Vec<u8>]) -> Vec<u32> {
+    frames.iter().filter_map(|f| frame_seq(f)).collect()
+}
