@@ -22,11 +22,13 @@ _FAILED=0
 
 log() { echo "[$TEST_NAME $(date +%T)] $*"; }
 
-# register_pid PID: remember it (with its command name, so cleanup never kills
-# an unrelated process that got the same pid later).
+# register_pid PID [COMM]: remember it with its command name, so cleanup never
+# kills an unrelated process that got the same pid later. COMM is the name the
+# process will have: right after `cmd &` /proc/PID/comm may still say "bash"
+# (the fork has not exec'd yet), and cleanup would then skip it.
 register_pid() {
-  local comm
-  comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 0
+  local comm=${2:-}
+  [[ -n $comm ]] || comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 0
   _PIDS+=("$1:$comm")
 }
 
@@ -127,7 +129,7 @@ start_vpmd() {
   rm -f "$CONTROL"
   "$VPMD" run --config "$config" >"$VPMD_OUT" 2>"$VPMD_LOG" &
   VPMD_PID=$!
-  register_pid "$VPMD_PID"
+  register_pid "$VPMD_PID" "$(basename "$VPMD" | cut -c1-15)"
   if [[ $mode == --no-ready ]]; then
     local deadline=$((SECONDS + 30))
     until [[ -S $CONTROL ]]; do
@@ -187,7 +189,7 @@ start_guest() {
               --serial "$WORK/$name.log" --pidfile "$WORK/$name.pid" --append "$append")
   [[ -n $mtu ]] && args+=(--host-mtu "$mtu")
   "$RUN_QEMU" "${args[@]}" || fail "run-qemu.sh failed for $name"
-  register_pid "$(cat "$WORK/$name.pid")"
+  register_pid "$(cat "$WORK/$name.pid")" qemu-system-x86
   log "guest $name started (pid $(cat "$WORK/$name.pid"), $role, $sock)"
 }
 
@@ -216,8 +218,9 @@ assert_ping() {
 }
 
 # guest_counter NAME FIELD: the last VPMD-COUNTERS value of FIELD.
+# Empty (not a failure) while the guest has not printed its counters yet.
 guest_counter() {
-  grep -a '^VPMD-COUNTERS ' "$WORK/$1.log" | tail -n 1 | tr -d '\r' |
+  { grep -a '^VPMD-COUNTERS ' "$WORK/$1.log" || true; } | tail -n 1 | tr -d '\r' |
     sed -nE "s/.* $2=([0-9]+).*/\\1/p"
 }
 
