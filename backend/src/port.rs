@@ -8,7 +8,7 @@
 //! a closed connection keeps that connection's memory mapped until its next burst,
 //! so a polling thread never touches an unmapped address.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost_user_backend::VringT;
@@ -29,6 +29,8 @@ pub struct ActiveRings {
     vrings: Vec<Vring>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
+    /// The guest driver has posted RX buffers at least once on this connection.
+    rx_posted: AtomicBool,
 }
 
 impl ActiveRings {
@@ -41,7 +43,24 @@ impl ActiveRings {
             vrings,
             mem,
             acked_features,
+            rx_posted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the guest has ever posted RX buffers, given that `pending` are
+    /// available now. A driver that has not (its interface was never brought up)
+    /// is not receiving yet: frames for it count as the peer being down, as a veth
+    /// counts them, rather than as a receiver that ran out of buffers.
+    #[inline]
+    pub fn rx_posted(&self, pending: u16) -> bool {
+        if self.rx_posted.load(Ordering::Relaxed) {
+            return true;
+        }
+        if pending > 0 {
+            self.rx_posted.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Opens queue `index` for a burst; `Ok(None)` when it is not running.

@@ -12,7 +12,7 @@ pub mod veth;
 use std::sync::Arc;
 
 use vpmd_backend::net::{self, NetLayout, RxError, RxScratch};
-use vpmd_backend::port::{RingCache, VirtioNetPort};
+use vpmd_backend::port::{ActiveRings, RingCache, VirtioNetPort, RX_QUEUE};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
 
@@ -125,6 +125,30 @@ pub struct RxTarget<'a> {
     /// Set once the queue ran out of buffers: the rest of the burst is dropped
     /// without looking again.
     pub full: bool,
+    /// Why frames are dropped once `full`: a driver that never posted a buffer is
+    /// not receiving yet (peer down), else it ran out (no RX buffer).
+    pub empty_reason: DropReason,
+}
+
+impl<'a> RxTarget<'a> {
+    /// Opens `rings`' RX queue for a burst; `Ok(None)` while its driver is not running.
+    #[inline]
+    pub fn open(rings: &'a ActiveRings) -> Result<Option<RxTarget<'a>>, QueueError> {
+        let Some(queue) = rings.queue(RX_QUEUE)? else {
+            return Ok(None);
+        };
+        let empty_reason = if rings.rx_posted(queue.pending()) {
+            DropReason::NoRxBuffer
+        } else {
+            DropReason::PeerDown
+        };
+        Ok(Some(RxTarget {
+            queue,
+            layout: rings.layout(),
+            full: false,
+            empty_reason,
+        }))
+    }
 }
 
 /// Copies `frame` (`len` bytes) into `rx`, or says why not.
@@ -136,13 +160,13 @@ pub fn deliver(
     scratch: &mut RxScratch,
 ) -> Result<(), DropReason> {
     if rx.full {
-        return Err(DropReason::NoRxBuffer);
+        return Err(rx.empty_reason);
     }
     match net::deliver_rx_frame(&mut rx.queue, rx.layout, frame, len, scratch) {
         Ok(()) => Ok(()),
         Err(RxError::NoBuffers) => {
             rx.full = true;
-            Err(DropReason::NoRxBuffer)
+            Err(rx.empty_reason)
         }
         Err(RxError::Chain(_) | RxError::ShortHeader) => Err(DropReason::BadRxDesc),
     }

@@ -8,7 +8,7 @@
 //! drops it) and counted under its reason, so a stuck peer never stalls the sender.
 
 use vpmd_backend::net;
-use vpmd_backend::port::{RX_QUEUE, TX_QUEUE};
+use vpmd_backend::port::TX_QUEUE;
 
 use super::{deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::DropReason;
@@ -60,15 +60,8 @@ impl Stream for VethStream {
         let mut rx = None;
         let mut rx_broken = false;
         if let Some(dst_rings) = dst.cache.rings(&dst.port) {
-            match dst_rings.queue(RX_QUEUE) {
-                Ok(Some(queue)) => {
-                    rx = Some(RxTarget {
-                        queue,
-                        layout: dst_rings.layout(),
-                        full: false,
-                    })
-                }
-                Ok(None) => {}
+            match RxTarget::open(dst_rings) {
+                Ok(target) => rx = target,
                 Err(e) => {
                     rx_broken = true;
                     ring_error(&mut dst.tally, &mut dst.log, dst.port.name(), "RX", &e);
