@@ -2,10 +2,14 @@
 //!
 //! # MAC filter (macvlan bridge/VEPA/private modes)
 //!
-//! Frames for a VM port (destination MAC in the [`MacTable`]) and all
-//! broadcast/multicast go to the AF_XDP socket of the frame's RX queue;
-//! everything else returns `XDP_PASS` and reaches the kernel stack untouched,
-//! as Linux macvlan's `RX_HANDLER_PASS`.
+//! Unicast frames for a VM port (destination MAC in the [`MacTable`]) go to
+//! the AF_XDP socket of the frame's RX queue; everything else returns
+//! `XDP_PASS` and reaches the kernel stack untouched, as Linux macvlan's
+//! `RX_HANDLER_PASS`. That includes broadcast and multicast: XDP cannot
+//! clone a frame, and the host's own stack on the uplink needs them (ARP,
+//! IPv6 neighbour discovery). The VM ports get their copies from the
+//! group tap ([`crate::packet_tap`]), an AF_PACKET socket that sees the
+//! frames once the kernel has them.
 //!
 //! ```text
 //!  0: r6 = r1                      ; keep ctx: calls clobber r1-r5
@@ -15,7 +19,8 @@
 //!  4: r4 += 6                      ; r4 = end of the destination MAC
 //!  5: if r4 > r3 goto pass         ; shorter than a MAC: not ours
 //!  6: r4 = *(u8 *)(r2 + 0)         ; first byte of the destination
-//!  7: if r4 & 0x1 goto redirect    ; group bit: broadcast or multicast
+//!  7: if r4 & 0x1 goto pass        ; group bit: broadcast/multicast, for
+//!                                 ;   the host stack (and the group tap)
 //!  8: r4 = *(u16 *)(r2 + 0)        ; copy the destination MAC into the
 //!  9: *(u16 *)(r10 - 8) = r4       ;   6-byte key at fp-8, in halfwords
 //! 10: r4 = *(u16 *)(r2 + 2)        ;   (aligned even where the packet
@@ -27,7 +32,7 @@
 //! 17: r2 += -8                     ; r2 = &key
 //! 18: call bpf_map_lookup_elem
 //! 19: if r0 == 0 goto pass         ; not a VM port's MAC
-//! redirect:
+//! redirect:                       ; a VM port's unicast frame
 //! 20: r1 = map[xsk_map] ll         ; (two slots)
 //! 22: r2 = *(u32 *)(r6 + 16)       ; r2 = ctx->rx_queue_index
 //! 23: r3 = XDP_PASS                ; action if that queue has no socket
@@ -85,7 +90,8 @@ impl XdpAction {
 /// Which frames the program takes from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RedirectPolicy {
-    /// Frames to a MAC in the [`MacTable`], plus broadcast and multicast.
+    /// Unicast frames to a MAC in the [`MacTable`]. Broadcast and multicast
+    /// are passed to the kernel (see [`crate::packet_tap`] for the VMs' copy).
     #[default]
     MacFilter,
     /// Every frame (macvlan passthru).
@@ -103,8 +109,6 @@ const CTX_RX_QUEUE_INDEX: i16 = 16;
 /// Stack offset of the MAC table key.
 const KEY: i16 = -8;
 
-/// Index of the `redirect:` label in [`mac_filter_listing`].
-const REDIRECT: usize = 20;
 /// Index of the `pass:` label in [`mac_filter_listing`].
 const PASS: usize = 26;
 
@@ -122,7 +126,7 @@ pub fn mac_filter_listing(mac_table_fd: i32, xsk_map_fd: i32) -> [Insn; 28] {
         /*  4 */ I::add64_imm(R4, 6),
         /*  5 */ I::jgt_reg(R4, R3, to(5, PASS)),
         /*  6 */ I::load(Size::Byte, R4, R2, 0),
-        /*  7 */ I::jset_imm(R4, 1, to(7, REDIRECT)),
+        /*  7 */ I::jset_imm(R4, 1, to(7, PASS)),
         /*  8 */ I::load(Size::Half, R4, R2, 0),
         /*  9 */ I::store(Size::Half, R10, KEY, R4),
         /* 10 */ I::load(Size::Half, R4, R2, 2),
@@ -265,6 +269,9 @@ mod tests {
 
     use super::*;
 
+    /// Index of the `redirect:` label in [`mac_filter_listing`] (reached
+    /// by falling through from a MAC table hit; no jump leads there).
+    const REDIRECT: usize = 20;
     const VM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     const OTHER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x65, 0x43, 0x21];
 
@@ -313,9 +320,14 @@ mod tests {
             .filter(|(_, i)| i.is_jump())
             .map(|(at, i)| (at as isize + 1 + i.off as isize) as usize)
             .collect();
-        assert_eq!(targets, vec![PASS, REDIRECT, PASS]);
+        assert_eq!(targets, vec![PASS, PASS, PASS], "every jump leads to pass");
         assert_eq!(listing[PASS], Insn::mov64_imm(R0, XdpAction::PASS));
         assert_eq!(listing[REDIRECT], Insn::load_map_fd(R1, 4)[0]);
+        assert_eq!(
+            listing[REDIRECT - 1],
+            Insn::jeq_imm(R0, 0, 6),
+            "a hit falls through"
+        );
         // Both exits are preceded by a verdict in r0.
         assert_eq!(listing[24], Insn::call(helper::REDIRECT_MAP));
         assert_eq!(listing.iter().filter(|i| **i == Insn::exit()).count(), 2);
@@ -342,18 +354,26 @@ mod tests {
             .insert(0, xsk.as_fd())
             .expect("insert socket");
         assert_eq!(run(VM_MAC), XdpAction::Redirect, "known VM MAC");
-        assert_eq!(run([0xff; 6]), XdpAction::Redirect, "broadcast");
+        // Group frames stay with the kernel (the host stack needs them; the
+        // VMs get theirs from the group tap).
+        assert_eq!(run([0xff; 6]), XdpAction::Pass, "broadcast");
         assert_eq!(
             run([0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb]),
-            XdpAction::Redirect,
+            XdpAction::Pass,
             "IPv4 multicast"
         );
         assert_eq!(
             run([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
-            XdpAction::Redirect,
+            XdpAction::Pass,
             "IPv6 multicast"
         );
         assert_eq!(run(OTHER_MAC), XdpAction::Pass, "unknown unicast");
+        // A group MAC in the table changes nothing: the group bit is tested
+        // before the lookup.
+        let group = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+        prog.mac_table().insert(group, 2).expect("insert group mac");
+        assert_eq!(run(group), XdpAction::Pass, "group MAC in the table");
+        assert!(prog.mac_table().remove(group).expect("remove group mac"));
 
         // The shortest frame the test run takes (14 bytes; shorter ones are
         // run in crate::sim): all of it is a header, the verdict holds.
@@ -365,11 +385,15 @@ mod tests {
         assert!(!prog.mac_table().remove(VM_MAC).expect("remove again"));
         assert_eq!(prog.mac_table().get(VM_MAC).unwrap(), None);
         assert_eq!(run(VM_MAC), XdpAction::Pass, "removed MAC");
-        assert_eq!(run([0xff; 6]), XdpAction::Redirect);
+        assert_eq!(run([0xff; 6]), XdpAction::Pass);
 
         // Emptying the socket slot turns redirects back into passes.
+        prog.mac_table()
+            .insert(VM_MAC, 1)
+            .expect("insert mac again");
+        assert_eq!(run(VM_MAC), XdpAction::Redirect);
         assert!(prog.xsk_map().remove(0).expect("remove socket"));
-        assert_eq!(run([0xff; 6]), XdpAction::Pass);
+        assert_eq!(run(VM_MAC), XdpAction::Pass, "no socket in the slot");
     }
 
     #[test]

@@ -83,3 +83,30 @@ impl From<libc::xdp_statistics> for XdpStatistics {
         }
     }
 }
+
+/// Counters of the group tap ([`crate::PacketTap`]), kept by the thread
+/// that owns it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapCounters {
+    /// Frames handed to the caller and released.
+    pub frames: u64,
+    /// Their bytes (Ethernet frame bytes, VLAN tags included).
+    pub bytes: u64,
+    /// Frames longer than a ring slot holds: the kernel stored only their
+    /// beginning; dropped here, never handed out truncated. Raise
+    /// `PacketTapConfig::max_frame_len` if this grows.
+    pub too_big: u64,
+    /// Frames whose VLAN tag the kernel had moved out of the frame (VLAN
+    /// offload) and that were handed out with the tag back in place.
+    pub vlan_restored: u64,
+    /// Frames handed out with `TP_STATUS_CSUMNOTREADY`: sent by a local
+    /// sender (e.g. a veth peer) whose transport checksum was left for
+    /// offload and is not filled in. Never seen on frames from a real wire.
+    pub checksum_partial: u64,
+    /// Frames the kernel dropped because the ring was full (the socket's
+    /// `PACKET_STATISTICS` `tp_drops`, summed over reads).
+    pub kernel_drops: u64,
+    /// `PACKET_STATISTICS` reads made: after the kernel flagged losses
+    /// (`TP_STATUS_LOSING`), or on request.
+    pub statistics_reads: u64,
+}

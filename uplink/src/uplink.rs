@@ -1,15 +1,18 @@
 //! One uplink, put together: the XDP program and its maps, attached to the
-//! interface, and one AF_XDP socket per configured RX queue on one UMEM.
+//! interface, one AF_XDP socket per configured RX queue on one UMEM, and
+//! (MAC filter) the group tap for broadcast and multicast.
 //!
 //! Setup order keeps the interface usable throughout: refuse early if a
 //! foreign XDP program is attached; load the program; create the UMEM and
-//! the sockets; put the sockets in the XSK map; attach last. Until the
-//! attach the kernel stack sees every frame; from then on, frames for VM
-//! MACs and broadcast/multicast go to the sockets.
+//! the sockets; put the sockets in the XSK map; open the group tap; attach
+//! last. Until the attach the kernel stack sees every frame; from then on,
+//! unicast frames for VM MACs go to the sockets (passthru: every frame),
+//! and group frames reach both the kernel stack and the tap.
 
 use crate::attach::{self, AttachError, AttachMode, AttachPreference, XdpLink};
 use crate::maps::{MacTable, MapError};
 use crate::netlink::{self, NetlinkError};
+use crate::packet_tap::{PacketTap, PacketTapConfig, PacketTapError};
 use crate::program::{ProgramError, RedirectPolicy, XdpProgram};
 use crate::socket::{BindMode, BindPreference, RingSizes, SocketError, SocketSetup, XskSocket};
 use crate::umem::{UmemArea, UmemConfig, UmemError};
@@ -31,11 +34,16 @@ pub struct UplinkConfig {
     pub mac_capacity: u32,
     pub attach: AttachPreference,
     pub bind: BindPreference,
+    /// Whether to open the group tap ([`Uplink::take_group_tap`]).
+    pub group_tap: GroupTap,
+    /// Its shape, when it is opened.
+    pub tap: PacketTapConfig,
 }
 
 impl UplinkConfig {
     /// Defaults: queue 0, MAC filter, 4096 chunks of 4096 bytes per queue,
-    /// rings of 2048, up to 1024 MACs, native XDP and zero-copy if possible.
+    /// rings of 2048, up to 1024 MACs, native XDP and zero-copy if possible,
+    /// group tap as the policy needs it, with MTU-sized slots.
     pub fn new(ifname: impl Into<String>) -> Self {
         Self {
             ifname: ifname.into(),
@@ -46,6 +54,31 @@ impl UplinkConfig {
             mac_capacity: 1024,
             attach: AttachPreference::default(),
             bind: BindPreference::default(),
+            group_tap: GroupTap::default(),
+            tap: PacketTapConfig::default(),
+        }
+    }
+}
+
+/// Whether an uplink opens the group tap ([`PacketTap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupTap {
+    /// On for [`RedirectPolicy::MacFilter`] (group frames go to the kernel,
+    /// the VMs need their copy), off for [`RedirectPolicy::Passthru`] (the
+    /// socket gets every frame already; the kernel sees none).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl GroupTap {
+    /// Whether the tap is opened under `policy`.
+    pub fn enabled(self, policy: RedirectPolicy) -> bool {
+        match self {
+            Self::Auto => policy == RedirectPolicy::MacFilter,
+            Self::On => true,
+            Self::Off => false,
         }
     }
 }
@@ -91,11 +124,18 @@ pub enum UplinkError {
         #[source]
         source: MapError,
     },
+    #[error("uplink `{ifname}`: opening the group tap failed")]
+    GroupTap {
+        ifname: String,
+        #[source]
+        source: PacketTapError,
+    },
 }
 
 /// An attached uplink. Dropping it detaches the program; sockets already
 /// taken with [`Self::take_sockets`] keep working for transmit until they
-/// are dropped, but receive nothing more.
+/// are dropped, but receive nothing more. A group tap already taken keeps
+/// receiving group frames until it is dropped.
 #[derive(Debug)]
 pub struct Uplink {
     // Declared first, dropped first: the program leaves the interface
@@ -103,6 +143,7 @@ pub struct Uplink {
     link: XdpLink,
     program: XdpProgram,
     sockets: Vec<XskSocket>,
+    group_tap: Option<PacketTap>,
     bind_mode: BindMode,
 }
 
@@ -177,18 +218,32 @@ impl Uplink {
                 })?;
         }
         let bind_mode = sockets[0].bind_mode();
+        // Before the attach: no group frame passed to the kernel from then
+        // on escapes the tap.
+        let group_tap = if config.group_tap.enabled(config.policy) {
+            let tap =
+                PacketTap::open(ifname, &config.tap).map_err(|source| UplinkError::GroupTap {
+                    ifname: ifname.into(),
+                    source,
+                })?;
+            Some(tap)
+        } else {
+            None
+        };
         let link = XdpLink::attach(&program, ifname, ifindex, config.attach)?;
         log::info!(
-            "uplink {ifname}: XDP program {} ({:?}) in {} mode, {} AF_XDP socket(s) in {bind_mode} mode",
+            "uplink {ifname}: XDP program {} ({:?}) in {} mode, {} AF_XDP socket(s) in {bind_mode} mode, group tap {}",
             program.id(),
             config.policy,
             link.mode(),
             sockets.len(),
+            if group_tap.is_some() { "on" } else { "off" },
         );
         Ok(Self {
             link,
             program,
             sockets,
+            group_tap,
             bind_mode,
         })
     }
@@ -208,6 +263,18 @@ impl Uplink {
     /// The sockets not yet taken.
     pub fn sockets_mut(&mut self) -> &mut [XskSocket] {
         &mut self.sockets
+    }
+
+    /// Hands the group tap over, to be moved into the polling thread that
+    /// copies broadcast and multicast to every VM port. `None` if it was not
+    /// opened ([`UplinkConfig::group_tap`]) or was taken already.
+    pub fn take_group_tap(&mut self) -> Option<PacketTap> {
+        self.group_tap.take()
+    }
+
+    /// The group tap, if opened and not yet taken.
+    pub fn group_tap_mut(&mut self) -> Option<&mut PacketTap> {
+        self.group_tap.as_mut()
     }
 
     /// Copy or zero-copy: chosen by the kernel for the first socket, shared

@@ -21,8 +21,10 @@ pub const VM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xaa, 0x01];
 pub const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xaa, 0x02];
 pub const UNKNOWN_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xbb, 0x01];
 pub const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xcc, 0x01];
+pub const HOST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0xdd, 0x01];
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 pub const MULTICAST: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+pub const MULTICAST6: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
 
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn is_root() -> bool {
@@ -135,6 +137,68 @@ impl TestNet {
     pub fn host_ifindex(&self) -> u32 {
         vpmd_uplink::ifindex(&self.host_if).expect("host end exists")
     }
+
+    /// Gives the host end the fixed MAC [`HOST_MAC`].
+    pub fn set_host_mac(&self) {
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &self.host_if,
+            "address",
+            &mac_text(&HOST_MAC),
+        ]);
+    }
+
+    /// Puts `host` (CIDR) on the host end and `ns` on the namespace end.
+    /// Addresses go away with the interfaces.
+    pub fn add_addresses(&self, host: &str, ns: &str) {
+        ip(&["addr", "add", host, "dev", &self.host_if]);
+        ip(&["-n", &self.ns, "addr", "add", ns, "dev", &self.ns_if]);
+    }
+
+    /// `ip netns exec NS ARGS`: its output, or its error output.
+    pub fn exec_in_ns(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["netns", "exec", &self.ns];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// The host end's interface flags (`IFF_*`).
+    pub fn host_flags(&self) -> u32 {
+        let text = std::fs::read_to_string(format!("/sys/class/net/{}/flags", self.host_if))
+            .expect("flags of the host end");
+        u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).expect("hex flags")
+    }
+}
+
+/// Installs `ping` (Debian `iputils-ping`) unless it is there; once per
+/// test binary, waiting for the dpkg lock if someone else holds it.
+pub fn ensure_ping() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        if run("ping", &["-V"]).is_ok() {
+            return;
+        }
+        let install = || {
+            run(
+                "apt-get",
+                &[
+                    "install",
+                    "-y",
+                    "-q",
+                    "-o",
+                    "DPkg::Lock::Timeout=300",
+                    "iputils-ping",
+                ],
+            )
+        };
+        if install().is_err() {
+            let _ = run("apt-get", &["update", "-q"]);
+            install().unwrap_or_else(|e| panic!("installing iputils-ping: {e}"));
+        }
+        run("ping", &["-V"]).expect("ping runs after installing iputils-ping");
+    });
 }
 
 impl Drop for TestNet {
@@ -182,10 +246,27 @@ pub fn test_frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
     f
 }
 
-/// The sequence number of a test frame; `None` for any other frame.
+/// `frame` with an 802.1Q tag (`tci`) after its MAC addresses.
+pub fn vlan_tagged(frame: &[u8], tci: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00]);
+    tagged.extend_from_slice(&tci.to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+/// The sequence number of a test frame (tagged or not); `None` for any
+/// other frame.
 pub fn frame_seq(frame: &[u8]) -> Option<u32> {
-    if frame.len() >= 54 && &frame[42..50] == MAGIC {
-        Some(u32::from_be_bytes(frame[50..54].try_into().unwrap()))
+    let tag = if frame.len() >= 14 && frame[12..14] == [0x81, 0x00] {
+        4
+    } else {
+        0
+    };
+    if frame.len() >= 54 + tag && &frame[42 + tag..50 + tag] == MAGIC {
+        Some(u32::from_be_bytes(
+            frame[50 + tag..54 + tag].try_into().unwrap(),
+        ))
     } else {
         None
     }
@@ -371,4 +452,41 @@ pub fn receive_test_frames(
 /// Sequence numbers of `frames`.
 pub fn seqs(frames: &[Vec<u8>]) -> Vec<u32> {
     frames.iter().filter_map(|f| frame_seq(f)).collect()
+}
+
+/// Receives frames (all of them, test frames or not) from the group tap
+/// until `done(frames so far)` holds or `PATIENCE` runs out; returns them
+/// in arrival order.
+pub fn receive_tap_frames(
+    tap: &mut vpmd_uplink::PacketTap,
+    done: impl Fn(&[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut frames = Vec::new();
+    while !done(&frames) && Instant::now() < deadline {
+        let burst = tap.receive_burst(64);
+        if burst.is_empty() {
+            drop(burst);
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        frames.extend(burst.iter().map(<[u8]>::to_vec));
+    }
+    frames
+}
+
+/// Test frames from the group tap up to the one with sequence number `seq`
+/// (included); panics if it does not come.
+pub fn tap_test_frames_until(tap: &mut vpmd_uplink::PacketTap, seq: u32) -> Vec<Vec<u8>> {
+    let is_it = |f: &Vec<u8>| frame_seq(f) == Some(seq);
+    let frames = receive_tap_frames(tap, |f| f.iter().any(is_it));
+    let end = frames
+        .iter()
+        .position(is_it)
+        .unwrap_or_else(|| panic!("test frame {seq} does not reach the group tap"));
+    frames
+        .into_iter()
+        .take(end + 1)
+        .filter(|f| frame_seq(f).is_some())
+        .collect()
 }

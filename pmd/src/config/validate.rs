@@ -1,0 +1,229 @@
+//! Checks a parsed file and builds the [`Config`]: every error names the file, the
+//! field (`port[1].mac`, `macvlan[0].uplink`) and what is wrong.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use super::{
+    Config, ConfigError, Host, Mac, Macvlan, MacvlanMode, Port, RawConfig, RawPort,
+    DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_UPLINK_QUEUES, MIN_MTU,
+};
+
+/// Builds errors for one file.
+struct Errors<'a> {
+    file: &'a str,
+}
+
+impl Errors<'_> {
+    fn at(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config, ConfigError> {
+    let err = Errors { file };
+    let cores = validate_cores(&raw, host.cpus, &err)?;
+    if raw.ports.is_empty() {
+        return Err(err.at("port", "no [[port]] is configured"));
+    }
+    let ports = validate_ports(&raw.ports, &err)?;
+
+    // Which veth or macvlan each port belongs to: at most one.
+    let mut owner: Vec<Option<String>> = vec![None; ports.len()];
+    let mut claim = |idx: usize, field: &str, by: String| -> Result<(), ConfigError> {
+        if let Some(other) = &owner[idx] {
+            return Err(err.at(
+                field,
+                format!("port {:?} already belongs to {other}", ports[idx].name),
+            ));
+        }
+        owner[idx] = Some(by);
+        Ok(())
+    };
+    let find = |name: &str, field: &str| {
+        ports
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| err.at(field, format!("no [[port]] is named {name:?}")))
+    };
+
+    let mut veths = Vec::new();
+    for (i, v) in raw.veths.iter().enumerate() {
+        let mut pair = [0usize; 2];
+        for (j, name) in v.ports.iter().enumerate() {
+            let field = format!("veth[{i}].ports[{j}]");
+            let idx = find(name, &field)?;
+            claim(idx, &field, format!("veth[{i}]"))?;
+            pair[j] = idx;
+        }
+        veths.push(pair);
+    }
+
+    let mut macvlans = Vec::new();
+    let mut uplinks = HashSet::new();
+    for (i, m) in raw.macvlans.iter().enumerate() {
+        let f = |name: &str| format!("macvlan[{i}].{name}");
+        if !(host.interface_exists)(&m.uplink) {
+            return Err(err.at(
+                f("uplink"),
+                format!("no network interface named {:?} on this host", m.uplink),
+            ));
+        }
+        if !uplinks.insert(m.uplink.clone()) {
+            return Err(err.at(
+                f("uplink"),
+                format!("{:?} is the uplink of another [[macvlan]]", m.uplink),
+            ));
+        }
+        if !(1..=MAX_UPLINK_QUEUES).contains(&m.queues) {
+            return Err(err.at(
+                f("queues"),
+                format!("{} is outside 1-{MAX_UPLINK_QUEUES}", m.queues),
+            ));
+        }
+        if m.ports.is_empty() || m.ports.len() > MAX_MACVLAN_PORTS {
+            return Err(err.at(
+                f("ports"),
+                format!("needs 1-{MAX_MACVLAN_PORTS} ports, has {}", m.ports.len()),
+            ));
+        }
+        if m.mode == MacvlanMode::Passthru && m.ports.len() != 1 {
+            return Err(err.at(
+                f("ports"),
+                "passthru mode gives the uplink to exactly one port",
+            ));
+        }
+        let mut idxs = Vec::new();
+        for (j, name) in m.ports.iter().enumerate() {
+            let field = format!("macvlan[{i}].ports[{j}]");
+            let idx = find(name, &field)?;
+            claim(idx, &field, format!("macvlan[{i}]"))?;
+            idxs.push(idx);
+        }
+        macvlans.push(Macvlan {
+            uplink: m.uplink.clone(),
+            queues: m.queues,
+            mode: m.mode,
+            ports: idxs,
+        });
+    }
+
+    if let Some(i) = owner.iter().position(Option::is_none) {
+        return Err(err.at(
+            format!("port[{i}]"),
+            format!(
+                "port {:?} is in no [[veth]] or [[macvlan]]: its frames would go nowhere",
+                ports[i].name
+            ),
+        ));
+    }
+    Ok(Config {
+        cores,
+        control_socket: raw
+            .pmd
+            .control_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        ports,
+        veths,
+        macvlans,
+    })
+}
+
+fn validate_cores(raw: &RawConfig, cpus: usize, err: &Errors) -> Result<Vec<usize>, ConfigError> {
+    let cores = raw.pmd.cores.clone().unwrap_or_else(|| vec![cpus - 1]);
+    if cores.is_empty() {
+        return Err(err.at("pmd.cores", "needs at least one core"));
+    }
+    let mut seen = HashSet::new();
+    for (i, &c) in cores.iter().enumerate() {
+        if c >= cpus {
+            return Err(err.at(
+                format!("pmd.cores[{i}]"),
+                format!(
+                    "core {c} does not exist (this machine has cores 0-{})",
+                    cpus - 1
+                ),
+            ));
+        }
+        if !seen.insert(c) {
+            return Err(err.at(
+                format!("pmd.cores[{i}]"),
+                format!("core {c} is listed twice"),
+            ));
+        }
+    }
+    Ok(cores)
+}
+
+fn validate_ports(raw: &[RawPort], err: &Errors) -> Result<Vec<Port>, ConfigError> {
+    let mut ports = Vec::new();
+    let (mut names, mut sockets, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for (i, p) in raw.iter().enumerate() {
+        let f = |name: &str| format!("port[{i}].{name}");
+        let name_ok = !p.name.is_empty()
+            && p.name.len() <= 32
+            && p.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err(err.at(
+                f("name"),
+                format!(
+                    "{:?} must be 1-32 characters of letters, digits, '-', '_' or '.'",
+                    p.name
+                ),
+            ));
+        }
+        if !names.insert(p.name.clone()) {
+            return Err(err.at(f("name"), format!("port name {:?} is used twice", p.name)));
+        }
+        if p.socket.as_os_str().is_empty() {
+            return Err(err.at(f("socket"), "is empty"));
+        }
+        if !sockets.insert(p.socket.clone()) {
+            return Err(err.at(
+                f("socket"),
+                format!("{} is used by another port", p.socket.display()),
+            ));
+        }
+        let mac: Mac = p.mac.parse().map_err(|e: String| err.at(f("mac"), e))?;
+        if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+            return Err(err.at(f("mac"), format!("{mac} is not a unicast address")));
+        }
+        if !macs.insert(mac) {
+            return Err(err.at(f("mac"), format!("{mac} is used by another port")));
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
+            return Err(err.at(
+                f("mtu"),
+                format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu),
+            ));
+        }
+        let socket_mode = match &p.socket_mode {
+            None => 0o600,
+            Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    err.at(
+                        f("socket_mode"),
+                        format!("{s:?} is not an octal mode like \"0660\""),
+                    )
+                })?,
+        };
+        ports.push(Port {
+            name: p.name.clone(),
+            socket: p.socket.clone(),
+            mode: p.mode,
+            mac,
+            mtu: p.mtu,
+            socket_mode,
+            allow_mac_spoofing: p.allow_mac_spoofing,
+        });
+    }
+    Ok(ports)
+}
