@@ -142,6 +142,16 @@ impl HostBuf {
         Some(out)
     }
 
+    /// A read-only view of host bytes, to copy *from* (a frame in an AF_XDP UMEM
+    /// chunk going into a guest). Never pass it where bytes are written: it does not
+    /// own its memory and must not outlive `s`.
+    pub fn from_bytes(s: &[u8]) -> HostBuf {
+        HostBuf {
+            ptr: s.as_ptr().cast_mut(),
+            len: s.len() as u32,
+        }
+    }
+
     /// A view of a host slice, for unit tests and locally built headers.
     pub fn from_slice(s: &mut [u8]) -> HostBuf {
         HostBuf {

@@ -23,17 +23,26 @@ pub enum DropReason {
     TooBig,
     /// The frame is shorter than an Ethernet header.
     Runt,
+    /// A macvlan port sent with a source MAC other than its own.
+    Spoofed,
+    /// The uplink had no free transmit slot or buffer.
+    UplinkBusy,
+    /// No port has the destination MAC (or the only one is the sender).
+    NoDestination,
 }
 
 impl DropReason {
     /// Every reason, in the order stats print them.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::PeerDown,
         DropReason::NoRxBuffer,
         DropReason::BadRxDesc,
         DropReason::BadTxDesc,
         DropReason::TooBig,
         DropReason::Runt,
+        DropReason::Spoofed,
+        DropReason::UplinkBusy,
+        DropReason::NoDestination,
     ];
 
     /// The name used in stats and docs.
@@ -45,6 +54,9 @@ impl DropReason {
             DropReason::BadTxDesc => "bad_tx_desc",
             DropReason::TooBig => "too_big",
             DropReason::Runt => "runt",
+            DropReason::Spoofed => "spoofed",
+            DropReason::UplinkBusy => "uplink_busy",
+            DropReason::NoDestination => "no_destination",
         }
     }
 }
@@ -62,6 +74,10 @@ pub struct PortTally {
     pub tx_packets: u64,
     /// Their bytes.
     pub tx_bytes: u64,
+    /// Frames taken from the port that reached at least one destination.
+    pub forwarded: u64,
+    /// Copies of flooded frames meant for this port that its RX queue could not take.
+    pub rx_dropped: u64,
     /// Frames taken from this port and dropped, by reason.
     pub drops: [u64; NUM_DROPS],
     /// Times one of the port's rings could not be used (bad placement, index jump).
@@ -83,6 +99,8 @@ pub struct PortCounters {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    forwarded: AtomicU64,
+    rx_dropped: AtomicU64,
     drops: [AtomicU64; NUM_DROPS],
     ring_errors: AtomicU64,
 }
@@ -102,6 +120,8 @@ impl PortCounters {
         add(&self.rx_bytes, t.rx_bytes);
         add(&self.tx_packets, t.tx_packets);
         add(&self.tx_bytes, t.tx_bytes);
+        add(&self.forwarded, t.forwarded);
+        add(&self.rx_dropped, t.rx_dropped);
         for (c, &n) in self.drops.iter().zip(&t.drops) {
             add(c, n);
         }
@@ -110,24 +130,32 @@ impl PortCounters {
     }
 
     /// A snapshot, for stats.
-    pub fn snapshot(&self, name: &str, up: bool) -> PortStats {
+    pub fn snapshot(&self, name: &str, kind: &str, up: bool) -> PortStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let drop = |r: DropReason| load(&self.drops[r as usize]);
         PortStats {
             name: name.to_string(),
+            kind: kind.to_string(),
             state: if up { "up" } else { "down" }.to_string(),
             rx_packets: load(&self.rx_packets),
             rx_bytes: load(&self.rx_bytes),
             tx_packets: load(&self.tx_packets),
             tx_bytes: load(&self.tx_bytes),
+            forwarded: load(&self.forwarded),
+            rx_dropped: load(&self.rx_dropped),
             drops: DropCounts {
-                peer_down: load(&self.drops[DropReason::PeerDown as usize]),
-                no_rx_buffer: load(&self.drops[DropReason::NoRxBuffer as usize]),
-                bad_rx_desc: load(&self.drops[DropReason::BadRxDesc as usize]),
-                bad_tx_desc: load(&self.drops[DropReason::BadTxDesc as usize]),
-                too_big: load(&self.drops[DropReason::TooBig as usize]),
-                runt: load(&self.drops[DropReason::Runt as usize]),
+                peer_down: drop(DropReason::PeerDown),
+                no_rx_buffer: drop(DropReason::NoRxBuffer),
+                bad_rx_desc: drop(DropReason::BadRxDesc),
+                bad_tx_desc: drop(DropReason::BadTxDesc),
+                too_big: drop(DropReason::TooBig),
+                runt: drop(DropReason::Runt),
+                spoofed: drop(DropReason::Spoofed),
+                uplink_busy: drop(DropReason::UplinkBusy),
+                no_destination: drop(DropReason::NoDestination),
             },
             ring_errors: load(&self.ring_errors),
+            uplink: None,
         }
     }
 }
@@ -148,17 +176,18 @@ pub struct DropCounts {
     pub too_big: u64,
     /// See [`DropReason::Runt`].
     pub runt: u64,
+    /// See [`DropReason::Spoofed`].
+    pub spoofed: u64,
+    /// See [`DropReason::UplinkBusy`].
+    pub uplink_busy: u64,
+    /// See [`DropReason::NoDestination`].
+    pub no_destination: u64,
 }
 
 impl DropCounts {
     /// Sum over all reasons.
     pub fn total(&self) -> u64 {
-        self.peer_down
-            + self.no_rx_buffer
-            + self.bad_rx_desc
-            + self.bad_tx_desc
-            + self.too_big
-            + self.runt
+        self.pairs().iter().map(|p| p.1).sum()
     }
 
     /// `(name, count)` pairs in [`DropReason::ALL`] order.
@@ -170,6 +199,9 @@ impl DropCounts {
             ("bad_tx_desc", self.bad_tx_desc),
             ("too_big", self.too_big),
             ("runt", self.runt),
+            ("spoofed", self.spoofed),
+            ("uplink_busy", self.uplink_busy),
+            ("no_destination", self.no_destination),
         ]
     }
 }
@@ -177,9 +209,11 @@ impl DropCounts {
 /// One port's counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStats {
-    /// Port name.
+    /// Port name (the interface name for an uplink).
     pub name: String,
-    /// "up" when the guest driver runs the port's queues, else "down".
+    /// "vhost-user" for a VM port, "uplink" for a macvlan's AF_XDP uplink.
+    pub kind: String,
+    /// "up" when the guest driver runs the port's queues (an uplink: while attached).
     pub state: String,
     /// Frames delivered to the guest.
     pub rx_packets: u64,
@@ -189,10 +223,18 @@ pub struct PortStats {
     pub tx_packets: u64,
     /// Their Ethernet bytes.
     pub tx_bytes: u64,
+    /// Frames taken from the guest that reached at least one destination:
+    /// `tx_packets` = `forwarded` + `drops` total.
+    pub forwarded: u64,
+    /// Copies of flooded frames meant for this guest that its RX queue could not take.
+    pub rx_dropped: u64,
     /// Frames taken from this guest and dropped.
     pub drops: DropCounts,
     /// Bursts in which one of the port's rings was unusable (not frames).
     pub ring_errors: u64,
+    /// How an uplink is attached (uplinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<crate::stats::UplinkInfo>,
 }
 
 /// Live counters of one polling thread (single writer: the thread itself).
@@ -260,7 +302,7 @@ mod tests {
         assert_eq!(t.tx_packets, 0);
         t.drop(DropReason::PeerDown);
         c.flush(&mut t);
-        let s = c.snapshot("vm0", false);
+        let s = c.snapshot("vm0", "vhost-user", false);
         assert_eq!((s.tx_packets, s.tx_bytes), (3, 180));
         assert_eq!(s.drops.peer_down, 2);
         assert_eq!(s.drops.runt, 1);

@@ -6,12 +6,13 @@
 //! Control plane:
 //! - [`config`]: the TOML configuration, validated with errors that name the field.
 //! - [`switch`]: a running instance: ports, connections, polling threads, control socket.
+//! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
 //! - [`control`]: the control socket behind `vpmd stats`.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
 //!
 //! Data path (the polling threads):
 //! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
-//! - [`fwd`]: forwarding streams; one engine per file ([`fwd::veth`]).
+//! - [`fwd`]: forwarding streams; one engine per file ([`fwd::veth`], [`fwd::macvlan`]).
 //! - [`counters`]: per-port and per-thread counters, flushed once per burst.
 //! - [`tsc`]: the cycle counter; [`ratelimit`]: guest-triggered log lines.
 //!
@@ -28,3 +29,4 @@ pub mod ratelimit;
 pub mod stats;
 pub mod switch;
 pub mod tsc;
+pub mod uplink_setup;

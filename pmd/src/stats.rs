@@ -20,10 +20,33 @@ pub struct Snapshot {
 
 /// A port as the stats see it.
 pub struct PortEntry {
-    /// The vhost-user port (for its state).
-    pub port: Arc<VirtioNetPort>,
+    /// Its name.
+    pub name: String,
+    /// What it is, and where its state comes from.
+    pub kind: PortKind,
     /// Its counters.
     pub counters: Arc<PortCounters>,
+}
+
+/// The kinds of port.
+pub enum PortKind {
+    /// A VM's vhost-user port: up while its driver runs the queues.
+    Vhost(Arc<VirtioNetPort>),
+    /// A macvlan's AF_XDP uplink: up while vpmd runs (it is attached at start-up).
+    Uplink(UplinkInfo),
+}
+
+/// How an uplink is attached, shown with its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkInfo {
+    /// "native" (driver) or "generic" (skb) XDP.
+    pub xdp: String,
+    /// "zerocopy" or "copy" AF_XDP sockets.
+    pub socket_mode: String,
+    /// AF_XDP sockets, one per RX queue.
+    pub queues: u32,
+    /// macvlan mode.
+    pub macvlan_mode: String,
 }
 
 /// A polling thread as the stats see it.
@@ -53,7 +76,16 @@ impl Registry {
             ports: self
                 .ports
                 .iter()
-                .map(|p| p.counters.snapshot(p.port.name(), p.port.is_up()))
+                .map(|p| match &p.kind {
+                    PortKind::Vhost(port) => {
+                        p.counters.snapshot(&p.name, "vhost-user", port.is_up())
+                    }
+                    PortKind::Uplink(info) => {
+                        let mut s = p.counters.snapshot(&p.name, "uplink", true);
+                        s.uplink = Some(info.clone());
+                        s
+                    }
+                })
                 .collect(),
             threads: self
                 .threads
@@ -93,20 +125,43 @@ impl Snapshot {
                 p.drops.total()
             );
         }
-        let _ = writeln!(out, "\ndrops of frames taken from each port, by reason:");
+        let _ = writeln!(
+            out,
+            "\nframes taken from each port: forwarded, and dropped by reason:"
+        );
         for p in &self.ports {
             let reasons: Vec<String> = p
                 .drops
                 .pairs()
                 .iter()
+                .filter(|(_, v)| *v != 0)
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect();
+            let mut extra = String::new();
+            if p.rx_dropped != 0 {
+                let _ = write!(extra, "  rx_dropped={}", p.rx_dropped);
+            }
+            if p.ring_errors != 0 {
+                let _ = write!(extra, "  ring_errors={}", p.ring_errors);
+            }
+            if let Some(u) = &p.uplink {
+                let _ = write!(
+                    extra,
+                    "  [{} XDP, {} sockets x{}, {}]",
+                    u.xdp, u.socket_mode, u.queues, u.macvlan_mode
+                );
+            }
             let _ = writeln!(
                 out,
-                "  {:<w$}  {}  ring_errors={}",
+                "  {:<w$}  forwarded={} {}{}",
                 p.name,
-                reasons.join(" "),
-                p.ring_errors
+                p.forwarded,
+                if reasons.is_empty() {
+                    "no drops".to_string()
+                } else {
+                    reasons.join(" ")
+                },
+                extra
             );
         }
         let _ = writeln!(out, "\npolling threads:");
@@ -145,16 +200,20 @@ mod tests {
         Snapshot {
             ports: vec![PortStats {
                 name: "vm0".into(),
+                kind: "vhost-user".into(),
                 state: "up".into(),
                 rx_packets: 1,
                 rx_bytes: 60,
                 tx_packets: 2,
                 tx_bytes: 120,
+                forwarded: 1,
+                rx_dropped: 0,
                 drops: DropCounts {
                     peer_down: 1,
                     ..Default::default()
                 },
                 ring_errors: 0,
+                uplink: None,
             }],
             threads: vec![ThreadStats {
                 core: 1,

@@ -1,5 +1,6 @@
-//! A running vpmd: ports, their vhost-user connections, the polling threads and the
-//! control socket, started from a [`Config`] and stopped in the reverse order.
+//! A running vpmd: ports, their vhost-user connections, macvlan uplinks, the polling
+//! threads and the control socket, started from a [`Config`] and stopped in the
+//! reverse order.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +16,10 @@ use crate::counters::{PortCounters, ThreadCounters};
 use crate::fwd::veth::VethStream;
 use crate::fwd::{Stream, VhostEndpoint};
 use crate::pmd_thread::PmdThread;
-use crate::stats::{PortEntry, Registry, Snapshot, ThreadEntry};
+use crate::stats::{PortEntry, PortKind, Registry, Snapshot, ThreadEntry};
 use crate::tsc;
+use crate::uplink_setup::{self, UplinkSetupError};
+use vpmd_uplink::Uplink;
 
 /// Why vpmd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,9 @@ pub enum StartError {
     /// A port's socket failed.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// A macvlan's uplink could not be set up.
+    #[error(transparent)]
+    Uplink(#[from] UplinkSetupError),
     /// A polling thread could not be started.
     #[error("cannot start the polling thread for core {core}: {source}")]
     Thread {
@@ -56,6 +62,8 @@ pub struct Switch {
     threads: Vec<PmdThread>,
     connections: Vec<Connection>,
     control: Option<ControlServer>,
+    /// Open uplinks: their XDP programs stay attached while these live.
+    uplinks: Vec<Uplink>,
 }
 
 /// One polling thread's share of the streams.
@@ -77,22 +85,25 @@ fn ensure_parent(path: &Path, what: &str) -> Result<(), StartError> {
     }
 }
 
-/// Builds every stream the config wires and deals them out to the cores, round-robin
-/// in config order, so the two directions of a pair land on different cores when
-/// there are two.
-fn assign_streams(
+/// The two directions of every veth pair.
+fn veth_streams(
     config: &Config,
     ports: &[Arc<VirtioNetPort>],
     counters: &[Arc<PortCounters>],
-) -> Vec<Assignment> {
+) -> Vec<Box<dyn Stream>> {
     let endpoint = |i: usize| VhostEndpoint::new(ports[i].clone(), counters[i].clone());
     let mut streams: Vec<Box<dyn Stream>> = Vec::new();
     for &[a, b] in &config.veths {
         streams.push(Box::new(VethStream::new(endpoint(a), endpoint(b))));
         streams.push(Box::new(VethStream::new(endpoint(b), endpoint(a))));
     }
-    let mut out: Vec<Assignment> = config
-        .cores
+    streams
+}
+
+/// Deals the streams out to the cores round-robin, in config order, so that the two
+/// directions of a pair land on different cores when there are two.
+fn assign_streams(cores: &[usize], streams: Vec<Box<dyn Stream>>) -> Vec<Assignment> {
+    let mut out: Vec<Assignment> = cores
         .iter()
         .map(|&core| Assignment {
             core,
@@ -118,20 +129,30 @@ impl Switch {
             .iter()
             .map(|_| Arc::new(PortCounters::default()))
             .collect();
-        let assignments = assign_streams(config, &ports, &counters);
+        let mut streams = veth_streams(config, &ports, &counters);
+        let mut uplinks = Vec::new();
+        let mut port_entries: Vec<PortEntry> = ports
+            .iter()
+            .zip(&counters)
+            .map(|(p, c)| PortEntry {
+                name: p.name().to_string(),
+                kind: PortKind::Vhost(p.clone()),
+                counters: c.clone(),
+            })
+            .collect();
+        for m in &config.macvlans {
+            let opened = uplink_setup::open(m, &config.ports, &ports, &counters)?;
+            streams.extend(opened.shards);
+            port_entries.push(opened.entry);
+            uplinks.push(opened.uplink);
+        }
+        let assignments = assign_streams(&config.cores, streams);
         let thread_counters: Vec<Arc<ThreadCounters>> = assignments
             .iter()
             .map(|_| Arc::new(ThreadCounters::default()))
             .collect();
         let registry = Arc::new(Registry {
-            ports: ports
-                .iter()
-                .zip(&counters)
-                .map(|(p, c)| PortEntry {
-                    port: p.clone(),
-                    counters: c.clone(),
-                })
-                .collect(),
+            ports: port_entries,
             threads: assignments
                 .iter()
                 .zip(&thread_counters)
@@ -150,6 +171,7 @@ impl Switch {
             threads: Vec::new(),
             connections: Vec::new(),
             control: None,
+            uplinks,
         };
 
         ensure_parent(&config.control_socket, "the control socket")?;
@@ -229,6 +251,8 @@ impl Switch {
         if let Some(c) = self.control.take() {
             c.stop();
         }
+        // Detaches the XDP programs; the sockets went with the polling threads.
+        self.uplinks.clear();
     }
 }
 

@@ -53,6 +53,24 @@ stop_pid() {
   ! alive "$pid"
 }
 
+_NETNS=()        # network namespaces we created
+_LINKS=()        # links we created in the root namespace
+
+# add_netns NAME: create a network namespace, deleted at exit.
+add_netns() {
+  ip netns add "$1" || fail "cannot create network namespace $1"
+  _NETNS+=("$1")
+  ip -n "$1" link set lo up
+}
+
+# add_veth HOST_IF NS NS_IF: a veth pair with one RX/TX queue per end (so every
+# frame lands on AF_XDP queue 0), HOST_IF here and NS_IF in namespace NS.
+add_veth() {
+  ip link add "$1" numrxqueues 1 numtxqueues 1 type veth \
+    peer name "$3" netns "$2" numrxqueues 1 numtxqueues 1 || fail "cannot create veth $1"
+  _LINKS+=("$1")
+}
+
 _cleanup() {
   local status=$? entry pid comm
   set +e
@@ -63,6 +81,8 @@ _cleanup() {
     fi
   done
   wait 2>/dev/null
+  for entry in "${_LINKS[@]}"; do ip link del "$entry" 2>/dev/null; done
+  for entry in "${_NETNS[@]}"; do ip netns del "$entry" 2>/dev/null; done
   find "$WORK" -type s -delete 2>/dev/null
   if [[ $status -ne 0 || $_FAILED -ne 0 ]]; then
     echo "[$TEST_NAME] logs kept in $WORK" >&2

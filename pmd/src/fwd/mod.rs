@@ -3,10 +3,12 @@
 //! A [`Stream`] is DPDK testpmd's forwarding stream: a source queue, where its frames
 //! go, and the counters. Each forwarding engine lives in a file of its own:
 //! - [`veth`]: a frame taken from one port of a pair is delivered to the other.
+//! - [`macvlan`]: VM ports hanging off an AF_XDP uplink, by destination MAC.
 //!
 //! Shared pieces: [`VhostEndpoint`] (a vhost-user port as a stream holds it) and
 //! [`deliver`] (one frame into a guest's RX queue, with the drop reason on failure).
 
+pub mod macvlan;
 pub mod veth;
 
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct Scratch {
     pub frame: SegList,
     /// Space for delivering into RX buffers.
     pub rx: RxScratch,
+    /// A whole burst held between classifying and delivering (macvlan).
+    pub batch: Batch,
 }
 
 impl Scratch {
@@ -41,6 +45,35 @@ impl Scratch {
         Scratch {
             frame: SegList::default(),
             rx: RxScratch::new(),
+            batch: Batch::new(),
+        }
+    }
+}
+
+/// A burst of frames classified first and delivered after, destination by
+/// destination, so that each receive queue is opened once per burst and only one
+/// is held at a time.
+pub struct Batch {
+    /// Each frame's buffers.
+    pub frames: Vec<SegList>,
+    /// Each frame's Ethernet length.
+    pub lens: [u32; BURST],
+    /// The descriptor head each frame came in (vhost sources).
+    pub heads: [u16; BURST],
+    /// Whether each frame reached at least one destination.
+    pub delivered: [bool; BURST],
+    /// Why a frame that reached nothing was dropped (the last failure).
+    pub reason: [DropReason; BURST],
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            frames: (0..BURST).map(|_| SegList::default()).collect(),
+            lens: [0; BURST],
+            heads: [0; BURST],
+            delivered: [false; BURST],
+            reason: [DropReason::NoDestination; BURST],
         }
     }
 }

@@ -96,6 +96,7 @@ impl Stream for VethStream {
             };
             match outcome {
                 Ok(()) => {
+                    src.tally.forwarded += 1;
                     dst.tally.rx_packets += 1;
                     dst.tally.rx_bytes += u64::from(len);
                 }

@@ -1,0 +1,316 @@
+//! vpmd's configuration: TOML in, a validated [`Config`] out.
+//!
+//! - this file: the file's shape (serde, `deny_unknown_fields`) and the validated types;
+//! - [`validate`]: the checks, each error naming the file and the field (`port[1].mac`).
+//!
+//! [`Config::builtin`] is what `vpmd run` uses without `--config`.
+
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpmd/control.sock";
+/// Largest MTU a port may have (jumbo frames).
+pub const MAX_MTU: u16 = 9000;
+/// Smallest MTU a port may have (IPv4 minimum).
+pub const MIN_MTU: u16 = 68;
+/// Most VM ports one macvlan uplink serves (a 64-bit destination mask per frame).
+pub const MAX_MACVLAN_PORTS: usize = 64;
+/// Most AF_XDP queues one uplink may use.
+pub const MAX_UPLINK_QUEUES: u32 = 64;
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// Config file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{file}: {source}")]
+    Parse {
+        /// Config file.
+        file: PathBuf,
+        /// Cause (names the field and position).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A field has a value vpmd cannot use.
+    #[error("{file}: {field}: {reason}")]
+    Invalid {
+        /// Config file.
+        file: String,
+        /// The field, e.g. `port[1].mac`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!(
+                "{s:?} is not a MAC address (want six hex bytes like 52:54:00:00:00:01)"
+            ));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            *o = u8::from_str_radix(p, 16)
+                .ok()
+                .filter(|_| p.len() == 2)
+                .ok_or_else(|| format!("{s:?} is not a MAC address (bad byte {p:?})"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// Socket role of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// vpmd listens on the socket.
+    #[default]
+    Server,
+    /// vpmd connects to a socket the frontend listens on.
+    Client,
+}
+
+/// How a macvlan forwards between its VM ports, as Linux macvlan's modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    /// VM-to-VM frames go straight across; group frames go to the other VMs and out.
+    #[default]
+    Bridge,
+    /// No VM-to-VM traffic at all; everything goes out of the uplink.
+    Private,
+    /// Everything goes out of the uplink; what comes back is delivered by MAC.
+    Vepa,
+    /// One VM port owns the uplink: every frame in both directions.
+    Passthru,
+}
+
+impl MacvlanMode {
+    /// The name used in the config file and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+/// `[pmd]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPmd {
+    cores: Option<Vec<usize>>,
+    control_socket: Option<PathBuf>,
+}
+
+/// `[[port]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: String,
+    socket: PathBuf,
+    #[serde(default)]
+    mode: Mode,
+    mac: String,
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+    #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    allow_mac_spoofing: bool,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+/// `[[veth]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVeth {
+    ports: [String; 2],
+}
+
+/// `[[macvlan]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMacvlan {
+    uplink: String,
+    #[serde(default = "default_queues")]
+    queues: u32,
+    #[serde(default)]
+    mode: MacvlanMode,
+    ports: Vec<String>,
+}
+
+fn default_queues() -> u32 {
+    1
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    pmd: RawPmd,
+    #[serde(default, rename = "port")]
+    ports: Vec<RawPort>,
+    #[serde(default, rename = "veth")]
+    veths: Vec<RawVeth>,
+    #[serde(default, rename = "macvlan")]
+    macvlans: Vec<RawMacvlan>,
+}
+
+/// A validated port.
+#[derive(Debug, Clone)]
+pub struct Port {
+    /// Name.
+    pub name: String,
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Role.
+    pub mode: Mode,
+    /// MAC.
+    pub mac: Mac,
+    /// MTU.
+    pub mtu: u16,
+    /// Socket permission bits.
+    pub socket_mode: u32,
+    /// May send with a source MAC other than its own (macvlan ports).
+    pub allow_mac_spoofing: bool,
+}
+
+/// A validated macvlan: VM ports hanging off one uplink interface.
+#[derive(Debug, Clone)]
+pub struct Macvlan {
+    /// The kernel interface read and written through AF_XDP.
+    pub uplink: String,
+    /// AF_XDP sockets (uplink RX queues 0..queues).
+    pub queues: u32,
+    /// Forwarding mode.
+    pub mode: MacvlanMode,
+    /// Its VM ports, as indices into [`Config::ports`].
+    pub ports: Vec<usize>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Polling cores.
+    pub cores: Vec<usize>,
+    /// Control socket.
+    pub control_socket: PathBuf,
+    /// Ports, in file order.
+    pub ports: Vec<Port>,
+    /// veth pairs as indices into `ports`.
+    pub veths: Vec<[usize; 2]>,
+    /// macvlans.
+    pub macvlans: Vec<Macvlan>,
+}
+
+/// The configuration `vpmd run` uses without `--config`.
+pub const BUILTIN: &str = r#"
+[[port]]
+name = "vm0"
+socket = "/run/vpmd/vm0.sock"
+mode = "server"
+mac = "52:54:00:00:00:01"
+mtu = 1500
+
+[[port]]
+name = "vm1"
+socket = "/run/vpmd/vm1.sock"
+mode = "server"
+mac = "52:54:00:00:00:02"
+mtu = 1500
+
+[[veth]]
+ports = ["vm0", "vm1"]
+"#;
+
+/// What validation needs to know about the machine.
+pub struct Host {
+    /// Number of CPUs.
+    pub cpus: usize,
+    /// Whether a kernel network interface of this name exists.
+    pub interface_exists: fn(&str) -> bool,
+}
+
+impl Host {
+    /// This machine.
+    pub fn this() -> Host {
+        Host {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            interface_exists: |name| {
+                !name.is_empty()
+                    && !name.contains('/')
+                    && Path::new("/sys/class/net").join(name).exists()
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The built-in default.
+    pub fn builtin() -> Config {
+        Self::parse(BUILTIN, "<built-in>").expect("the built-in configuration is valid")
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Self::parse_for(text, file, &Host::this())
+    }
+
+    fn parse_for(text: &str, file: &str, host: &Host) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            file: PathBuf::from(file),
+            source,
+        })?;
+        validate::validate(raw, file, host)
+    }
+}

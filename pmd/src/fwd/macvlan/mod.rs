@@ -1,0 +1,274 @@
+//! The macvlan engine: VM ports hanging off one kernel interface (the uplink), read
+//! and written through AF_XDP, as Linux's macvlan hangs its devices off a lower one.
+//!
+//! - [`decide`]: where a frame goes, by mode and MAC (no rings; unit-tested alone).
+//! - [`deliver`]: classified frames into VM receive queues and out of the uplink.
+//! - this file: a [`MacvlanShard`], the stream a polling thread runs: one AF_XDP
+//!   queue of the uplink and the VM ports whose transmit queues it polls.
+//!
+//! A burst is handled in two passes, as DPDK's forwarding engines do: classify every
+//! frame, then deliver destination by destination. Frames from the uplink are copied
+//! once, from their UMEM chunk into guest buffers; frames from a VM once per
+//! destination, from the guest's buffers into another guest's or into a UMEM chunk.
+
+pub mod decide;
+pub mod deliver;
+
+use std::sync::Arc;
+
+use vpmd_backend::guest_mem::HostBuf;
+use vpmd_backend::net;
+use vpmd_backend::port::{RingCache, TX_QUEUE};
+use vpmd_uplink::packet_tap::PacketTap;
+use vpmd_uplink::rx::XskReceiver;
+use vpmd_uplink::tx::XskTransmitter;
+
+use self::decide::{Destinations, Ingress, MacvlanTable};
+use super::{ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use crate::counters::{DropReason, PortCounters, PortTally};
+
+/// The uplink as a shard holds it: counters of the frames it brings in (`tx_*`,
+/// from the outside's point of view, like a port's guest) and takes out (`rx_*`).
+pub struct UplinkEndpoint {
+    /// Shared counters of the uplink.
+    pub counters: Arc<PortCounters>,
+    /// This burst's figures.
+    pub tally: PortTally,
+    /// Largest frame sent out: the interface's MTU + 18, at most a UMEM chunk.
+    pub max_frame: u32,
+}
+
+/// One AF_XDP queue of a macvlan's uplink and the VM ports it serves.
+pub struct MacvlanShard {
+    name: String,
+    table: Arc<MacvlanTable>,
+    rx: XskReceiver,
+    tx: XskTransmitter,
+    /// Copies of the broadcast and multicast frames the uplink receives (which the
+    /// XDP program leaves to the kernel): one shard of each macvlan has it.
+    tap: Option<PacketTap>,
+    uplink: UplinkEndpoint,
+    /// Every VM port of the macvlan (index = port number in `table`), as
+    /// destinations; this shard's own ring caches and tallies.
+    vms: Vec<VhostEndpoint>,
+    /// The VM ports whose transmit queues this shard polls.
+    own: Vec<usize>,
+}
+
+impl MacvlanShard {
+    /// A shard of the macvlan described by `table`.
+    pub fn new(
+        name: String,
+        table: Arc<MacvlanTable>,
+        (rx, tx): (XskReceiver, XskTransmitter),
+        tap: Option<PacketTap>,
+        uplink: UplinkEndpoint,
+        vms: Vec<VhostEndpoint>,
+        own: Vec<usize>,
+    ) -> Self {
+        MacvlanShard {
+            name,
+            table,
+            rx,
+            tx,
+            tap,
+            uplink,
+            vms,
+            own,
+        }
+    }
+
+    /// Frames from the uplink's AF_XDP queue to the VMs.
+    fn poll_uplink(&mut self, s: &mut Scratch) -> u32 {
+        let burst = self.rx.receive_burst(BURST);
+        if burst.is_empty() {
+            return 0;
+        }
+        let n = uplink_to_vms(
+            burst.iter(),
+            &self.table,
+            &mut self.uplink,
+            &mut self.vms,
+            s,
+        );
+        // The frames' UMEM chunks go back to the kernel only now.
+        drop(burst);
+        n
+    }
+
+    /// Broadcast and multicast frames from the uplink (the tap's copies) to the VMs.
+    fn poll_tap(&mut self, s: &mut Scratch) -> u32 {
+        let Some(tap) = self.tap.as_mut() else {
+            return 0;
+        };
+        let burst = tap.receive_burst(BURST);
+        if burst.is_empty() {
+            return 0;
+        }
+        uplink_to_vms(
+            burst.iter(),
+            &self.table,
+            &mut self.uplink,
+            &mut self.vms,
+            s,
+        )
+    }
+
+    /// One burst from VM port `i`'s transmit queue.
+    fn poll_vm(&mut self, i: usize, s: &mut Scratch) -> u32 {
+        // The TX queue borrows the cache for the whole burst while other VMs'
+        // endpoints receive: hold it outside the endpoint list meanwhile.
+        let mut cache = std::mem::take(&mut self.vms[i].cache);
+        let moved = self.forward_vm_burst(i, &mut cache, s);
+        self.vms[i].cache = cache;
+        moved
+    }
+
+    fn forward_vm_burst(&mut self, i: usize, cache: &mut RingCache, s: &mut Scratch) -> u32 {
+        let Some(rings) = cache.rings(&self.vms[i].port) else {
+            return 0;
+        };
+        let mut txq = match rings.queue(TX_QUEUE) {
+            Ok(Some(q)) => q,
+            Ok(None) => return 0,
+            Err(e) => {
+                let vm = &mut self.vms[i];
+                ring_error(&mut vm.tally, &mut vm.log, vm.port.name(), "TX", &e);
+                vm.flush();
+                return 0;
+            }
+        };
+        if txq.pending() == 0 {
+            return 0;
+        }
+        let layout = rings.layout();
+        let mut dests = [Destinations::default(); BURST];
+        let batch = &mut s.batch;
+        let mut n = 0;
+        while n < BURST {
+            let Some(head) = txq.pop() else { break };
+            let k = n;
+            n += 1;
+            batch.heads[k] = head;
+            batch.delivered[k] = false;
+            let tally = &mut self.vms[i].tally;
+            tally.tx_packets += 1;
+            let len = match net::take_tx_frame(&txq, head, layout, &mut batch.frames[k]) {
+                Ok(len) => len,
+                Err(_) => {
+                    batch.lens[k] = 0;
+                    batch.reason[k] = DropReason::BadTxDesc;
+                    continue;
+                }
+            };
+            tally.tx_bytes += u64::from(len);
+            batch.lens[k] = len;
+            if len < MIN_FRAME {
+                batch.reason[k] = DropReason::Runt;
+                continue;
+            }
+            let mut hdr = [0u8; 12];
+            batch.frames[k].read_at(0, &mut hdr);
+            let (dst, src) = addresses(&hdr);
+            match self.table.decide(Ingress::Vm(i), &dst, &src) {
+                Ok(d) => dests[k] = d,
+                Err(reason) => batch.reason[k] = reason,
+            }
+        }
+        deliver::to_vms(&mut self.vms, &dests[..n], batch, &mut s.rx);
+        deliver::to_uplink(&mut self.uplink, &mut self.tx, &dests[..n], batch);
+        account(&mut self.vms[i].tally, batch, n);
+        // Every copy is made: the sender may have its buffers back.
+        for &head in &batch.heads[..n] {
+            txq.push_used(head, 0);
+        }
+        n as u32
+    }
+
+    fn flush(&mut self) {
+        self.uplink.counters.flush(&mut self.uplink.tally);
+        for vm in &mut self.vms {
+            vm.flush();
+        }
+    }
+}
+
+impl Stream for MacvlanShard {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, s: &mut Scratch) -> u32 {
+        let mut moved = self.poll_uplink(s) + self.poll_tap(s);
+        for k in 0..self.own.len() {
+            let i = self.own[k];
+            moved += self.poll_vm(i, s);
+        }
+        if moved > 0 {
+            self.flush();
+        } else {
+            // Idle: take back finished transmit chunks, kick what is left over.
+            self.tx.flush();
+        }
+        moved
+    }
+}
+
+/// Classifies a burst of frames from the uplink and delivers them to the VMs.
+fn uplink_to_vms<'f>(
+    frames: impl Iterator<Item = &'f [u8]>,
+    table: &MacvlanTable,
+    uplink: &mut UplinkEndpoint,
+    vms: &mut [VhostEndpoint],
+    s: &mut Scratch,
+) -> u32 {
+    let mut dests = [Destinations::default(); BURST];
+    let batch = &mut s.batch;
+    let mut n = 0;
+    for frame in frames.take(BURST) {
+        let k = n;
+        n += 1;
+        let len = frame.len() as u32;
+        uplink.tally.tx_packets += 1;
+        uplink.tally.tx_bytes += u64::from(len);
+        batch.lens[k] = len;
+        batch.delivered[k] = false;
+        batch.frames[k].clear();
+        batch.frames[k].push(HostBuf::from_bytes(frame));
+        if len < MIN_FRAME {
+            batch.reason[k] = DropReason::Runt;
+            continue;
+        }
+        let (dst, src) = addresses(frame);
+        match table.decide(Ingress::Uplink, &dst, &src) {
+            Ok(d) => dests[k] = d,
+            Err(reason) => batch.reason[k] = reason,
+        }
+    }
+    deliver::to_vms(vms, &dests[..n], batch, &mut s.rx);
+    account(&mut uplink.tally, batch, n);
+    n as u32
+}
+
+/// A frame's destination and source MAC (the first 12 bytes).
+#[inline]
+fn addresses(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&frame[0..6]);
+    src.copy_from_slice(&frame[6..12]);
+    (dst, src)
+}
+
+/// Counts each of the burst's `n` frames once at its source: forwarded if any
+/// copy went out, else dropped for the last reason seen.
+#[inline]
+fn account(tally: &mut PortTally, batch: &crate::fwd::Batch, n: usize) {
+    for k in 0..n {
+        if batch.delivered[k] {
+            tally.forwarded += 1;
+        } else {
+            tally.drop(batch.reason[k]);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Opening a macvlan's uplink at start-up and building its shards (one stream per
+//! AF_XDP queue), with errors an operator can act on.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use vpmd_backend::port::VirtioNetPort;
+use vpmd_uplink::program::RedirectPolicy;
+use vpmd_uplink::{Uplink, UplinkConfig, UplinkError};
+
+use crate::config::{Macvlan, MacvlanMode, Port};
+use crate::counters::{PortCounters, PortTally};
+use crate::fwd::macvlan::decide::MacvlanTable;
+use crate::fwd::macvlan::{MacvlanShard, UplinkEndpoint};
+use crate::fwd::{Stream, VhostEndpoint, L2_OVERHEAD};
+use crate::stats::{PortEntry, PortKind, UplinkInfo};
+
+/// Why a macvlan's uplink could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkSetupError {
+    /// The interface has RX queues no socket would read.
+    #[error(
+        "uplink {ifname} has {have} RX queues but its [[macvlan]] has queues = {want}: frames \
+         arriving on the other queues would never reach the VMs; set queues = {have}, or \
+         reduce the device's queues (ethtool -L {ifname} combined {want})"
+    )]
+    Queues {
+        /// Interface.
+        ifname: String,
+        /// Its RX queues.
+        have: u32,
+        /// Configured.
+        want: u32,
+    },
+    /// AF_XDP or the XDP program could not be set up.
+    #[error("uplink {ifname}: {source}")]
+    Open {
+        /// Interface.
+        ifname: String,
+        /// Cause.
+        #[source]
+        source: Box<UplinkError>,
+    },
+    /// A VM's MAC could not be added to the program's table.
+    #[error("uplink {ifname}: adding MAC {mac} of port {port}: {source}")]
+    Mac {
+        /// Interface.
+        ifname: String,
+        /// Port.
+        port: String,
+        /// Its MAC.
+        mac: String,
+        /// Cause.
+        #[source]
+        source: Box<vpmd_uplink::MapError>,
+    },
+}
+
+/// A macvlan ready to run: the uplink (keeps the XDP program attached while it
+/// lives), its streams and its stats entry.
+pub struct OpenedMacvlan {
+    /// The uplink; drop it only after the polling threads have stopped.
+    pub uplink: Uplink,
+    /// One shard per AF_XDP queue.
+    pub shards: Vec<Box<dyn Stream>>,
+    /// The uplink's counters, for stats.
+    pub entry: PortEntry,
+}
+
+fn sys_net(ifname: &str, what: &str) -> Option<String> {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(ifname).join(what))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn rx_queue_count(ifname: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(Path::new("/sys/class/net").join(ifname).join("queues")).ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    u32::try_from(n).ok()
+}
+
+/// Opens `m`'s uplink and builds its shards over `ports` (all configured ports).
+pub fn open(
+    m: &Macvlan,
+    ports: &[Port],
+    vhost: &[Arc<VirtioNetPort>],
+    counters: &[Arc<PortCounters>],
+) -> Result<OpenedMacvlan, UplinkSetupError> {
+    let ifname = m.uplink.clone();
+    if let Some(have) = rx_queue_count(&ifname) {
+        if have > m.queues {
+            return Err(UplinkSetupError::Queues {
+                ifname,
+                have,
+                want: m.queues,
+            });
+        }
+    }
+    let mut cfg = UplinkConfig::new(&ifname);
+    cfg.queues = (0..m.queues).collect();
+    cfg.policy = match m.mode {
+        MacvlanMode::Passthru => RedirectPolicy::Passthru,
+        _ => RedirectPolicy::MacFilter,
+    };
+    let mut uplink = Uplink::open(&cfg).map_err(|source| UplinkSetupError::Open {
+        ifname: ifname.clone(),
+        source: Box::new(source),
+    })?;
+    let table = uplink.mac_table();
+    for (i, &p) in m.ports.iter().enumerate() {
+        table
+            .insert(ports[p].mac.0, i as u32)
+            .map_err(|source| UplinkSetupError::Mac {
+                ifname: ifname.clone(),
+                port: ports[p].name.clone(),
+                mac: ports[p].mac.to_string(),
+                source: Box::new(source),
+            })?;
+    }
+    let info = UplinkInfo {
+        xdp: uplink.attach_mode().to_string(),
+        socket_mode: uplink.bind_mode().to_string(),
+        queues: m.queues,
+        macvlan_mode: m.mode.name().to_string(),
+    };
+    log::info!(
+        "uplink {ifname}: {} XDP, {} AF_XDP sockets on {} queue(s), macvlan mode {}, ports {}",
+        info.xdp,
+        info.socket_mode,
+        m.queues,
+        info.macvlan_mode,
+        m.ports
+            .iter()
+            .map(|&p| ports[p].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let decide = Arc::new(MacvlanTable::new(
+        m.mode,
+        &m.ports
+            .iter()
+            .map(|&p| (ports[p].mac.0, ports[p].allow_mac_spoofing))
+            .collect::<Vec<_>>(),
+    ));
+    let uplink_counters = Arc::new(PortCounters::default());
+    let mtu: u32 = sys_net(&ifname, "mtu")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1500);
+    let mut shards: Vec<Box<dyn Stream>> = Vec::new();
+    let mut tap = uplink.take_group_tap();
+    for (q, socket) in uplink.take_sockets().into_iter().enumerate() {
+        let (rx, tx) = socket.split();
+        let max_frame = (mtu + L2_OVERHEAD).min(tx.frame_capacity() as u32);
+        let vms = m
+            .ports
+            .iter()
+            .map(|&p| VhostEndpoint::new(vhost[p].clone(), counters[p].clone()))
+            .collect();
+        let own = (0..m.ports.len())
+            .filter(|i| i % m.queues as usize == q)
+            .collect();
+        shards.push(Box::new(MacvlanShard::new(
+            format!("{ifname}/q{q}"),
+            decide.clone(),
+            (rx, tx),
+            tap.take(),
+            UplinkEndpoint {
+                counters: uplink_counters.clone(),
+                tally: PortTally::default(),
+                max_frame,
+            },
+            vms,
+            own,
+        )));
+    }
+    Ok(OpenedMacvlan {
+        uplink,
+        shards,
+        entry: PortEntry {
+            name: ifname,
+            kind: PortKind::Uplink(info),
+            counters: uplink_counters,
+        },
+    })
+}
