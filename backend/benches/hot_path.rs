@@ -21,7 +21,7 @@ use vpmd_backend::guest_mem::{HostBuf, MemMap};
 use vpmd_backend::net::{deliver_rx_frame, take_tx_frame, NetLayout, RxScratch};
 use vpmd_backend::seglist::{self, Cursor, SegList};
 use vpmd_backend::split_ring::{SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use vpmd_backend::virtqueue::VirtQueue;
+use vpmd_backend::virtqueue::QueueCache;
 use vpmd_backend::{GuestMemoryAtomicMmap, Vring};
 
 const QSIZE: u16 = 256;
@@ -106,12 +106,13 @@ fn bench_burst(c: &mut Criterion) {
         let rx = ring(&mem, &atomic, RX_RING, rx_bufs, rx_len, DESC_F_WRITE);
         let mut frame = SegList::default();
         let mut scratch = RxScratch::new();
+        let (mut tcache, mut rcache) = (QueueCache::default(), QueueCache::default());
         g.bench_function(format!("{frame_len}B"), |b| {
             b.iter(|| {
                 offer(&mem, TX_RING, BURST);
                 offer(&mem, RX_RING, BURST * rx_per_frame);
-                let mut tq = VirtQueue::open(&tx, &atomic).unwrap().unwrap();
-                let mut rq = VirtQueue::open(&rx, &atomic).unwrap().unwrap();
+                let mut tq = tcache.open(&tx, 1, &atomic, 1).unwrap().unwrap();
+                let mut rq = rcache.open(&rx, 0, &atomic, 1).unwrap().unwrap();
                 while let Some(head) = tq.pop() {
                     let len = take_tx_frame(&tq, head, LAYOUT, &mut frame).unwrap();
                     deliver_rx_frame(&mut rq, LAYOUT, &frame, len, &mut scratch).unwrap();
@@ -150,7 +151,7 @@ fn bench_chain_walk(c: &mut Criterion) {
     for (name, head, segs) in [("1desc", 0u16, 1usize), ("indirect4", 1, 4)] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                chain::walk(&ring, &map, black_box(head), false, &mut out).unwrap();
+                chain::walk(&ring, &map, black_box(head), false, 0, &mut out).unwrap();
                 assert_eq!(out.segs().len(), segs);
             })
         });

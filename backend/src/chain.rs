@@ -9,7 +9,7 @@
 //! many buffers, or a total length past 4 GiB.
 
 use crate::guest_mem::{HostBuf, MemMap};
-use crate::seglist::SegList;
+use crate::seglist::{SegList, MAX_SEGS};
 use crate::split_ring::{read_desc, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
 /// Why a chain was rejected.
@@ -47,16 +47,24 @@ pub enum ChainError {
     TooManyBuffers,
 }
 
-/// Walks the chain at `head`, appending its buffers to `out` (cleared first).
-/// `writable` selects the direction every buffer must have.
+/// Walks the chain at `head`, appending its buffers to `out` (cleared first), minus
+/// its first `skip` bytes (a TX chain's virtio-net header: dropped while walking
+/// rather than shifted out afterwards). `writable` selects the direction every
+/// buffer must have. Skipped bytes are bounds-checked like the rest. Returns the
+/// chain's length including the skipped bytes.
 pub fn walk(
     ring: &SplitRing,
     map: &MemMap,
     head: u16,
     writable: bool,
+    skip: u32,
     out: &mut SegList,
-) -> Result<(), ChainError> {
+) -> Result<u32, ChainError> {
     out.clear();
+    let mut skip_left = skip;
+    let mut total = 0u32;
+    // Buffers in the chain, skipped ones included: the limit is on the chain.
+    let mut buffers = 0usize;
     let size = u32::from(ring.size());
     if u32::from(head) >= size {
         return Err(ChainError::HeadOutOfRange(head));
@@ -98,12 +106,23 @@ pub fn walk(
             let buf = map
                 .translate(d.addr, d.len)
                 .ok_or(ChainError::BufferOutsideMemory)?;
-            if !out.push(buf) {
+            total = total.checked_add(d.len).ok_or(ChainError::TooManyBuffers)?;
+            buffers += 1;
+            if buffers > MAX_SEGS {
                 return Err(ChainError::TooManyBuffers);
+            }
+            if skip_left >= d.len {
+                skip_left -= d.len;
+            } else {
+                let kept = buf.advance(skip_left);
+                skip_left = 0;
+                if !out.push(kept) {
+                    return Err(ChainError::TooManyBuffers);
+                }
             }
         }
         if d.flags & DESC_F_NEXT == 0 {
-            return Ok(());
+            return Ok(total);
         }
         index = u32::from(d.next);
     }

@@ -38,6 +38,39 @@ pub enum Role {
     Client,
 }
 
+/// Who may connect to a server-role socket: its permission bits, owner and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits (0600: only the owner).
+    pub mode: u32,
+    /// New owner (uid); `None` leaves vpmd's user.
+    pub owner: Option<u32>,
+    /// New group (gid); `None` leaves vpmd's group.
+    pub group: Option<u32>,
+}
+
+impl SocketAccess {
+    /// `mode`, owner and group left as created.
+    pub fn mode(mode: u32) -> Self {
+        SocketAccess {
+            mode,
+            owner: None,
+            group: None,
+        }
+    }
+
+    /// Applies to the socket file at `path`: the mode first, while vpmd still owns the
+    /// file, then owner and group (`lchown`: should `path` have been replaced by a
+    /// symlink, the link itself changes, not what it points to).
+    pub fn apply(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+        if self.owner.is_some() || self.group.is_some() {
+            std::os::unix::fs::lchown(path, self.owner, self.group)?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors setting up a port's socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -52,8 +85,8 @@ pub enum ConnectionError {
         #[source]
         source: vhost::vhost_user::Error,
     },
-    /// The socket's permissions could not be set.
-    #[error("port {port}: cannot set mode of {path}: {source}")]
+    /// The socket's permissions, owner or group could not be set.
+    #[error("port {port}: cannot set mode, owner or group of {path}: {source}")]
     Permissions {
         /// Port name.
         port: String,
@@ -90,13 +123,13 @@ struct Worker {
 }
 
 impl Connection {
-    /// Starts serving `port` on `path`. In the server role the socket exists (mode
-    /// `mode`) when this returns.
+    /// Starts serving `port` on `path`. In the server role the socket exists (with
+    /// `access` applied) when this returns.
     pub fn spawn(
         port: Arc<VirtioNetPort>,
         path: &Path,
         role: Role,
-        mode: u32,
+        access: SocketAccess,
     ) -> Result<Connection, ConnectionError> {
         let listener = match role {
             Role::Server => {
@@ -105,13 +138,13 @@ impl Connection {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-                    |source| ConnectionError::Permissions {
+                access
+                    .apply(path)
+                    .map_err(|source| ConnectionError::Permissions {
                         port: port.name().to_string(),
                         path: path.to_path_buf(),
                         source,
-                    },
-                )?;
+                    })?;
                 Some(l)
             }
             Role::Client => None,

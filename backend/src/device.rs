@@ -31,6 +31,9 @@ pub struct NetDevice {
     port: Arc<VirtioNetPort>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
+    /// Bumped after every memory-table change, so that polling threads reload the
+    /// snapshot only when it changed.
+    mem_generation: Arc<AtomicU64>,
     published: AtomicBool,
 }
 
@@ -41,6 +44,7 @@ impl NetDevice {
             port,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
+            mem_generation: Arc::new(AtomicU64::new(1)),
             published: AtomicBool::new(false),
         }
     }
@@ -90,8 +94,9 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn update_memory(&self, _mem: GuestMemoryAtomicMmap) -> io::Result<()> {
-        // The library swapped the snapshot inside the atomic we share with it;
-        // each burst loads the current one.
+        // The library has swapped the snapshot inside the atomic we share with it:
+        // tell the polling threads to load it at their next burst.
+        self.mem_generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -117,6 +122,7 @@ impl VhostUserBackend for NetDevice {
             vrings.to_vec(),
             self.mem.clone(),
             self.acked_features.clone(),
+            self.mem_generation.clone(),
         );
         self.port.set_active(Some(Arc::new(rings)));
         log::info!("port {}: rings started, polling", self.port.name());

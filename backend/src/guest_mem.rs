@@ -169,6 +169,14 @@ pub struct MemMap {
 }
 
 impl MemMap {
+    /// A table with no regions: every translation fails.
+    pub fn empty() -> MemMap {
+        MemMap {
+            regions: [Region::default(); MAX_REGIONS],
+            count: 0,
+        }
+    }
+
     /// Builds the table from a memory snapshot. Regions beyond [`MAX_REGIONS`] are
     /// ignored (the frontend was told the limit), which only makes translation fail.
     pub fn new(mem: &GuestMemoryMmap) -> MemMap {

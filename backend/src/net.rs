@@ -62,8 +62,8 @@ pub fn take_tx_frame(
     layout: NetLayout,
     frame: &mut SegList,
 ) -> Result<u32, TxError> {
-    q.chain(head, false, frame)?;
-    if !frame.strip_front(layout.hdr_len) {
+    let total = q.chain_skipping(head, false, layout.hdr_len, frame)?;
+    if total < layout.hdr_len {
         return Err(TxError::ShortHeader);
     }
     Ok(frame.total())

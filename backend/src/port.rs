@@ -16,7 +16,7 @@ use virtio_queue::QueueT;
 
 use crate::features;
 use crate::net::NetLayout;
-use crate::virtqueue::{QueueError, VirtQueue};
+use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
 use crate::{GuestMemoryAtomicMmap, Vring};
 
 /// Queue index of the first RX queue.
@@ -29,6 +29,7 @@ pub struct ActiveRings {
     vrings: Vec<Vring>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
+    mem_generation: Arc<AtomicU64>,
     /// The guest driver has posted RX buffers at least once on this connection.
     rx_posted: AtomicBool,
 }
@@ -38,11 +39,13 @@ impl ActiveRings {
         vrings: Vec<Vring>,
         mem: GuestMemoryAtomicMmap,
         acked_features: Arc<AtomicU64>,
+        mem_generation: Arc<AtomicU64>,
     ) -> Self {
         ActiveRings {
             vrings,
             mem,
             acked_features,
+            mem_generation,
             rx_posted: AtomicBool::new(false),
         }
     }
@@ -61,15 +64,6 @@ impl ActiveRings {
             return true;
         }
         false
-    }
-
-    /// Opens queue `index` for a burst; `Ok(None)` when it is not running.
-    #[inline]
-    pub fn queue(&self, index: usize) -> Result<Option<VirtQueue<'_>>, QueueError> {
-        match self.vrings.get(index) {
-            Some(v) => VirtQueue::open(v, &self.mem),
-            None => Ok(None),
-        }
     }
 
     /// Frame layout of the negotiated features.
@@ -146,30 +140,72 @@ impl VirtioNetPort {
     }
 }
 
-/// A polling thread's view of one port's live rings.
+/// A polling thread's view of one port's live rings: the connection's rings and the
+/// thread's [`QueueCache`] for them.
 #[derive(Default)]
 pub struct RingCache {
     generation: u64,
     rings: Option<Arc<ActiveRings>>,
+    queues: QueueCache,
 }
 
 impl RingCache {
     /// The port's current rings. Costs one atomic load unless a connection came or went.
     #[inline]
-    pub fn rings(&mut self, port: &VirtioNetPort) -> Option<&ActiveRings> {
+    pub fn rings(&mut self, port: &VirtioNetPort) -> Option<PortView<'_>> {
         let generation = port.generation.load(Ordering::Acquire);
         if generation != self.generation {
             // Read the generation before the rings: a change racing with this read
             // bumps it again and the next burst picks the newer rings up.
             self.rings = port.active();
             self.generation = generation;
+            self.queues.clear();
         }
-        self.rings.as_deref()
+        let rings = self.rings.as_deref()?;
+        Some(PortView {
+            rings,
+            queues: &mut self.queues,
+        })
     }
 
     /// Lets go of the cached rings (and the memory they keep mapped).
     pub fn clear(&mut self) {
         self.rings = None;
         self.generation = 0;
+        self.queues.clear();
+    }
+}
+
+/// One port's live rings, as a burst uses them.
+pub struct PortView<'c> {
+    rings: &'c ActiveRings,
+    queues: &'c mut QueueCache,
+}
+
+impl<'c> PortView<'c> {
+    /// The connection's rings.
+    #[inline]
+    pub fn rings(&self) -> &'c ActiveRings {
+        self.rings
+    }
+
+    /// Frame layout of the negotiated features.
+    #[inline]
+    pub fn layout(&self) -> NetLayout {
+        self.rings.layout()
+    }
+
+    /// Opens queue `index` for a burst; `Ok(None)` when it is not running.
+    #[inline]
+    pub fn queue(self, index: usize) -> Result<Option<VirtQueue<'c>>, QueueError> {
+        match self.rings.vrings.get(index) {
+            Some(v) => self.queues.open(
+                v,
+                index,
+                &self.rings.mem,
+                self.rings.mem_generation.load(Ordering::Acquire),
+            ),
+            None => Ok(None),
+        }
     }
 }

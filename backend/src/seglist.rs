@@ -70,31 +70,6 @@ impl SegList {
         &self.segs[..self.count]
     }
 
-    /// Drops the first `n` bytes (the virtio-net header of a TX chain).
-    /// `false` when the list holds fewer than `n` bytes.
-    pub fn strip_front(&mut self, mut n: u32) -> bool {
-        if n > self.total {
-            return false;
-        }
-        self.total -= n;
-        let mut first = 0;
-        while n > 0 {
-            let seg = self.segs[first];
-            if seg.len() <= n {
-                n -= seg.len();
-                first += 1;
-            } else {
-                self.segs[first] = seg.advance(n);
-                n = 0;
-            }
-        }
-        if first > 0 {
-            self.segs.copy_within(first..self.count, 0);
-            self.count -= first;
-        }
-        true
-    }
-
     /// Writes `bytes` at byte offset `off` of the list, across segments.
     /// Returns the bytes written (fewer when the list is too short).
     pub fn write_at(&self, off: u32, bytes: &[u8]) -> u32 {
@@ -214,16 +189,6 @@ mod tests {
         let mut out = [0u8; 9];
         assert_eq!(dst.read_at(0, &mut out), 9);
         assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    }
-
-    #[test]
-    fn strip_front_removes_a_header_split_over_buffers() {
-        let mut bufs = vec![vec![0u8; 4], vec![0u8; 8], vec![7u8; 3]];
-        let mut l = list(&mut bufs);
-        assert!(l.strip_front(12));
-        assert_eq!(l.total(), 3);
-        assert_eq!(l.segs().len(), 1);
-        assert!(!l.strip_front(4));
     }
 
     #[test]

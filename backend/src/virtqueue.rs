@@ -1,22 +1,29 @@
 //! One burst on one virtqueue, DPDK-style.
 //!
-//! [`VirtQueue::open`] takes the vring's lock for the burst, loads the memory snapshot
-//! once, maps the ring and reads `avail.idx` once (acquire). The caller pops heads,
-//! walks their chains and records used entries in the ring's used area; nothing is
-//! visible to the driver until the burst ends. Dropping the `VirtQueue` publishes all
-//! used entries with one release store of `used.idx`, then sends at most one
-//! interrupt, honouring EVENT_IDX. The control plane (GET_VRING_BASE, ring enable,
-//! memory-table updates) takes the same lock, so it always sees a ring between
-//! bursts: the base it reads is exact and no descriptor is lost or used twice, and a
-//! replaced memory table is only used from the next burst on while the old one stays
-//! mapped until this burst's snapshot is dropped.
+//! A polling thread keeps a [`QueueCache`] per connection it polls: the guest memory
+//! snapshot with its translation table, and each queue's mapped ring areas. They are
+//! rebuilt only when the frontend replaces the memory table or moves a ring, so a
+//! burst starts with a few compares instead of translating everything again.
+//!
+//! [`QueueCache::open`] takes the vring's lock for the burst, checks the cache and
+//! reads `avail.idx` once (acquire). The caller pops heads, walks their chains and
+//! records used entries in the ring's used area; nothing is visible to the driver
+//! until the burst ends. Dropping the [`VirtQueue`] publishes all used entries with
+//! one release store of `used.idx`, then sends at most one interrupt, honouring
+//! EVENT_IDX. The control plane (GET_VRING_BASE, ring enable, memory-table updates)
+//! takes the same lock, so it always sees a ring between bursts: the base it reads
+//! is exact and no descriptor is lost or used twice. A replaced memory table is used
+//! from the next burst on; the cache holds the old snapshot (so it stays mapped)
+//! until then.
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::RwLockWriteGuard;
 
+use std::sync::Arc;
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use crate::chain::{self, ChainError};
 use crate::guest_mem::MemMap;
@@ -40,12 +47,107 @@ pub enum QueueError {
     },
 }
 
+/// Queues a [`QueueCache`] keeps mapped rings for.
+const CACHED_QUEUES: usize = 2;
+
+/// A queue's ring areas as last mapped, and what they were mapped from.
+#[derive(Clone, Copy, Default)]
+struct RingSlot {
+    /// (memory generation, size, desc, avail, used); generation 0 never matches.
+    key: (u64, u16, u64, u64, u64),
+    ring: Option<SplitRing>,
+}
+
+/// What a polling thread keeps between bursts for one connection's queues.
+pub struct QueueCache {
+    /// The snapshot `map` and the slots point into; holding it keeps it mapped.
+    mem: Option<Arc<GuestMemoryMmap>>,
+    map: MemMap,
+    /// Bumped whenever `mem` changes, invalidating every slot.
+    generation: u64,
+    /// The frontend's memory generation `mem` was loaded at.
+    mem_generation: u64,
+    slots: [RingSlot; CACHED_QUEUES],
+}
+
+// SAFETY: the raw pointers in `map` and `slots` point into the mappings of `mem`,
+// which this struct owns (an `Arc` to the snapshot): they stay valid wherever the
+// struct moves, and nothing in it is tied to the thread that built it. Access to
+// the guest bytes behind them goes through `VirtQueue`, which borrows the cache
+// (and holds the vring lock) for the burst.
+#[allow(unsafe_code)]
+unsafe impl Send for QueueCache {}
+
+impl Default for QueueCache {
+    fn default() -> Self {
+        QueueCache {
+            mem: None,
+            map: MemMap::empty(),
+            generation: 0,
+            mem_generation: 0,
+            slots: [RingSlot::default(); CACHED_QUEUES],
+        }
+    }
+}
+
+impl QueueCache {
+    /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
+    /// `mem_generation` changes whenever `mem` does (0: unknown, always reload).
+    /// `Ok(None)` when the ring is not started or not enabled (the driver is not
+    /// ready, or the ring is being stopped).
+    #[inline]
+    pub fn open<'a>(
+        &'a mut self,
+        vring: &'a Vring,
+        index: usize,
+        mem: &GuestMemoryAtomicMmap,
+        mem_generation: u64,
+    ) -> Result<Option<VirtQueue<'a>>, QueueError> {
+        let state = vring.get_mut();
+        if !state.get_queue().ready() || !state.is_enabled() {
+            return Ok(None);
+        }
+        if mem_generation == 0 || mem_generation != self.mem_generation || self.mem.is_none() {
+            let snapshot = mem.memory();
+            self.map = MemMap::new(&snapshot);
+            self.mem = Some(snapshot.into_inner());
+            self.mem_generation = mem_generation;
+            self.generation += 1;
+        }
+        let q = state.get_queue();
+        let key = (
+            self.generation,
+            q.size(),
+            q.desc_table(),
+            q.avail_ring(),
+            q.used_ring(),
+        );
+        let ring = match self.slots.get_mut(index) {
+            Some(slot) if slot.key == key && slot.ring.is_some() => slot.ring.unwrap(),
+            slot => {
+                let ring = SplitRing::new(&self.map, key.1, key.2, key.3, key.4)?;
+                if let Some(slot) = slot {
+                    *slot = RingSlot {
+                        key,
+                        ring: Some(ring),
+                    };
+                }
+                ring
+            }
+        };
+        VirtQueue::start(state, &self.map, ring)
+    }
+
+    /// Lets go of the snapshot and every mapped ring.
+    pub fn clear(&mut self) {
+        *self = QueueCache::default();
+    }
+}
+
 /// A virtqueue locked and mapped for one burst.
 pub struct VirtQueue<'a> {
     state: RwLockWriteGuard<'a, VringState<GuestMemoryAtomicMmap>>,
-    // Keeps the memory mapped for as long as `map` and `ring` point into it.
-    _mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
-    map: MemMap,
+    map: &'a MemMap,
     ring: SplitRing,
     event_idx: bool,
     avail_idx: u16,
@@ -55,23 +157,12 @@ pub struct VirtQueue<'a> {
 }
 
 impl<'a> VirtQueue<'a> {
-    /// Locks and maps `vring` for a burst. `Ok(None)` when the ring is not started
-    /// or not enabled (the driver is not ready, or the ring is being stopped).
-    pub fn open(vring: &'a Vring, mem: &GuestMemoryAtomicMmap) -> Result<Option<Self>, QueueError> {
-        let state = vring.get_mut();
-        if !state.get_queue().ready() || !state.is_enabled() {
-            return Ok(None);
-        }
-        let snapshot = mem.memory();
-        let map = MemMap::new(&snapshot);
+    fn start(
+        state: RwLockWriteGuard<'a, VringState<GuestMemoryAtomicMmap>>,
+        map: &'a MemMap,
+        ring: SplitRing,
+    ) -> Result<Option<Self>, QueueError> {
         let q = state.get_queue();
-        let ring = SplitRing::new(
-            &map,
-            q.size(),
-            q.desc_table(),
-            q.avail_ring(),
-            q.used_ring(),
-        )?;
         let event_idx = q.event_idx_enabled();
         let next_avail = q.next_avail();
         let next_used = q.next_used();
@@ -85,7 +176,6 @@ impl<'a> VirtQueue<'a> {
         ring.suppress_kicks(event_idx);
         Ok(Some(VirtQueue {
             state,
-            _mem: snapshot,
             map,
             ring,
             event_idx,
@@ -129,7 +219,20 @@ impl<'a> VirtQueue<'a> {
     /// Walks the chain at `head` into `out`; `writable` for RX buffers.
     #[inline]
     pub fn chain(&self, head: u16, writable: bool, out: &mut SegList) -> Result<(), ChainError> {
-        chain::walk(&self.ring, &self.map, head, writable, out)
+        chain::walk(&self.ring, self.map, head, writable, 0, out).map(|_| ())
+    }
+
+    /// Walks the chain at `head` into `out` without its first `skip` bytes; returns
+    /// the chain's whole length.
+    #[inline]
+    pub fn chain_skipping(
+        &self,
+        head: u16,
+        writable: bool,
+        skip: u32,
+        out: &mut SegList,
+    ) -> Result<u32, ChainError> {
+        chain::walk(&self.ring, self.map, head, writable, skip, out)
     }
 
     /// Records that the chain at `head` is done, `len` bytes written into it.

@@ -24,7 +24,7 @@ use crate::features;
 use crate::net::NetLayout;
 use crate::seglist::SegList;
 use crate::split_ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use crate::virtqueue::{QueueError, VirtQueue};
+use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
 use crate::{GuestMemoryAtomicMmap, Vring};
 
 /// Guest RAM: one region `[0, MEM_SIZE)`.
@@ -175,9 +175,12 @@ impl<'g> Ring<'g> {
         self.vring.set_queue_event_idx(on);
     }
 
-    /// Opens a burst the way a polling thread does.
+    /// Opens a burst the way a polling thread does. Each call maps the ring afresh
+    /// with a cache of its own, leaked (a few hundred bytes, tests only), so that a
+    /// test can keep using the ring while the burst is open.
     pub fn open(&self) -> Result<Option<VirtQueue<'_>>, QueueError> {
-        VirtQueue::open(&self.vring, &self.g.atomic)
+        let cache: &'static mut QueueCache = Box::leak(Box::default());
+        cache.open(&self.vring, 0, &self.g.atomic, 0)
     }
 
     /// [`Ring::open`] on a ring that must be running.

@@ -9,7 +9,7 @@ use crate::guest_mem::MemMap;
 use crate::net::{deliver_rx_frame, take_tx_frame, RxScratch};
 use crate::seglist::SegList;
 use crate::split_ring::{RingError, SplitRing};
-use crate::virtqueue::{QueueError, VirtQueue};
+use crate::virtqueue::{QueueCache, QueueError};
 use crate::GuestMemoryAtomicMmap;
 
 #[test]
@@ -183,7 +183,7 @@ fn rings_not_started_enabled_or_mapped_are_skipped() {
     // Before SET_MEM_TABLE there is no memory: the ring cannot be mapped.
     let empty = GuestMemoryAtomicMmap::new(GuestMemoryMmap::new());
     assert_eq!(
-        VirtQueue::open(&ring.vring, &empty).err(),
+        QueueCache::default().open(&ring.vring, 0, &empty, 0).err(),
         Some(QueueError::Ring(RingError::DescTable))
     );
 }

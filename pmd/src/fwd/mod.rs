@@ -14,7 +14,7 @@ pub mod veth;
 use std::sync::Arc;
 
 use vpmd_backend::net::{self, NetLayout, RxError, RxScratch};
-use vpmd_backend::port::{ActiveRings, RingCache, VirtioNetPort, RX_QUEUE};
+use vpmd_backend::port::{PortView, RingCache, VirtioNetPort, RX_QUEUE};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
 
@@ -164,10 +164,12 @@ pub struct RxTarget<'a> {
 }
 
 impl<'a> RxTarget<'a> {
-    /// Opens `rings`' RX queue for a burst; `Ok(None)` while its driver is not running.
+    /// Opens the port's RX queue for a burst; `Ok(None)` while its driver is not running.
     #[inline]
-    pub fn open(rings: &'a ActiveRings) -> Result<Option<RxTarget<'a>>, QueueError> {
-        let Some(queue) = rings.queue(RX_QUEUE)? else {
+    pub fn open(view: PortView<'a>) -> Result<Option<RxTarget<'a>>, QueueError> {
+        let rings = view.rings();
+        let layout = view.layout();
+        let Some(queue) = view.queue(RX_QUEUE)? else {
             return Ok(None);
         };
         let empty_reason = if rings.rx_posted(queue.pending()) {
@@ -177,7 +179,7 @@ impl<'a> RxTarget<'a> {
         };
         Ok(Some(RxTarget {
             queue,
-            layout: rings.layout(),
+            layout,
             full: false,
             empty_reason,
         }))

@@ -38,10 +38,11 @@ impl Stream for VethStream {
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
         let (src, dst) = (&mut self.src, &mut self.dst);
-        let Some(src_rings) = src.cache.rings(&src.port) else {
+        let Some(src_view) = src.cache.rings(&src.port) else {
             return 0;
         };
-        let mut txq = match src_rings.queue(TX_QUEUE) {
+        let src_layout = src_view.layout();
+        let mut txq = match src_view.queue(TX_QUEUE) {
             Ok(Some(q)) => q,
             Ok(None) => return 0,
             Err(e) => {
@@ -53,14 +54,13 @@ impl Stream for VethStream {
         if txq.pending() == 0 {
             return 0;
         }
-        let src_layout = src_rings.layout();
         let max_frame = dst.max_frame();
 
         // The peer's RX queue: absent while its guest driver is not running.
         let mut rx = None;
         let mut rx_broken = false;
-        if let Some(dst_rings) = dst.cache.rings(&dst.port) {
-            match RxTarget::open(dst_rings) {
+        if let Some(dst_view) = dst.cache.rings(&dst.port) {
+            match RxTarget::open(dst_view) {
                 Ok(target) => rx = target,
                 Err(e) => {
                     rx_broken = true;

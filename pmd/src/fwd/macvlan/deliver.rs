@@ -27,8 +27,8 @@ pub fn to_vms(
         let max_frame = vm.max_frame();
         let mut down = DropReason::PeerDown;
         let mut target = None;
-        if let Some(rings) = vm.cache.rings(&vm.port) {
-            match RxTarget::open(rings) {
+        if let Some(view) = vm.cache.rings(&vm.port) {
+            match RxTarget::open(view) {
                 Ok(t) => target = t,
                 Err(e) => {
                     down = DropReason::BadRxDesc;

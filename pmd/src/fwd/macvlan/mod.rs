@@ -125,10 +125,11 @@ impl MacvlanShard {
     }
 
     fn forward_vm_burst(&mut self, i: usize, cache: &mut RingCache, s: &mut Scratch) -> u32 {
-        let Some(rings) = cache.rings(&self.vms[i].port) else {
+        let Some(view) = cache.rings(&self.vms[i].port) else {
             return 0;
         };
-        let mut txq = match rings.queue(TX_QUEUE) {
+        let layout = view.layout();
+        let mut txq = match view.queue(TX_QUEUE) {
             Ok(Some(q)) => q,
             Ok(None) => return 0,
             Err(e) => {
@@ -141,7 +142,6 @@ impl MacvlanShard {
         if txq.pending() == 0 {
             return 0;
         }
-        let layout = rings.layout();
         let mut dests = [Destinations::default(); BURST];
         let batch = &mut s.batch;
         let mut n = 0;
