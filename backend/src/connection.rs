@@ -24,6 +24,7 @@ use vhost_user_backend::VhostUserDaemon;
 
 use crate::device::{new_guest_memory, NetDevice};
 use crate::port::VirtioNetPort;
+use crate::ratelimit::LogLimiter;
 use crate::relay;
 
 /// How often waiting loops look at the stop flag.
@@ -120,6 +121,9 @@ struct Worker {
     stop: Arc<AtomicBool>,
     /// The live frontend connection, so that `stop` can shut it down.
     current: Arc<Mutex<Option<UnixStream>>>,
+    /// Connection log lines: a frontend that connects and fails in a loop must
+    /// not flood the log.
+    log: LogLimiter,
 }
 
 impl Connection {
@@ -157,6 +161,7 @@ impl Connection {
             path: path.to_path_buf(),
             stop: stop.clone(),
             current: current.clone(),
+            log: LogLimiter::guest_errors(),
         };
         let thread = thread::Builder::new()
             .name(format!("vhost-{name}"))
@@ -190,6 +195,20 @@ impl Connection {
     }
 }
 
+/// Serves one already-connected frontend on `port` until it goes away, exactly as
+/// a port's connection thread serves each frontend (relay, fresh daemon and device
+/// state, rings published and withdrawn). For fuzzing and tests of the protocol.
+pub fn serve_one(port: Arc<VirtioNetPort>, frontend: UnixStream) {
+    let mut worker = Worker {
+        port,
+        path: PathBuf::from("(socket pair)"),
+        stop: Arc::new(AtomicBool::new(false)),
+        current: Arc::new(Mutex::new(None)),
+        log: LogLimiter::guest_errors(),
+    };
+    worker.run_connection(frontend);
+}
+
 impl Worker {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
@@ -212,9 +231,19 @@ impl Worker {
 
     /// Serves one established frontend connection until it goes away: a fresh
     /// vhost-user-backend daemon behind a [`relay`].
-    fn run_connection(&self, frontend: UnixStream) {
+    fn run_connection(&mut self, frontend: UnixStream) {
+        if hung_up(&frontend) {
+            // Connected and gone without a word (a connect flood): no daemon, no
+            // threads, no log line; the next queued frontend is served at once.
+            return;
+        }
         let name = self.port.name().to_string();
-        log::info!("port {name}: frontend connected on {}", self.path.display());
+        if let Some(held_back) = self.log.allow() {
+            log::info!(
+                "port {name}: frontend connected on {} ({held_back} similar messages held back)",
+                self.path.display()
+            );
+        }
         let (mut internal, backend_side) = match relay_pair() {
             Ok(p) => p,
             Err(e) => {
@@ -240,14 +269,20 @@ impl Worker {
                 let _ = frontend.shutdown(Shutdown::Both);
             }
         }
-        let relay_name = name.clone();
         let relay = thread::Builder::new()
             .name(format!("relay-{name}"))
-            .spawn(move || relay::run(frontend, backend_side, &relay_name));
+            .spawn(move || relay::run(frontend, backend_side));
         let result = match relay {
             Ok(relay) => {
                 let r = daemon.wait();
-                let _ = relay.join();
+                if let Ok(Err(e)) = relay.join() {
+                    if let Some(held_back) = self.log.allow() {
+                        log::warn!(
+                            "port {name}: vhost-user connection closed: {e} \
+                             ({held_back} similar messages held back)"
+                        );
+                    }
+                }
                 r
             }
             Err(e) => {
@@ -261,18 +296,25 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         dev.unpublish();
+        let Some(held_back) = self.log.allow() else {
+            return;
+        };
         match result {
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(
                 vhost::vhost_user::Error::Disconnected,
-            )) => log::info!("port {name}: frontend disconnected"),
-            Err(e) => log::warn!("port {name}: connection ended: {e}"),
+            )) => log::info!(
+                "port {name}: frontend disconnected ({held_back} similar messages held back)"
+            ),
+            Err(e) => log::warn!(
+                "port {name}: connection ended: {e} ({held_back} similar messages held back)"
+            ),
         }
         // Dropping the daemon joins its vring worker thread; guest memory is unmapped
         // once the polling threads have let go of their last snapshot.
     }
 
-    fn serve(self, listener: Listener) {
+    fn serve(mut self, listener: Listener) {
         while wait_readable(&listener, &self.stop) {
             match listener.accept() {
                 Ok(Some(stream)) => self.run_connection(stream),
@@ -288,7 +330,7 @@ impl Worker {
         }
     }
 
-    fn connect_loop(self) {
+    fn connect_loop(mut self) {
         let mut waiting_logged = false;
         while !self.stopping() {
             match UnixStream::connect(&self.path) {
@@ -333,6 +375,22 @@ fn relay_pair() -> std::io::Result<(Listener, UnixStream)> {
         let (l, s) = pair?;
         return Ok((Listener::from(l), s));
     }
+}
+
+/// Whether the peer has closed its end with nothing left to read.
+#[allow(unsafe_code)] // recv(2) with MSG_PEEK.
+fn hung_up(s: &UnixStream) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a local byte; MSG_DONTWAIT so it never blocks.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// Waits until a frontend is connecting; `false` once `stop` is set.

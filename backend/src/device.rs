@@ -7,8 +7,9 @@
 //! are published to the port for the polling threads.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -35,6 +36,11 @@ pub struct NetDevice {
     /// snapshot only when it changed.
     mem_generation: Arc<AtomicU64>,
     published: AtomicBool,
+    /// Exit-event consumer fds handed to vhost-user-backend. Its
+    /// `VringEpollHandler::new` (0.24) takes each with `into_raw_fd` and never closes
+    /// it: one eventfd leaked per connection. Closed when this device is dropped,
+    /// which happens only once every handler holding it is gone.
+    lent_exit_fds: Mutex<Vec<RawFd>>,
 }
 
 impl NetDevice {
@@ -46,6 +52,7 @@ impl NetDevice {
             acked_features: Arc::new(AtomicU64::new(0)),
             mem_generation: Arc::new(AtomicU64::new(1)),
             published: AtomicBool::new(false),
+            lent_exit_fds: Mutex::new(Vec::new()),
         }
     }
 
@@ -100,12 +107,27 @@ impl VhostUserBackend for NetDevice {
         Ok(())
     }
 
+    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the driver is resetting the ring. Polling threads stop a
+        // queue that broke a rule until its configuration changes (see
+        // `QueueCache::open`); a reset that sets up the very same addresses and
+        // base must still count as a change, so bump the generation too.
+        self.mem_generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
     fn queues_per_thread(&self) -> Vec<u64> {
         vec![(1 << NUM_QUEUES) - 1]
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.lent_exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn handle_event(
@@ -130,7 +152,56 @@ impl VhostUserBackend for NetDevice {
     }
 }
 
+impl Drop for NetDevice {
+    #[allow(unsafe_code)] // Closing the fds vhost-user-backend leaks.
+    fn drop(&mut self) {
+        let fds = self
+            .lent_exit_fds
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for fd in fds.drain(..) {
+            // SAFETY: `fd` is an exit-event consumer that vhost-user-backend took with
+            // `into_raw_fd` and never closes (see `lent_exit_fds`; the test below checks
+            // that it is still open once the daemon is gone). Its only user, the
+            // library's epoll handler, held an `Arc` of this device, so it is gone too:
+            // nothing else owns this number, and closing it cannot hit another file.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+}
+
 /// Guest memory of a new connection: empty until SET_MEM_TABLE.
 pub fn new_guest_memory() -> GuestMemoryAtomicMmap {
     GuestMemoryAtomicMmap::new(GuestMemoryMmap::new())
+}
+
+#[cfg(test)]
+mod exit_fd_tests {
+    use super::*;
+    use vhost_user_backend::VhostUserDaemon;
+
+    /// vhost-user-backend 0.24 leaves the exit-event consumer open after the daemon is
+    /// gone, so `NetDevice::drop` closing it is no double close. Should a new version
+    /// close it itself, this fails: then drop `lent_exit_fds`.
+    #[test]
+    #[allow(unsafe_code)] // fcntl(F_GETFD) to see whether an fd number is open.
+    fn library_leaves_the_exit_fd_to_us() {
+        let port = Arc::new(VirtioNetPort::new("t", [2, 0, 0, 0, 0, 1], 1500));
+        let mem = new_guest_memory();
+        let dev = Arc::new(NetDevice::new(port, mem.clone()));
+        let daemon = VhostUserDaemon::new("t".into(), dev.clone(), mem).unwrap();
+        let fds: Vec<RawFd> = dev.lent_exit_fds.lock().unwrap().clone();
+        assert_eq!(fds.len(), 1, "one vring worker thread, one exit event");
+        drop(daemon);
+        assert_eq!(
+            Arc::strong_count(&dev),
+            1,
+            "the daemon let go of the device"
+        );
+        for &fd in &fds {
+            // SAFETY: F_GETFD only reads the flags of an fd number, open or not.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert!(flags >= 0, "vhost-user-backend closed exit fd {fd} itself");
+        }
+    }
 }

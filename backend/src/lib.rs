@@ -7,6 +7,8 @@
 //! - [`features`]: offered virtio / vhost-user features and the config space.
 //! - [`relay`]: passes vhost-user messages to the library, holding back an early ring enable.
 //! - [`port`]: [`port::VirtioNetPort`], what polling threads hold: identity and live rings.
+//! - [`fd_check`]: refuses memory and eventfd fds that would crash or stall vpmd.
+//! - [`ratelimit`]: log lines a guest can trigger, at most a few per interval.
 //!
 //! Data path (called by polling threads, one burst at a time):
 //! - [`virtqueue`]: one burst on one queue: lock, map, pop, push used, publish once, notify once.
@@ -20,10 +22,12 @@
 pub mod chain;
 pub mod connection;
 pub mod device;
+pub mod fd_check;
 pub mod features;
 pub mod guest_mem;
 pub mod net;
 pub mod port;
+pub mod ratelimit;
 pub mod relay;
 pub mod seglist;
 pub mod split_ring;

@@ -45,6 +45,15 @@ pub enum RelayError {
     /// Receiving a message's fds failed.
     #[error("receiving fds: {0}")]
     Fds(#[source] vmm_sys_util::errno::Error),
+    /// A message carries an fd vpmd refuses to use.
+    #[error("message {request}: {source}")]
+    BadFd {
+        /// Request code.
+        request: u32,
+        /// What is wrong with the fd.
+        #[source]
+        source: crate::fd_check::FdError,
+    },
     /// A message header names a body larger than the protocol allows.
     #[error("message {request} claims a {size}-byte body (limit {MAX_MSG_SIZE})")]
     Oversized {
@@ -177,6 +186,12 @@ fn relay_one(
     frontend: &UnixStream,
     backend: &UnixStream,
 ) -> Result<(), RelayError> {
+    crate::fd_check::check_message_fds(msg.request(), &msg.body, &msg.fds).map_err(|source| {
+        RelayError::BadFd {
+            request: msg.request(),
+            source,
+        }
+    })?;
     match msg.request() {
         SET_PROTOCOL_FEATURES => {
             st.reply_ack = msg.body_u64().is_some_and(|f| f & REPLY_ACK != 0);
@@ -216,14 +231,13 @@ fn relay_one(
 }
 
 /// Relays between `frontend` and `backend` until either side closes; then shuts
-/// both down, so the other side's reader ends too.
-pub fn run(frontend: UnixStream, backend: UnixStream, port: &str) {
+/// both down, so the other side's reader ends too. Returns why it stopped (the
+/// caller logs it, rate-limited: a frontend can reconnect and fail in a loop).
+pub fn run(frontend: UnixStream, backend: UnixStream) -> Result<(), RelayError> {
     let result = pump(&frontend, &backend);
     let _ = frontend.shutdown(std::net::Shutdown::Both);
     let _ = backend.shutdown(std::net::Shutdown::Both);
-    if let Err(e) = result {
-        log::warn!("port {port}: vhost-user connection closed: {e}");
-    }
+    result
 }
 
 fn pump(frontend: &UnixStream, backend: &UnixStream) -> Result<(), RelayError> {
@@ -296,7 +310,7 @@ mod tests {
     fn early_enable_is_held_acked_and_replayed_after_set_features() {
         let (front_peer, front) = UnixStream::pair().unwrap();
         let (back, back_peer) = UnixStream::pair().unwrap();
-        let relay = std::thread::spawn(move || run(front, back, "t"));
+        let relay = std::thread::spawn(move || run(front, back));
         let mut fp = &front_peer;
         fp.write_all(&msg(
             SET_PROTOCOL_FEATURES,
@@ -325,7 +339,7 @@ mod tests {
             .unwrap();
         front_peer.shutdown(std::net::Shutdown::Write).unwrap();
         let got = read_all_messages(&back_peer);
-        relay.join().unwrap();
+        relay.join().unwrap().unwrap();
         let requests: Vec<u32> = got.iter().map(|m| m.0).collect();
         assert_eq!(
             requests,
@@ -344,7 +358,7 @@ mod tests {
     fn fds_pass_through_and_oversized_messages_end_the_relay() {
         let (front_peer, front) = UnixStream::pair().unwrap();
         let (back, back_peer) = UnixStream::pair().unwrap();
-        let relay = std::thread::spawn(move || run(front, back, "t"));
+        let relay = std::thread::spawn(move || run(front, back));
         let file = std::fs::File::open("/dev/null").unwrap();
         let m = msg(SET_FEATURES + 100, VERSION_1, &[1, 2, 3, 4]);
         front_peer
@@ -356,7 +370,10 @@ mod tests {
         (&front_peer)
             .write_all(&header(SET_FEATURES, VERSION_1, (MAX_MSG_SIZE + 1) as u32))
             .unwrap();
-        relay.join().unwrap();
+        assert!(matches!(
+            relay.join().unwrap(),
+            Err(RelayError::Oversized { .. })
+        ));
         assert!(
             read_message(&back_peer).unwrap().is_none(),
             "backend side closed"

@@ -45,10 +45,19 @@ pub enum QueueError {
         /// The device's next available position.
         next: u16,
     },
+    /// The queue failed before (one of the errors above) and the driver has not
+    /// reset or moved it since: it stays stopped, like a virtio device that has set
+    /// DEVICE_NEEDS_RESET, instead of being retried (and counted) every burst.
+    #[error("stopped after an earlier error, until the driver resets the queue")]
+    Stopped,
 }
 
 /// Queues a [`QueueCache`] keeps mapped rings for.
 const CACHED_QUEUES: usize = 2;
+
+/// What a queue's ring areas are mapped from: (memory generation, size, desc,
+/// avail, used).
+type RingKey = (u64, u16, u64, u64, u64);
 
 /// A queue's ring areas as last mapped, and what they were mapped from.
 #[derive(Clone, Copy, Default)]
@@ -56,6 +65,10 @@ struct RingSlot {
     /// (memory generation, size, desc, avail, used); generation 0 never matches.
     key: (u64, u16, u64, u64, u64),
     ring: Option<SplitRing>,
+    /// Set when the queue failed: the key and next available index it failed at.
+    /// Any change of either (new memory table, ring moved or resized, new base,
+    /// GET_VRING_BASE) lets the queue be tried again.
+    stopped: Option<(RingKey, u16)>,
 }
 
 /// What a polling thread keeps between bursts for one connection's queues.
@@ -122,20 +135,38 @@ impl QueueCache {
             q.avail_ring(),
             q.used_ring(),
         );
-        let ring = match self.slots.get_mut(index) {
-            Some(slot) if slot.key == key && slot.ring.is_some() => slot.ring.unwrap(),
-            slot => {
-                let ring = SplitRing::new(&self.map, key.1, key.2, key.3, key.4)?;
-                if let Some(slot) = slot {
+        let next_avail = q.next_avail();
+        let Some(slot) = self.slots.get_mut(index) else {
+            // Not a cached queue: map it for this burst only.
+            let ring = SplitRing::new(&self.map, key.1, key.2, key.3, key.4)?;
+            return VirtQueue::start(state, &self.map, ring);
+        };
+        if slot.stopped == Some((key, next_avail)) {
+            return Err(QueueError::Stopped);
+        }
+        slot.stopped = None;
+        let ring = match slot.ring {
+            Some(ring) if slot.key == key => ring,
+            _ => match SplitRing::new(&self.map, key.1, key.2, key.3, key.4) {
+                Ok(ring) => {
                     *slot = RingSlot {
                         key,
                         ring: Some(ring),
+                        stopped: None,
                     };
+                    ring
                 }
-                ring
-            }
+                Err(e) => {
+                    slot.stopped = Some((key, next_avail));
+                    return Err(e.into());
+                }
+            },
         };
-        VirtQueue::start(state, &self.map, ring)
+        let started = VirtQueue::start(state, &self.map, ring);
+        if started.is_err() {
+            slot.stopped = Some((key, next_avail));
+        }
+        started
     }
 
     /// Lets go of the snapshot and every mapped ring.

@@ -9,6 +9,7 @@
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
 //! - [`control`]: the control socket behind `vpmd stats`.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
+//! - [`privileges`]: capabilities dropped by every thread after start-up; socket owners.
 //!
 //! Data path (the polling threads):
 //! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
@@ -25,6 +26,7 @@ pub mod control;
 pub mod counters;
 pub mod fwd;
 pub mod pmd_thread;
+pub mod privileges;
 pub mod ratelimit;
 pub mod stats;
 pub mod switch;

@@ -9,6 +9,7 @@ use signal_hook::iterator::Signals;
 
 use vpmd::config::{Config, Mode, DEFAULT_CONTROL_SOCKET};
 use vpmd::control;
+use vpmd::privileges;
 use vpmd::switch::Switch;
 
 /// vhost-user poll-mode virtual switch: serves virtio-net queues to VMs over
@@ -75,6 +76,21 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let switch = Switch::start(&config)?;
+    // Everything privileged is done: sockets, chown, XDP/AF_XDP. Give it all up, in
+    // every thread, before the first frontend can talk to us.
+    let dropped = privileges::drop_capabilities(config.keep_capabilities)
+        .context("dropping capabilities after start-up")?;
+    log::info!("{}", dropped.summary());
+    log::debug!(
+        "privileges: dropped {}",
+        privileges::names(dropped.held & !dropped.kept)
+    );
+    if dropped.not_held != 0 {
+        log::warn!(
+            "pmd.keep_capabilities: {} not held at start-up, so not kept",
+            privileges::names(dropped.not_held)
+        );
+    }
     print_usage(&config);
     log::info!(
         "vpmd ready: {} ports, control socket {}",

@@ -1,15 +1,36 @@
 //! A polling thread: pinned to one core, it polls its streams round-robin until told
 //! to stop, and accounts its time in TSC cycles (busy: polls that moved frames; idle:
 //! polls that moved none), as OVS's `dpif-netdev/pmd-stats-show` does.
+//!
+//! By default it busy-polls all the time, as DPDK and OVS do. With a maximum sleep
+//! (`[pmd] max_sleep_us`, like OVS's `pmd-maxsleep`) it backs off when its queues
+//! stay empty: after [`SPIN_POLLS`] empty polls it sleeps, doubling the sleep up to
+//! the maximum while nothing arrives, and polls flat out again as soon as a poll
+//! moves a frame. Frames that arrive meanwhile wait in the rings (hundreds of slots:
+//! far more than a short sleep fills), so a light load costs a fraction of a core.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::counters::ThreadCounters;
 use crate::fwd::{Scratch, Stream};
 use crate::tsc;
+
+/// Empty polls in a row before the first sleep (a few microseconds of spinning,
+/// so a busy link never sleeps between bursts).
+pub const SPIN_POLLS: u32 = 256;
+/// The first sleep of a backoff.
+const FIRST_SLEEP: Duration = Duration::from_micros(1);
+
+/// How a polling thread behaves while its queues are empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdlePolicy {
+    /// Longest sleep between polls; zero: never sleep (busy-poll).
+    pub max_sleep: Duration,
+}
 
 /// A running polling thread.
 pub struct PmdThread {
@@ -22,6 +43,7 @@ impl PmdThread {
     pub fn spawn(
         core: usize,
         streams: Vec<Box<dyn Stream>>,
+        idle: IdlePolicy,
         stop: Arc<AtomicBool>,
         counters: Arc<ThreadCounters>,
     ) -> io::Result<PmdThread> {
@@ -31,7 +53,10 @@ impl PmdThread {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     log::warn!("pmd thread: cannot pin to core {core}; polling unpinned");
                 }
-                run(streams, &stop, &counters);
+                if !idle.max_sleep.is_zero() {
+                    precise_sleeps();
+                }
+                run(streams, idle, &stop, &counters);
             })?;
         Ok(PmdThread { core, thread })
     }
@@ -44,14 +69,62 @@ impl PmdThread {
     }
 }
 
-fn run(mut streams: Vec<Box<dyn Stream>>, stop: &AtomicBool, counters: &ThreadCounters) {
+/// Backoff state of one thread.
+struct Backoff {
+    max: Duration,
+    empty_polls: u32,
+    next_sleep: Duration,
+}
+
+impl Backoff {
+    fn new(policy: IdlePolicy) -> Self {
+        Backoff {
+            max: policy.max_sleep,
+            empty_polls: 0,
+            next_sleep: FIRST_SLEEP,
+        }
+    }
+
+    /// After a poll that moved `moved` frames: the sleep to take now, if any.
+    #[inline]
+    fn after_poll(&mut self, moved: u64) -> Option<Duration> {
+        if moved > 0 {
+            self.empty_polls = 0;
+            self.next_sleep = FIRST_SLEEP;
+            return None;
+        }
+        if self.max.is_zero() {
+            return None;
+        }
+        self.empty_polls = self.empty_polls.saturating_add(1);
+        if self.empty_polls < SPIN_POLLS {
+            return None;
+        }
+        let sleep = self.next_sleep.min(self.max);
+        self.next_sleep = (self.next_sleep * 2).min(self.max);
+        Some(sleep)
+    }
+}
+
+fn run(
+    mut streams: Vec<Box<dyn Stream>>,
+    idle: IdlePolicy,
+    stop: &AtomicBool,
+    counters: &ThreadCounters,
+) {
     let mut scratch = Scratch::new();
-    let (mut frames, mut busy, mut idle) = (0u64, 0u64, 0u64);
+    let mut backoff = Backoff::new(idle);
+    let (mut frames, mut busy, mut idle_cycles) = (0u64, 0u64, 0u64);
     let mut last = tsc::now();
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0u64;
         for s in streams.iter_mut() {
             moved += u64::from(s.poll(&mut scratch));
+        }
+        match backoff.after_poll(moved) {
+            Some(sleep) => thread::sleep(sleep),
+            None if moved == 0 => std::hint::spin_loop(),
+            None => {}
         }
         let now = tsc::now();
         let spent = now.wrapping_sub(last);
@@ -60,11 +133,54 @@ fn run(mut streams: Vec<Box<dyn Stream>>, stop: &AtomicBool, counters: &ThreadCo
             frames += moved;
             busy += spent;
         } else {
-            idle += spent;
-            std::hint::spin_loop();
+            idle_cycles += spent;
         }
-        counters.publish(frames, busy, idle);
+        counters.publish(frames, busy, idle_cycles);
     }
     // Let go of every connection's rings and memory before the thread ends.
     drop(streams);
+}
+
+/// Makes this thread's sleeps as short as asked: the default timer slack of 50 µs
+/// would stretch every short sleep to at least that.
+#[allow(unsafe_code)]
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument (nanoseconds) and only
+    // changes this thread's timer slack; the unused arguments are zero.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64) };
+    if rc != 0 {
+        log::debug!(
+            "pmd thread: cannot reduce timer slack: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_polling_never_sleeps() {
+        let mut b = Backoff::new(IdlePolicy::default());
+        for _ in 0..10_000 {
+            assert_eq!(b.after_poll(0), None);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets_on_work() {
+        let max = Duration::from_micros(50);
+        let mut b = Backoff::new(IdlePolicy { max_sleep: max });
+        for _ in 1..SPIN_POLLS {
+            assert_eq!(b.after_poll(0), None, "spins first");
+        }
+        let sleeps: Vec<_> = (0..8).filter_map(|_| b.after_poll(0)).collect();
+        assert_eq!(sleeps[0], FIRST_SLEEP);
+        assert_eq!(sleeps[1], FIRST_SLEEP * 2);
+        assert_eq!(*sleeps.last().unwrap(), max);
+        assert!(sleeps.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(b.after_poll(3), None, "work resets");
+        assert_eq!(b.after_poll(0), None, "and spins again");
+    }
 }

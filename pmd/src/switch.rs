@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vpmd_backend::connection::{Connection, ConnectionError, Role};
+use vpmd_backend::connection::{Connection, ConnectionError, Role, SocketAccess};
 use vpmd_backend::port::VirtioNetPort;
 
 use crate::config::{Config, Mode};
@@ -15,7 +15,7 @@ use crate::control::{ControlError, ControlServer};
 use crate::counters::{PortCounters, ThreadCounters};
 use crate::fwd::veth::VethStream;
 use crate::fwd::{Stream, VhostEndpoint};
-use crate::pmd_thread::PmdThread;
+use crate::pmd_thread::{IdlePolicy, PmdThread};
 use crate::stats::{PortEntry, PortKind, Registry, Snapshot, ThreadEntry};
 use crate::tsc;
 use crate::uplink_setup::{self, UplinkSetupError};
@@ -41,6 +41,15 @@ pub enum StartError {
     /// A port's socket failed.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// The control socket's mode, owner or group could not be set.
+    #[error("cannot set mode, owner or group of control socket {path}: {source}")]
+    ControlAccess {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A macvlan's uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkSetupError),
@@ -176,7 +185,20 @@ impl Switch {
 
         ensure_parent(&config.control_socket, "the control socket")?;
         switch.control = Some(ControlServer::start(&config.control_socket, registry)?);
+        SocketAccess {
+            mode: config.control_socket_mode,
+            owner: config.control_socket_owner,
+            group: config.control_socket_group,
+        }
+        .apply(&config.control_socket)
+        .map_err(|source| StartError::ControlAccess {
+            path: config.control_socket.clone(),
+            source,
+        })?;
 
+        let idle = IdlePolicy {
+            max_sleep: Duration::from_micros(u64::from(config.max_sleep_us)),
+        };
         for (a, c) in assignments.into_iter().zip(thread_counters) {
             let names: Vec<&str> = a.streams.iter().map(|s| s.name()).collect();
             if names.is_empty() {
@@ -188,13 +210,12 @@ impl Switch {
                     names.join(", ")
                 );
             }
-            let t =
-                PmdThread::spawn(a.core, a.streams, switch.stop.clone(), c).map_err(|source| {
-                    StartError::Thread {
-                        core: a.core,
-                        source,
-                    }
-                })?;
+            let t = PmdThread::spawn(a.core, a.streams, idle, switch.stop.clone(), c).map_err(
+                |source| StartError::Thread {
+                    core: a.core,
+                    source,
+                },
+            )?;
             switch.threads.push(t);
         }
 
@@ -206,7 +227,12 @@ impl Switch {
                 }
                 Mode::Client => Role::Client,
             };
-            let conn = Connection::spawn(port.clone(), &p.socket, role, p.socket_mode)?;
+            let access = SocketAccess {
+                mode: p.socket_mode,
+                owner: p.socket_owner,
+                group: p.socket_group,
+            };
+            let conn = Connection::spawn(port.clone(), &p.socket, role, access)?;
             switch.connections.push(conn);
             match role {
                 Role::Server => log::info!(

@@ -330,3 +330,105 @@ mtu = $mtu
 ports = ["vm0", "vm1"]
 TOML
 }
+
+# ---------------------------------------------------------------------------
+# Helpers for tests that drive ports with vpmd-bench (faults, soak, isolation,
+# privileges).
+
+BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+
+# start_bench NAME ARGS...: run vpmd-bench ARGS in the background, stdout to
+# $WORK/NAME.out, stderr to $WORK/NAME.log; its pid is left in BENCH_PID and
+# registered for cleanup.
+start_bench() {
+  local name=$1; shift
+  [[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
+  "$BENCH" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  BENCH_PID=$!
+  register_pid "$BENCH_PID" vpmd-bench
+}
+
+# fd_count PID / thread_count PID / rss_kib PID [FIELD]: what a process holds.
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+thread_count() { find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+rss_kib() { awk -v f="${2:-VmRSS}:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+# memfd_inodes PID: inodes of the memfd files PID has mapped (guest memory).
+memfd_inodes() {
+  awk '$6 ~ /^\/memfd:/ { print $5 }' "/proc/$1/maps" 2>/dev/null | sort -u
+}
+
+# wait_value TIMEOUT_S WANT CMD...: wait until CMD prints WANT; returns 1
+# (leaving the last output in WAIT_GOT) if it does not within TIMEOUT_S.
+wait_value() {
+  local timeout=$1 want=$2 deadline
+  shift 2
+  deadline=$((SECONDS + timeout))
+  while true; do
+    WAIT_GOT=$("$@" 2>/dev/null || true)
+    [[ $WAIT_GOT == "$want" ]] && return 0
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# assert_port_accounting JSON PORT [PEER]: on PORT, tx_packets = forwarded +
+# every drop counter (docs/interfaces.md), and with PEER (PORT's veth peer)
+# forwarded = PEER's rx_packets. Exact: call it while no traffic flows.
+assert_port_accounting() {
+  local json=$1 p=$2 peer=${3:-} tx fwd drops rx
+  tx=$(port_stat "$json" "$p" .tx_packets)
+  fwd=$(port_stat "$json" "$p" .forwarded)
+  drops=$(port_stat "$json" "$p" '[.drops[]] | add')
+  [[ $tx =~ ^[0-9]+$ && $fwd =~ ^[0-9]+$ && $drops =~ ^[0-9]+$ ]] ||
+    fail "accounting: no counters for port $p"
+  [[ $tx -eq $((fwd + drops)) ]] ||
+    fail "accounting: $p tx_packets=$tx != forwarded=$fwd + drops=$drops ($(port_stat "$json" "$p" '.drops | tostring'))"
+  if [[ -n $peer ]]; then
+    rx=$(port_stat "$json" "$peer" .rx_packets)
+    [[ $fwd -eq $rx ]] || fail "accounting: $p forwarded=$fwd != $peer rx_packets=$rx"
+  fi
+  log "accounting exact on $p: tx_packets $tx = forwarded $fwd + drops $drops${peer:+, = $peer rx_packets}"
+}
+
+# write_pairs_config FILE SOCKDIR NPAIRS: NPAIRS veth pairs of server-role
+# ports p<i>a/p<i>b (MACs 52:54:00:00:<i>:0a/0b), sockets in SOCKDIR,
+# control socket $CONTROL, polling on core 1.
+write_pairs_config() {
+  local file=$1 sockdir=$2 n=$3 i s
+  mkdir -p "$sockdir"
+  printf '[pmd]\ncores = [1]\ncontrol_socket = "%s"\n' "$CONTROL" >"$file"
+  for ((i = 0; i < n; i++)); do
+    for s in a b; do
+      printf '\n[[port]]\nname = "p%d%s"\nsocket = "%s/p%d%s.sock"\nmac = "52:54:00:00:%02x:0%s"\n' \
+        "$i" "$s" "$sockdir" "$i" "$s" "$i" "$s" >>"$file"
+    done
+    printf '\n[[veth]]\nports = ["p%da", "p%db"]\n' "$i" "$i" >>"$file"
+  done
+}
+
+# assert_checked_stream RXJSON SENT SRC DST: the rxonly report RXJSON of a
+# stream of SENT test frames from port SRC to port DST (the only traffic on
+# them since vpmd started): nothing corrupted, reordered, duplicated or
+# foreign; every frame vpmd took from SRC (exactly SENT) was either delivered
+# to DST (exactly what rxonly counted) or is in SRC's drop counters. Frames a
+# loaded machine's receiver had no buffer for are such drops, so this holds
+# however busy the machine is.
+assert_checked_stream() {
+  local rx=$1 sent=$2 src=$3 dst=$4 json f v got drops
+  for f in corrupted reordered duplicates foreign; do
+    v=$(jq -r ".$f" "$rx")
+    [[ $v == 0 ]] || fail "$src -> $dst: $f = $v: $(cat "$rx")"
+  done
+  got=$(jq -r .frames "$rx")
+  [[ $(jq -r .intact "$rx") == "$got" ]] || fail "$src -> $dst: not all frames intact: $(cat "$rx")"
+  json=$(vpmd_stats_json) || fail "vpmd stats failed"
+  [[ $(port_stat "$json" "$src" .tx_packets) == "$sent" ]] ||
+    fail "$src -> $dst: $sent sent, vpmd took $(port_stat "$json" "$src" .tx_packets)"
+  [[ $(port_stat "$json" "$dst" .rx_packets) == "$got" ]] ||
+    fail "$src -> $dst: rxonly counted $got, vpmd delivered $(port_stat "$json" "$dst" .rx_packets)"
+  drops=$(port_stat "$json" "$src" '[.drops[]] | add')
+  [[ $((got + drops)) == "$sent" ]] || fail "$src -> $dst: sent $sent != delivered $got + dropped $drops"
+  log "$src -> $dst: $sent sent = $got delivered intact and in order + $drops dropped$( ((drops)) &&
+    echo " ($(port_stat "$json" "$src" '.drops | with_entries(select(.value > 0)) | tostring'))")"
+}

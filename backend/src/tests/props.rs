@@ -87,6 +87,8 @@ fn reference_walk(
     let mut indirect = false;
     let mut bufs = Vec::new();
     let mut total = 0u64;
+    // Every descriptor counts against MAX_SEGS, empty ones included.
+    let mut descs = 0usize;
     loop {
         if i >= entries {
             return Err(NextOutOfRange(i as u16));
@@ -116,6 +118,10 @@ fn reference_walk(
             return Err(Loop);
         }
         budget -= 1;
+        descs += 1;
+        if descs > MAX_SEGS {
+            return Err(TooManyBuffers);
+        }
         if (flags & DESC_F_WRITE != 0) != writable {
             return Err(WrongDirection);
         }

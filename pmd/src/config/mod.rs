@@ -24,6 +24,8 @@ pub const MIN_MTU: u16 = 68;
 pub const MAX_MACVLAN_PORTS: usize = 64;
 /// Most AF_XDP queues one uplink may use.
 pub const MAX_UPLINK_QUEUES: u32 = 64;
+/// Longest idle sleep a polling thread may be given (`pmd.max_sleep_us`).
+pub const MAX_SLEEP_US: u32 = 10_000;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,20 @@ impl MacvlanMode {
 struct RawPmd {
     cores: Option<Vec<usize>>,
     control_socket: Option<PathBuf>,
+    control_socket_mode: Option<String>,
+    control_socket_owner: Option<IdOrName>,
+    control_socket_group: Option<IdOrName>,
+    keep_capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    max_sleep_us: u32,
+}
+
+/// A user or group: a numeric id, or a name looked up on this host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum IdOrName {
+    Id(u32),
+    Name(String),
 }
 
 /// `[[port]]`.
@@ -152,6 +168,10 @@ struct RawPort {
     mtu: u16,
     #[serde(default)]
     socket_mode: Option<String>,
+    #[serde(default)]
+    socket_owner: Option<IdOrName>,
+    #[serde(default)]
+    socket_group: Option<IdOrName>,
     #[serde(default)]
     allow_mac_spoofing: bool,
 }
@@ -212,6 +232,10 @@ pub struct Port {
     pub mtu: u16,
     /// Socket permission bits.
     pub socket_mode: u32,
+    /// Owner (uid) the socket file is given (server role); `None`: vpmd's user.
+    pub socket_owner: Option<u32>,
+    /// Group (gid) the socket file is given (server role); `None`: vpmd's group.
+    pub socket_group: Option<u32>,
     /// May send with a source MAC other than its own (macvlan ports).
     pub allow_mac_spoofing: bool,
 }
@@ -236,6 +260,16 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// Control socket.
     pub control_socket: PathBuf,
+    /// Control socket permission bits (default 0600).
+    pub control_socket_mode: u32,
+    /// Control socket owner (uid); `None`: vpmd's user.
+    pub control_socket_owner: Option<u32>,
+    /// Control socket group (gid); `None`: vpmd's group.
+    pub control_socket_group: Option<u32>,
+    /// Capabilities kept after start-up (bit n = capability n); default none.
+    pub keep_capabilities: u64,
+    /// Longest sleep of an idle polling thread, in microseconds (0: busy-poll).
+    pub max_sleep_us: u32,
     /// Ports, in file order.
     pub ports: Vec<Port>,
     /// veth pairs as indices into `ports`.
@@ -270,6 +304,10 @@ pub struct Host {
     pub cpus: usize,
     /// Whether a kernel network interface of this name exists.
     pub interface_exists: fn(&str) -> bool,
+    /// The uid of a user name, if there is such a user.
+    pub user_id: fn(&str) -> Option<u32>,
+    /// The gid of a group name, if there is such a group.
+    pub group_id: fn(&str) -> Option<u32>,
 }
 
 impl Host {
@@ -282,6 +320,8 @@ impl Host {
                     && !name.contains('/')
                     && Path::new("/sys/class/net").join(name).exists()
             },
+            user_id: |name| crate::privileges::user_id(name).ok().flatten(),
+            group_id: |name| crate::privileges::group_id(name).ok().flatten(),
         }
     }
 }

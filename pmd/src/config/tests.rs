@@ -6,6 +6,8 @@ fn host() -> Host {
     Host {
         cpus: 2,
         interface_exists: |name| name == "eth1" || name == "eth2",
+        user_id: |name| (name == "qemu").then_some(107),
+        group_id: |name| (name == "kvm").then_some(36),
     }
 }
 
@@ -60,6 +62,49 @@ fn builtin_and_examples_parse() {
 }
 
 #[test]
+fn socket_owner_group_and_capabilities() {
+    let c = parse(PAIR).unwrap();
+    assert_eq!(
+        (c.ports[0].socket_owner, c.ports[0].socket_group),
+        (None, None)
+    );
+    assert_eq!(c.control_socket_mode, 0o600);
+    assert_eq!(
+        (c.control_socket_owner, c.control_socket_group),
+        (None, None)
+    );
+    assert_eq!(c.keep_capabilities, 0);
+    let text = PAIR
+        .replace(
+            "name = \"a\"",
+            "name = \"a\"\nsocket_mode = \"0660\"\nsocket_owner = \"qemu\"\nsocket_group = \"kvm\"",
+        )
+        .replace(
+            "cores = [1]",
+            "cores = [1]\ncontrol_socket_mode = \"0640\"\ncontrol_socket_owner = 0\n\
+             control_socket_group = \"1234\"\nkeep_capabilities = [\"CAP_DAC_OVERRIDE\", \"net_raw\"]",
+        );
+    let c = parse(&text).unwrap();
+    let p = &c.ports[0];
+    assert_eq!(
+        (p.socket_mode, p.socket_owner, p.socket_group),
+        (0o660, Some(107), Some(36))
+    );
+    assert_eq!(
+        (
+            c.control_socket_mode,
+            c.control_socket_owner,
+            c.control_socket_group
+        ),
+        (0o640, Some(0), Some(1234))
+    );
+    assert_eq!(c.keep_capabilities, (1 << 1) | (1 << 13));
+    // Numeric ids need not exist, as with chown(1).
+    let c = parse(&PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_owner = 4242")).unwrap();
+    assert_eq!(c.ports[0].socket_owner, Some(4242));
+}
+
+#[test]
 fn macvlan_defaults_and_fields() {
     let c = parse(MACVLAN).unwrap();
     assert_eq!(c.macvlans.len(), 1);
@@ -109,6 +154,58 @@ fn errors_name_the_field() {
         (
             PAIR.replace("mtu = 9000", "mtu = 9000\ncolour = 1"),
             "colour",
+        ),
+        (
+            PAIR.replace("cores = [1]", "cores = [1]\nmax_sleep_us = 20000"),
+            "pmd.max_sleep_us",
+        ),
+        (
+            PAIR.replace(
+                "name = \"a\"",
+                "name = \"a\"\nsocket_owner = \"nobody-here\"",
+            ),
+            "port[0].socket_owner",
+        ),
+        (
+            PAIR.replace(
+                "name = \"a\"",
+                "name = \"a\"\nsocket_group = \"nogroup-here\"",
+            ),
+            "port[0].socket_group",
+        ),
+        (
+            PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_owner = 4294967295"),
+            "port[0].socket_owner",
+        ),
+        // Client role: the frontend creates the socket.
+        (
+            PAIR.replace(
+                "mode = \"client\"",
+                "mode = \"client\"\nsocket_group = \"kvm\"",
+            ),
+            "port[1].socket_group",
+        ),
+        (
+            PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_mode = \"0999\""),
+            "port[0].socket_mode",
+        ),
+        (
+            PAIR.replace(
+                "cores = [1]",
+                "cores = [1]\ncontrol_socket_group = \"nope\"",
+            ),
+            "pmd.control_socket_group",
+        ),
+        (
+            PAIR.replace("cores = [1]", "cores = [1]\ncontrol_socket_mode = \"rw\""),
+            "pmd.control_socket_mode",
+        ),
+        (
+            PAIR.replace(
+                "cores = [1]",
+                "cores = [1]\nkeep_capabilities = [\"CAP_CHOWN\", \"CAP_FLY\"]",
+            ),
+            "pmd.keep_capabilities[1]",
         ),
         (
             MACVLAN.replace("\"eth1\"", "\"nosuch0\""),

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::{
-    Config, ConfigError, Host, Mac, Macvlan, MacvlanMode, Port, RawConfig, RawPort,
-    DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_UPLINK_QUEUES, MIN_MTU,
+    Config, ConfigError, Host, IdOrName, Mac, Macvlan, MacvlanMode, Mode, Port, RawConfig, RawPort,
+    DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_SLEEP_US, MAX_UPLINK_QUEUES, MIN_MTU,
 };
 
 /// Builds errors for one file.
@@ -30,7 +30,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
     if raw.ports.is_empty() {
         return Err(err.at("port", "no [[port]] is configured"));
     }
-    let ports = validate_ports(&raw.ports, &err)?;
+    let ports = validate_ports(&raw.ports, host, &err)?;
 
     // Which veth or macvlan each port belongs to: at most one.
     let mut owner: Vec<Option<String>> = vec![None; ports.len()];
@@ -121,12 +121,52 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             ),
         ));
     }
+    let mut keep_capabilities = 0u64;
+    for (i, name) in raw.pmd.keep_capabilities.iter().flatten().enumerate() {
+        let cap = crate::privileges::capability(name).ok_or_else(|| {
+            err.at(
+                format!("pmd.keep_capabilities[{i}]"),
+                format!("{name:?} is not a capability name like \"CAP_DAC_OVERRIDE\""),
+            )
+        })?;
+        keep_capabilities |= 1u64 << cap;
+    }
+    if raw.pmd.max_sleep_us > MAX_SLEEP_US {
+        return Err(err.at(
+            "pmd.max_sleep_us",
+            format!(
+                "{} is above {MAX_SLEEP_US} (a longer sleep would overrun the rings)",
+                raw.pmd.max_sleep_us
+            ),
+        ));
+    }
     Ok(Config {
         cores,
+        max_sleep_us: raw.pmd.max_sleep_us,
         control_socket: raw
             .pmd
             .control_socket
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        control_socket_mode: parse_mode(
+            raw.pmd.control_socket_mode.as_deref(),
+            "pmd.control_socket_mode",
+            &err,
+        )?,
+        control_socket_owner: socket_id(
+            raw.pmd.control_socket_owner.as_ref(),
+            "pmd.control_socket_owner",
+            host.user_id,
+            "user",
+            &err,
+        )?,
+        control_socket_group: socket_id(
+            raw.pmd.control_socket_group.as_ref(),
+            "pmd.control_socket_group",
+            host.group_id,
+            "group",
+            &err,
+        )?,
+        keep_capabilities,
         ports,
         veths,
         macvlans,
@@ -159,7 +199,43 @@ fn validate_cores(raw: &RawConfig, cpus: usize, err: &Errors) -> Result<Vec<usiz
     Ok(cores)
 }
 
-fn validate_ports(raw: &[RawPort], err: &Errors) -> Result<Vec<Port>, ConfigError> {
+/// Permission bits written as octal ("0660"); default 0600.
+fn parse_mode(text: Option<&str>, field: &str, err: &Errors) -> Result<u32, ConfigError> {
+    match text {
+        None => Ok(0o600),
+        Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| err.at(field, format!("{s:?} is not an octal mode like \"0660\""))),
+    }
+}
+
+/// A socket's owner or group: a number as is, a name looked up with `lookup`.
+fn socket_id(
+    spec: Option<&IdOrName>,
+    field: &str,
+    lookup: fn(&str) -> Option<u32>,
+    what: &str,
+    err: &Errors,
+) -> Result<Option<u32>, ConfigError> {
+    let id = match spec {
+        None => return Ok(None),
+        Some(IdOrName::Id(id)) => *id,
+        Some(IdOrName::Name(name)) => match name.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) if name.is_empty() => return Err(err.at(field, "is empty")),
+            Err(_) => lookup(name)
+                .ok_or_else(|| err.at(field, format!("no {what} named {name:?} on this host")))?,
+        },
+    };
+    // chown(2) reads -1 as "leave unchanged".
+    if id == u32::MAX {
+        return Err(err.at(field, format!("{id} is not a valid {what} id")));
+    }
+    Ok(Some(id))
+}
+
+fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port>, ConfigError> {
     let mut ports = Vec::new();
     let (mut names, mut sockets, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
     for (i, p) in raw.iter().enumerate() {
@@ -203,18 +279,35 @@ fn validate_ports(raw: &[RawPort], err: &Errors) -> Result<Vec<Port>, ConfigErro
                 format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu),
             ));
         }
-        let socket_mode = match &p.socket_mode {
-            None => 0o600,
-            Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or_else(|| {
-                    err.at(
-                        f("socket_mode"),
-                        format!("{s:?} is not an octal mode like \"0660\""),
-                    )
-                })?,
-        };
+        let socket_mode = parse_mode(p.socket_mode.as_deref(), &f("socket_mode"), err)?;
+        let socket_owner = socket_id(
+            p.socket_owner.as_ref(),
+            &f("socket_owner"),
+            host.user_id,
+            "user",
+            err,
+        )?;
+        let socket_group = socket_id(
+            p.socket_group.as_ref(),
+            &f("socket_group"),
+            host.group_id,
+            "group",
+            err,
+        )?;
+        if p.mode == Mode::Client {
+            for (set, name) in [
+                (socket_owner.is_some(), "socket_owner"),
+                (socket_group.is_some(), "socket_group"),
+            ] {
+                if set {
+                    return Err(err.at(
+                        f(name),
+                        "applies to server-role sockets only: in the client role the \
+                         frontend creates the socket",
+                    ));
+                }
+            }
+        }
         ports.push(Port {
             name: p.name.clone(),
             socket: p.socket.clone(),
@@ -222,6 +315,8 @@ fn validate_ports(raw: &[RawPort], err: &Errors) -> Result<Vec<Port>, ConfigErro
             mac,
             mtu: p.mtu,
             socket_mode,
+            socket_owner,
+            socket_group,
             allow_mac_spoofing: p.allow_mac_spoofing,
         });
     }

@@ -132,7 +132,9 @@ impl VhostEndpoint {
     }
 }
 
-/// Counts and (rate-limited) logs a ring that cannot be used this burst.
+/// Counts and (rate-limited) logs a ring that broke a rule. The queue is stopped
+/// from then on ([`QueueError::Stopped`], neither counted nor logged again) until
+/// the driver resets or moves it.
 #[cold]
 pub fn ring_error(
     tally: &mut PortTally,
@@ -141,10 +143,27 @@ pub fn ring_error(
     queue: &str,
     e: &QueueError,
 ) {
+    if *e == QueueError::Stopped {
+        return;
+    }
     tally.ring_errors += 1;
     if let Some(held_back) = log.allow() {
         log::warn!(
-            "port {port}: {queue} queue unusable: {e} ({held_back} similar messages held back)"
+            "port {port}: {queue} queue stopped until the driver resets it: {e} \
+             ({held_back} similar messages held back)"
+        );
+    }
+}
+
+/// Logs (rate-limited) a malformed descriptor chain that was skipped; the caller
+/// counts it (`bad_tx_desc` / `bad_rx_desc`). A guest can make this happen for
+/// every frame, so the log line must never be per frame.
+#[cold]
+pub fn bad_chain(log: &mut LogLimiter, port: &str, queue: &str, e: &dyn std::fmt::Display) {
+    if let Some(held_back) = log.allow() {
+        log::warn!(
+            "port {port}: bad {queue} descriptor chain skipped: {e} \
+             ({held_back} similar messages held back)"
         );
     }
 }
@@ -186,13 +205,16 @@ impl<'a> RxTarget<'a> {
     }
 }
 
-/// Copies `frame` (`len` bytes) into `rx`, or says why not.
+/// Copies `frame` (`len` bytes) into `rx`, or says why not. A malformed RX chain
+/// is logged (rate-limited by `log`) under the receiving `port`'s name.
 #[inline]
 pub fn deliver(
     rx: &mut RxTarget<'_>,
     frame: &SegList,
     len: u32,
     scratch: &mut RxScratch,
+    log: &mut LogLimiter,
+    port: &str,
 ) -> Result<(), DropReason> {
     if rx.full {
         return Err(rx.empty_reason);
@@ -203,6 +225,9 @@ pub fn deliver(
             rx.full = true;
             Err(rx.empty_reason)
         }
-        Err(RxError::Chain(_) | RxError::ShortHeader) => Err(DropReason::BadRxDesc),
+        Err(e @ (RxError::Chain(_) | RxError::ShortHeader)) => {
+            bad_chain(log, port, "RX", &e);
+            Err(DropReason::BadRxDesc)
+        }
     }
 }

@@ -10,7 +10,9 @@
 use vpmd_backend::net;
 use vpmd_backend::port::TX_QUEUE;
 
-use super::{deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use super::{
+    bad_chain, deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
+};
 use crate::counters::DropReason;
 
 /// One direction of a veth pair.
@@ -38,6 +40,10 @@ impl Stream for VethStream {
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
         let (src, dst) = (&mut self.src, &mut self.dst);
+        // The peer's cache too, every poll, even when nothing is sent to it: a closed
+        // connection is let go of (its guest memory unmapped) at once, not at the next
+        // frame for it. One atomic load while nothing changed.
+        let _ = dst.cache.rings(&dst.port);
         let Some(src_view) = src.cache.rings(&src.port) else {
             return 0;
         };
@@ -76,7 +82,8 @@ impl Stream for VethStream {
             src.tally.tx_packets += 1;
             let len = match net::take_tx_frame(&txq, head, src_layout, &mut s.frame) {
                 Ok(len) => len,
-                Err(_) => {
+                Err(e) => {
+                    bad_chain(&mut src.log, src.port.name(), "TX", &e);
                     src.tally.drop(DropReason::BadTxDesc);
                     txq.push_used(head, 0);
                     continue;
@@ -89,7 +96,9 @@ impl Stream for VethStream {
                 Err(DropReason::TooBig)
             } else {
                 match rx.as_mut() {
-                    Some(rx) => deliver(rx, &s.frame, len, &mut s.rx),
+                    Some(rx) => {
+                        deliver(rx, &s.frame, len, &mut s.rx, &mut dst.log, dst.port.name())
+                    }
                     None if rx_broken => Err(DropReason::BadRxDesc),
                     None => Err(DropReason::PeerDown),
                 }

@@ -45,7 +45,14 @@ pub fn to_vms(
                 Err(DropReason::TooBig)
             } else {
                 match target.as_mut() {
-                    Some(t) => deliver(t, &batch.frames[k], len, rx_scratch),
+                    Some(t) => deliver(
+                        t,
+                        &batch.frames[k],
+                        len,
+                        rx_scratch,
+                        &mut vm.log,
+                        vm.port.name(),
+                    ),
                     None => Err(down),
                 }
             };

@@ -24,7 +24,7 @@ use vpmd_uplink::rx::XskReceiver;
 use vpmd_uplink::tx::XskTransmitter;
 
 use self::decide::{Destinations, Ingress, MacvlanTable};
-use super::{ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use super::{bad_chain, ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::{DropReason, PortCounters, PortTally};
 
 /// The uplink as a shard holds it: counters of the frames it brings in (`tx_*`,
@@ -155,7 +155,9 @@ impl MacvlanShard {
             tally.tx_packets += 1;
             let len = match net::take_tx_frame(&txq, head, layout, &mut batch.frames[k]) {
                 Ok(len) => len,
-                Err(_) => {
+                Err(e) => {
+                    let vm = &mut self.vms[i];
+                    bad_chain(&mut vm.log, vm.port.name(), "TX", &e);
                     batch.lens[k] = 0;
                     batch.reason[k] = DropReason::BadTxDesc;
                     continue;
