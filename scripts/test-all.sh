@@ -6,9 +6,10 @@
 #   2. checks formatting and clippy (-D warnings)
 #   3. builds the workspace (release)
 #   4. cargo test: unit tests, ring tests on mock queues, property tests, the
-#      cloud-hypervisor-shaped frontend against a running vpmd, the AF_XDP/XDP tests
-#      in network namespaces
-#   5. the system tests in tests/system/ (real QEMU guests, DPDK's virtio-user)
+#      cloud-hypervisor-shaped frontend against a running vpmd, the hostile-frontend
+#      suite (hostile/tests), the AF_XDP/XDP tests in network namespaces
+#   5. bounded fuzzing of the descriptor-chain and vhost-user targets (scripts/fuzz.sh)
+#   6. the system tests in tests/system/ (real QEMU guests, DPDK's virtio-user)
 #
 # Usage: scripts/test-all.sh            (as root, from anywhere)
 # Environment: SKIP_LINT=1 skips step 2; FILTER=NAME runs only matching system tests.
@@ -42,6 +43,9 @@ step "cargo test"
 # One test binary at a time: tests that start vpmd busy-poll a core, and two of
 # them at once on a two-core machine would starve each other.
 cargo test --workspace --release -- --test-threads=1
+
+step "fuzzing (bounded: FUZZ_SECONDS per target, default 60)"
+scripts/fuzz.sh
 
 step "system tests"
 SKIP_BUILD=1 scripts/run-system-tests.sh ${FILTER:-}
