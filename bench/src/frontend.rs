@@ -1,22 +1,23 @@
-//! [`NetFrontend`]: one virtio-net device driven over vhost-user, the way a VM's driver
-//! drives it through cloud-hypervisor: memfd guest memory, one RX and one TX queue.
+//! [`NetFrontend`]: one virtio-net device with its own guest memory and buffers, and a
+//! frame-at-a-time API (copy in, borrow out) for checked transfers and tests. The
+//! benchmark modes drive [`Port`]s over shared memory directly instead.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost::vhost_user::Frontend;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MTU;
 
-use crate::connection::{self, ConnError, Negotiated, DRIVER_PROTOCOL_FEATURES};
+use crate::connection::DRIVER_PROTOCOL_FEATURES;
 use crate::guest_mem::{GuestMem, MemError, DEFAULT_MEM_SIZE};
-use crate::net_rx::{RxQueue, RxStats};
-use crate::net_tx::{TxQueue, TxStats};
-use crate::split_queue::{QueueError, SplitQueue, DEFAULT_QUEUE_SIZE};
-use crate::virtio_net::{has, NetConfig, NetLayout, DRIVER_FEATURES, RX_QUEUE, TX_QUEUE};
+use crate::net_rx::RxStats;
+use crate::net_tx::TxStats;
+use crate::pool::{BufPool, PoolError};
+use crate::port::{Port, PortError, PortOptions};
+use crate::split_queue::DEFAULT_QUEUE_SIZE;
+use crate::virtio_net::{has, DRIVER_FEATURES};
 
-/// Queues this driver sets up: one RX/TX pair.
-const NUM_QUEUES: u64 = 2;
+pub use crate::port::DeviceInfo;
 
 /// How to build and connect a [`NetFrontend`]. Start from [`FrontendOptions::new`].
 #[derive(Clone, Debug)]
@@ -25,14 +26,17 @@ pub struct FrontendOptions {
     pub socket: PathBuf,
     /// Descriptors per queue (power of two).
     pub queue_size: u16,
-    /// Bytes per RX buffer (each RX descriptor).
+    /// Bytes offered to the device per RX buffer. With MRG_RXBUF a larger frame spans
+    /// several buffers; without it, buffers are enlarged to hold the largest frame.
     pub rx_buf_size: u32,
-    /// Bytes per TX buffer; larger frames span several descriptors.
+    /// Smallest TX buffer; buffers always hold the largest frame.
     pub tx_buf_size: u32,
     /// Guest physical address of the memory.
     pub mem_base: u64,
     /// Guest memory size in bytes.
     pub mem_size: usize,
+    /// Back guest memory with 2 MiB hugepages.
+    pub huge_pages: bool,
     /// Virtio features to accept if offered.
     pub features: u64,
     /// Protocol features to accept if offered.
@@ -40,7 +44,7 @@ pub struct FrontendOptions {
     /// Read the MAC/MTU with GET_CONFIG when CONFIG is negotiated. DPDK's net vhost does not
     /// answer it; turn this off there.
     pub read_config: bool,
-    /// Largest Ethernet frame expected (sizes RX chains without MRG_RXBUF).
+    /// Largest Ethernet frame expected (raised to the device's MTU + 18 when it has one).
     pub max_frame: usize,
     /// Frames per [`NetFrontend::recv_burst`].
     pub burst: usize,
@@ -60,6 +64,7 @@ impl FrontendOptions {
             tx_buf_size: 2048,
             mem_base: 0,
             mem_size: DEFAULT_MEM_SIZE,
+            huge_pages: false,
             features: DRIVER_FEATURES,
             protocol_features: DRIVER_PROTOCOL_FEATURES,
             read_config: true,
@@ -67,6 +72,19 @@ impl FrontendOptions {
             burst: 64,
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The [`PortOptions`] part.
+    pub fn port_options(&self) -> PortOptions {
+        PortOptions {
+            socket: self.socket.clone(),
+            queue_size: self.queue_size,
+            features: self.features,
+            protocol_features: self.protocol_features,
+            read_config: self.read_config,
+            connect_timeout: self.connect_timeout,
+            reply_timeout: self.reply_timeout,
         }
     }
 }
@@ -77,35 +95,12 @@ pub enum FrontendError {
     /// Guest memory could not be created.
     #[error("guest memory: {0}")]
     Memory(#[from] MemError),
-    /// A queue could not be laid out.
-    #[error("queue {index}: {source}")]
-    Queue {
-        /// Queue index.
-        index: usize,
-        /// Cause.
-        #[source]
-        source: QueueError,
-    },
-    /// A vhost-user step failed.
-    #[error("vhost-user {}: {source}", .socket.display())]
-    Vhost {
-        /// Socket path.
-        socket: PathBuf,
-        /// Cause.
-        #[source]
-        source: ConnError,
-    },
-}
-
-/// What the device told us during setup.
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceInfo {
-    /// Features offered, acknowledged, protocol features, queue count.
-    pub negotiated: Negotiated,
-    /// The config space, when read.
-    pub config: Option<NetConfig>,
-    /// Header length and merging.
-    pub layout: NetLayout,
+    /// The buffer pool could not be created.
+    #[error("buffer pool: {0}")]
+    Pool(#[from] PoolError),
+    /// Connecting or setting up the device failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
 }
 
 /// Counters of both directions.
@@ -119,116 +114,74 @@ pub struct Stats {
     pub bad_used: u64,
 }
 
-/// A connected virtio-net driver.
+/// A connected virtio-net driver with its own memory.
 pub struct NetFrontend {
     // Field order is drop order: the connection closes before the memory is unmapped.
-    vu: Option<Frontend>,
-    rx: RxQueue,
-    tx: TxQueue,
-    info: DeviceInfo,
+    port: Port,
+    pool: BufPool,
     burst: usize,
-    socket: PathBuf,
     _mem: GuestMem,
 }
 
 impl NetFrontend {
-    /// Builds guest memory and queues, then runs the whole vhost-user setup.
+    /// Builds guest memory, runs the vhost-user handshake, sizes buffers for the largest
+    /// frame (from the device's MTU when it has one), then sets up and enables the rings.
     pub fn connect(opts: &FrontendOptions) -> Result<Self, FrontendError> {
-        let vhost = |source| FrontendError::Vhost {
-            socket: opts.socket.clone(),
-            source,
-        };
-        let mut mem = GuestMem::new(opts.mem_base, opts.mem_size)?;
-        let queue = |mem: &mut GuestMem, index, buf| {
-            SplitQueue::new(mem, opts.queue_size, buf)
-                .map_err(|source| FrontendError::Queue { index, source })
-        };
-        let rxq = queue(&mut mem, RX_QUEUE, opts.rx_buf_size)?;
-        let txq = queue(&mut mem, TX_QUEUE, opts.tx_buf_size)?;
-
-        let mut vu = connection::connect(
-            &opts.socket,
-            NUM_QUEUES,
-            opts.connect_timeout,
-            opts.reply_timeout,
-        )
-        .map_err(vhost)?;
-        let negotiated =
-            connection::negotiate(&mut vu, opts.features, opts.protocol_features, NUM_QUEUES)
-                .map_err(vhost)?;
-        let config = if opts.read_config
-            && negotiated
-                .protocol
-                .contains(VhostUserProtocolFeatures::CONFIG)
-        {
-            Some(connection::read_config(&mut vu).map_err(vhost)?)
+        let mut mem = if opts.huge_pages {
+            GuestMem::new_huge(opts.mem_base, opts.mem_size)?
         } else {
-            None
+            GuestMem::new(opts.mem_base, opts.mem_size)?
         };
-        let layout = NetLayout::new(negotiated.features);
-        let max_frame = match config {
-            Some(c)
-                if has(
-                    negotiated.features,
-                    virtio_bindings::virtio_net::VIRTIO_NET_F_MTU,
-                ) =>
-            {
+        let hs = Port::handshake(&opts.port_options())?;
+        let info = *hs.info();
+        let max_frame = match info.config {
+            Some(c) if has(info.negotiated.features, VIRTIO_NET_F_MTU) => {
                 opts.max_frame.max(usize::from(c.mtu) + 18)
             }
             _ => opts.max_frame,
         };
-        let event_idx = has(negotiated.features, VIRTIO_RING_F_EVENT_IDX);
-        let mut rx = RxQueue::new(rxq, layout, max_frame);
-        let mut tx = TxQueue::new(txq, layout);
-        rx.queue_mut().set_event_idx(event_idx);
-        tx.queue_mut().set_event_idx(event_idx);
-        // RX buffers go in before the ring starts, as a guest driver posts them at probe.
-        rx.refill();
-
-        connection::set_mem_table(&vu, &mem).map_err(vhost)?;
-        connection::setup_vring(&vu, RX_QUEUE, rx.queue()).map_err(vhost)?;
-        connection::setup_vring(&vu, TX_QUEUE, tx.queue()).map_err(vhost)?;
-        for index in [RX_QUEUE, TX_QUEUE] {
-            connection::enable_vring(&mut vu, index, true, &negotiated).map_err(vhost)?;
-        }
+        let frame_buf = (info.layout.hdr_len + max_frame) as u32;
+        let rx_post = if info.layout.mrg_rxbuf {
+            opts.rx_buf_size
+        } else {
+            opts.rx_buf_size.max(frame_buf)
+        };
+        let buf_size = rx_post.max(opts.tx_buf_size).max(frame_buf);
+        // Both rings full, plus a burst in hand.
+        let count = 2 * u32::from(opts.queue_size) + opts.burst as u32;
+        let mut pool = BufPool::new(&mut mem, count, buf_size)?;
+        let port = hs.start(&mut mem, &mut pool, rx_post)?;
         Ok(NetFrontend {
-            vu: Some(vu),
-            rx,
-            tx,
-            info: DeviceInfo {
-                negotiated,
-                config,
-                layout,
-            },
+            port,
+            pool,
             burst: opts.burst.max(1),
-            socket: opts.socket.clone(),
             _mem: mem,
         })
     }
 
     /// What setup learnt.
     pub fn info(&self) -> &DeviceInfo {
-        &self.info
+        self.port.info()
     }
 
     /// Acknowledged virtio features.
     pub fn features(&self) -> u64 {
-        self.info.negotiated.features
+        self.info().negotiated.features
     }
 
     /// The MAC from the config space, if read.
     pub fn mac(&self) -> Option<[u8; 6]> {
-        self.info.config.map(|c| c.mac)
+        self.info().config.map(|c| c.mac)
     }
 
     /// The MTU from the config space, if read.
     pub fn mtu(&self) -> Option<u16> {
-        self.info.config.map(|c| c.mtu)
+        self.info().config.map(|c| c.mtu)
     }
 
-    /// Queues as many frames as fit in the TX ring; returns how many.
+    /// Copies as many frames as fit into the TX ring; returns how many.
     pub fn send_burst(&mut self, frames: &[&[u8]]) -> usize {
-        self.tx.send_burst(frames)
+        self.port.tx.send_copy(&mut self.pool, frames)
     }
 
     /// Queues one frame; false when the TX ring is full.
@@ -236,16 +189,17 @@ impl NetFrontend {
         self.send_burst(&[frame]) == 1
     }
 
-    /// Hands up to the configured burst of received frames to `f`; returns how many.
+    /// Lends up to the configured burst of received frames to `f`; returns how many.
     pub fn recv_burst(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
-        self.rx.recv_burst(self.burst, f)
+        self.port.rx.recv_frames(&mut self.pool, self.burst, f)
     }
 
     /// One received frame, if any, copied out.
     pub fn recv(&mut self) -> Option<Vec<u8>> {
         let mut out = None;
-        self.rx
-            .recv_burst(1, &mut |f: &[u8]| out = Some(f.to_vec()));
+        self.port
+            .rx
+            .recv_frames(&mut self.pool, 1, &mut |f: &[u8]| out = Some(f.to_vec()));
         out
     }
 
@@ -260,64 +214,32 @@ impl NetFrontend {
             if left.is_zero() {
                 return None;
             }
-            self.rx.wait(left);
+            self.port.rx.wait(left);
         }
     }
 
     /// Waits up to `timeout` until the RX ring has used entries.
     pub fn wait_rx(&mut self, timeout: Duration) -> bool {
-        self.rx.wait(timeout)
+        self.port.rx.wait(timeout)
     }
 
     /// Waits until the backend has consumed every queued TX frame.
     pub fn wait_tx_done(&mut self, timeout: Duration) -> bool {
-        self.tx.wait_done(timeout)
+        self.port.tx.wait_done(&mut self.pool, timeout)
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {
-            rx: self.rx.stats(),
-            tx: self.tx.stats(),
-            bad_used: self.rx.queue().bad_used() + self.tx.queue().bad_used(),
+            rx: self.port.rx.stats(),
+            tx: self.port.tx.stats(),
+            bad_used: self.port.rx.queue().bad_used() + self.port.tx.queue().bad_used(),
         }
     }
 
-    /// Stops both rings (SET_VRING_ENABLE 0, GET_VRING_BASE, as cloud-hypervisor does on
-    /// reset) and closes the connection, reporting the first failure.
-    pub fn disconnect(mut self) -> Result<(), FrontendError> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Result<(), FrontendError> {
-        let Some(mut vu) = self.vu.take() else {
-            return Ok(());
-        };
-        let n = self.info.negotiated;
-        let mut first_err = None;
-        for index in [RX_QUEUE, TX_QUEUE] {
-            if let Err(e) = connection::enable_vring(&mut vu, index, false, &n) {
-                first_err.get_or_insert(e);
-            }
-        }
-        for index in [RX_QUEUE, TX_QUEUE] {
-            if let Err(e) = connection::stop_vring(&vu, index) {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            None => Ok(()),
-            Some(source) => Err(FrontendError::Vhost {
-                socket: self.socket.clone(),
-                source,
-            }),
-        }
-    }
-}
-
-impl Drop for NetFrontend {
-    /// Best-effort [`NetFrontend::disconnect`]; replies are bounded by the reply timeout.
-    fn drop(&mut self) {
-        let _ = self.stop();
+    /// Stops both rings and closes the connection (see [`Port::disconnect`]).
+    pub fn disconnect(self) -> Result<(), FrontendError> {
+        let NetFrontend { port, .. } = self;
+        port.disconnect().map_err(FrontendError::from)
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! A vhost-user backend can only reach memory it can map, so the rings and every buffer
 //! live in a memfd whose descriptor travels with SET_MEM_TABLE. Areas are handed out by
-//! a bump allocator once, at setup; the data path never allocates guest memory.
+//! a bump allocator once, at setup; the data path never allocates guest memory. The
+//! memfd may be backed by 2 MiB hugepages (like a VM with `hugepages=on`), which spares
+//! the backend TLB misses on buffers; it then needs free hugepages.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
+use std::ptr::NonNull;
 
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
@@ -17,6 +20,8 @@ use vm_memory::{
 
 /// Default guest memory size: room for many 256-entry queues and their buffers.
 pub const DEFAULT_MEM_SIZE: usize = 64 << 20;
+/// Hugepage size used with [`GuestMem::new_huge`].
+pub const HUGE_PAGE: usize = 2 << 20;
 
 /// Failures while creating or carving the guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +65,17 @@ pub struct GuestMem {
 impl GuestMem {
     /// Creates `size` bytes of memfd memory at guest physical address `base`.
     pub fn new(base: u64, size: usize) -> Result<Self, MemError> {
-        let file = memfd(c"vpmd-bench-guest")?;
+        Self::with_flags(base, size, 0)
+    }
+
+    /// Like [`GuestMem::new`], backed by 2 MiB hugepages (`size` is rounded up to them).
+    pub fn new_huge(base: u64, size: usize) -> Result<Self, MemError> {
+        let size = size.next_multiple_of(HUGE_PAGE);
+        Self::with_flags(base, size, libc::MFD_HUGETLB | libc::MFD_HUGE_2MB)
+    }
+
+    fn with_flags(base: u64, size: usize, flags: libc::c_uint) -> Result<Self, MemError> {
+        let file = memfd(c"vpmd-bench-guest", flags)?;
         file.set_len(size as u64)
             .map_err(|source| MemError::Truncate { size, source })?;
         let region =
@@ -112,16 +127,28 @@ impl GuestMem {
     /// Our own (frontend process) virtual address of `addr`: vhost-user ring addresses
     /// (SET_VRING_ADDR) are frontend virtual addresses, unlike descriptor addresses.
     pub fn host_address(&self, addr: GuestAddress) -> Option<u64> {
+        self.host_ptr(addr, 0).map(|p| p.as_ptr() as u64)
+    }
+
+    /// Our mapping of the `len` bytes at `addr`, if they all lie in one region. The pointer
+    /// stays valid as long as any clone of [`GuestMem::memory`] is alive.
+    pub fn host_ptr(&self, addr: GuestAddress, len: u64) -> Option<NonNull<u8>> {
         let region = self.mem.find_region(addr)?;
         let offset = addr.checked_offset_from(region.start_addr())?;
-        Some(region.as_ptr() as u64 + offset)
+        if offset.checked_add(len)? > region.len() {
+            return None;
+        }
+        // SAFETY: `offset` (plus `len`) lies within the region's mapping, checked above, so
+        // the result points into (or one past) the same mapping.
+        let p = unsafe { region.as_ptr().add(offset as usize) };
+        NonNull::new(p)
     }
 }
 
 /// An anonymous memory file that can be shared over a unix socket.
-fn memfd(name: &CStr) -> Result<File, MemError> {
+fn memfd(name: &CStr, flags: libc::c_uint) -> Result<File, MemError> {
     // SAFETY: `name` is a valid NUL-terminated string; the call has no other inputs.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) };
     if fd < 0 {
         return Err(MemError::Memfd(io::Error::last_os_error()));
     }

@@ -1,34 +1,64 @@
-//! vpmd-bench: drive vhost-user virtio-net ports from the VM side.
+//! vpmd-bench: drive vhost-user virtio-net ports from the VM side, to test and benchmark
+//! vhost-user switches (vpmd, DPDK's net_vhost in testpmd, OVS-DPDK).
 //!
-//! `vpmd-bench probe SOCKET` prints what the device negotiates; `vpmd-bench pair A B` sends
-//! checked frames from A to B and reports the rate (a first, single-threaded generator).
+//! Modes (each stops by itself; human-readable output, `--json` for scripts):
+//! `txonly` generator, `rxonly` checking sink, `loopback` zero-copy io forwarding over two
+//! ports (the throughput test), `latency` histogram over two ports; plus `probe` (what a
+//! device negotiates) and `pair` (a checked transfer from A to B).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde::Serialize;
+use vpmd_bench::modes::{self, latency, loopback, rxonly, txonly, Global};
 use vpmd_bench::transfer::{spread_sizes, transfer, warm_up, TransferSpec};
 use vpmd_bench::{format_mac, FrontendOptions, NetFrontend};
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "vhost-user virtio-net traffic generator, sink, loopback and latency meter",
+    long_about = "Drives vhost-user virtio-net ports from the VM side (like DPDK's \
+                  virtio-user): memfd guest memory, split virtqueues, cloud-hypervisor's \
+                  setup order. Every mode stops by itself and prints a report; --json \
+                  prints it as one JSON object on stdout.\n\n\
+                  Examples:\n  \
+                  vpmd-bench rxonly /run/vpmd/vm1.sock --count 100000 &\n  \
+                  vpmd-bench txonly /run/vpmd/vm0.sock --count 100000 --rate 50000\n  \
+                  vpmd-bench loopback /run/vpmd/vm0.sock /run/vpmd/vm1.sock --size 64 --duration 10\n  \
+                  vpmd-bench latency /run/vpmd/vm0.sock /run/vpmd/vm1.sock --rate 10000"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Skip GET_CONFIG (DPDK's net vhost does not answer it).
+    /// Skip GET_CONFIG (DPDK's net_vhost does not answer it).
     #[arg(long, global = true)]
     no_config: bool,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Generate test frames on one port (Ethernet/IPv4/UDP, seq + checksum in each).
+    Txonly(txonly::TxOnlyArgs),
+    /// Receive and check test frames on one port: loss, reordering, corruption.
+    Rxonly(rxonly::RxOnlyArgs),
+    /// Inject a burst on two ports, then forward each port's RX to the other's TX
+    /// without copying (testpmd `start tx_first` + io forwarding); Mpps per direction.
+    Loopback(loopback::LoopbackArgs),
+    /// Timestamped frames from A to B at a fixed rate: p50/p99/p99.9/max in microseconds.
+    Latency(latency::LatencyArgs),
     /// Connect, print features, MAC and MTU, disconnect.
     Probe {
         /// vhost-user socket.
         socket: PathBuf,
     },
-    /// Send frames from port A, check they all arrive on port B in order.
+    /// Send frames of mixed sizes from port A, check they all arrive on port B in order.
     Pair {
         /// Sending port's socket.
         a: PathBuf,
@@ -46,15 +76,58 @@ enum Cmd {
     },
 }
 
+fn print<R: Serialize + std::fmt::Display>(json: bool, r: &R) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{r}");
+    }
+    Ok(())
+}
+
 fn connect(socket: PathBuf, no_config: bool) -> anyhow::Result<NetFrontend> {
     let mut o = FrontendOptions::new(socket);
     o.read_config = !no_config;
+    o.connect_timeout = Duration::from_secs(30);
     NetFrontend::connect(&o).map_err(anyhow::Error::from)
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpmd-bench: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, leaving out causes a message already quotes (most of
+/// this crate's messages include their source).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = Global {
+        no_config: cli.no_config,
+    };
+    modes::install_stop_handler();
     match cli.cmd {
+        Cmd::Txonly(a) => print(cli.json, &txonly::run(&a, &g).context("txonly")?),
+        Cmd::Rxonly(a) => print(cli.json, &rxonly::run(&a, &g).context("rxonly")?),
+        Cmd::Loopback(a) => print(cli.json, &loopback::run(&a, &g).context("loopback")?),
+        Cmd::Latency(a) => print(cli.json, &latency::run(&a, &g).context("latency")?),
         Cmd::Probe { socket } => {
             let f = connect(socket, cli.no_config)?;
             let n = f.info().negotiated;
@@ -72,6 +145,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             f.disconnect()?;
+            Ok(())
         }
         Cmd::Pair {
             a,
@@ -106,7 +180,7 @@ fn main() -> anyhow::Result<()> {
                 r.frames as f64 / secs / 1e6,
                 r.bytes as f64 * 8.0 / secs / 1e9
             );
+            Ok(())
         }
     }
-    Ok(())
 }

@@ -44,37 +44,31 @@ impl FakeDevice {
         }
     }
 
-    /// Takes every chain the driver published.
-    pub fn pop_all(&mut self) -> Vec<Vec<Desc>> {
+    /// Takes every descriptor the driver published (this driver's chains are one
+    /// descriptor long; a NEXT flag would be a bug).
+    pub fn pop_all(&mut self) -> Vec<Desc> {
         let idx: u16 = self
             .mem
             .load(GuestAddress(self.avail.0 + 2), Ordering::Acquire)
             .unwrap();
-        let mut chains = Vec::new();
+        let mut descs = Vec::new();
         while self.last_avail != idx {
             let slot = self.avail.0 + 4 + 2 * u64::from(self.last_avail % self.size);
-            let mut id: u16 = self.mem.read_obj(GuestAddress(slot)).unwrap();
+            let id: u16 = self.mem.read_obj(GuestAddress(slot)).unwrap();
             self.last_avail = self.last_avail.wrapping_add(1);
-            let mut chain = Vec::new();
-            loop {
-                let at = GuestAddress(self.desc.0 + 16 * u64::from(id));
-                let mut d = [0u8; 16];
-                self.mem.read_slice(&mut d, at).unwrap();
-                let flags = u16::from_le_bytes([d[12], d[13]]);
-                chain.push(Desc {
-                    id,
-                    addr: u64::from_le_bytes(d[0..8].try_into().unwrap()),
-                    len: u32::from_le_bytes(d[8..12].try_into().unwrap()),
-                    write: flags & VRING_DESC_F_WRITE as u16 != 0,
-                });
-                if flags & VRING_DESC_F_NEXT as u16 == 0 {
-                    break;
-                }
-                id = u16::from_le_bytes([d[14], d[15]]);
-            }
-            chains.push(chain);
+            let at = GuestAddress(self.desc.0 + 16 * u64::from(id));
+            let mut d = [0u8; 16];
+            self.mem.read_slice(&mut d, at).unwrap();
+            let flags = u16::from_le_bytes([d[12], d[13]]);
+            assert_eq!(flags & VRING_DESC_F_NEXT as u16, 0, "chained descriptor");
+            descs.push(Desc {
+                id,
+                addr: u64::from_le_bytes(d[0..8].try_into().unwrap()),
+                len: u32::from_le_bytes(d[8..12].try_into().unwrap()),
+                write: flags & VRING_DESC_F_WRITE as u16 != 0,
+            });
         }
-        chains
+        descs
     }
 
     /// Publishes one used entry.
@@ -111,6 +105,17 @@ impl FakeDevice {
         let mut v = vec![0; len];
         self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
         v
+    }
+
+    /// The driver's `used_event` (where it wants the next interrupt).
+    pub fn used_event(&self) -> u16 {
+        let at = self.avail.0 + 4 + 2 * u64::from(self.size);
+        self.mem.load(GuestAddress(at), Ordering::Acquire).unwrap()
+    }
+
+    /// The avail ring's flags (VRING_AVAIL_F_NO_INTERRUPT).
+    pub fn avail_flags(&self) -> u16 {
+        self.mem.load(self.avail, Ordering::Acquire).unwrap()
     }
 
     /// Sets `avail_event` (where the device wants the next kick).

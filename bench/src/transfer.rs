@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::frame::{self, FrameError};
+use crate::frame::{self, Endpoints, FrameError};
 use crate::frontend::NetFrontend;
 
-/// Sequence numbers from here up mark warm-up frames, never counted frames.
-pub const WARMUP_SEQ: u64 = 1 << 63;
+/// Sequence numbers from here up (of the 48 a frame carries) mark warm-up frames, never
+/// counted frames.
+pub const WARMUP_SEQ: u64 = 1 << 47;
 
 /// What to send.
 #[derive(Clone, Debug)]
@@ -40,6 +41,15 @@ impl TransferSpec {
     /// Ethernet bytes of all frames.
     pub fn total_bytes(&self) -> u64 {
         (0..self.count).map(|i| self.size(i) as u64).sum()
+    }
+
+    /// Frame addresses: the MACs given, default IPv4 addresses and ports.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            src_mac: self.src,
+            dst_mac: self.dst,
+            ..Endpoints::default()
+        }
     }
 }
 
@@ -117,15 +127,10 @@ pub fn transfer(
     let mut buf = Vec::with_capacity(spec.sizes.iter().copied().max().unwrap_or(0));
     let (mut sent, mut received, mut bytes) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
+    let ep = spec.endpoints();
     while received < spec.count {
         while sent < spec.count && sent - received < spec.window {
-            frame::build(
-                &mut buf,
-                spec.dst,
-                spec.src,
-                spec.first_seq + sent,
-                spec.size(sent),
-            );
+            frame::build(&mut buf, &ep, spec.first_seq + sent, spec.size(sent));
             if !tx.send(&buf) {
                 break; // TX ring full: let the backend catch up.
             }
@@ -198,8 +203,13 @@ pub fn warm_up(
     let mut buf = Vec::new();
     let mut seq = WARMUP_SEQ;
     let mut arrived = false;
+    let ep = Endpoints {
+        src_mac: src,
+        dst_mac: dst,
+        ..Endpoints::default()
+    };
     while !arrived && Instant::now() < deadline {
-        frame::build(&mut buf, dst, src, seq, 60);
+        frame::build(&mut buf, &ep, seq, 60);
         seq += 1;
         tx.send(&buf);
         rx.wait_rx(Duration::from_millis(20));

@@ -3,11 +3,15 @@
 //! the reverse, exactly, in order.
 //!
 //! Needs `dpdk-testpmd`, 2 MiB hugepages (`echo 1024 > /proc/sys/vm/nr_hugepages`) and
-//! hugetlbfs on /dev/hugepages. Run: `cargo test -p vpmd-bench --test dpdk_testpmd -- --ignored`.
-//! DPDK's net vhost does not answer GET_CONFIG, so the config space is not read here.
+//! hugetlbfs on /dev/hugepages. Run: `cargo test -p vpmd-bench --test dpdk_testpmd -- --ignored`;
+//! `tests/system/bench_modes.sh` (run by `scripts/run-system-tests.sh`) runs them when DPDK
+//! is installed. DPDK's net vhost does not answer GET_CONFIG, so the config space is not
+//! read here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -16,18 +20,33 @@ use vpmd_bench::transfer::{spread_sizes, transfer, warm_up, TransferSpec};
 use vpmd_bench::virtio_net::DRIVER_FEATURES;
 use vpmd_bench::{FrontendOptions, NetFrontend};
 
+/// One testpmd at a time: each busy-polls a core, and a two-core machine has two.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 
-/// testpmd, stopped with SIGTERM (then reaped) however the test ends.
+/// testpmd, stopped with SIGTERM (then reaped) however the test ends; its work dir and
+/// DPDK runtime dir are removed.
 struct TestPmd {
     child: Child,
     dir: PathBuf,
+    prefix: String,
 }
 
 impl TestPmd {
     fn start(dir: &Path) -> TestPmd {
         let sock = |n: &str| dir.join(n).display().to_string();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "vpmdbench{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let child = Command::new("dpdk-testpmd")
             .args([
                 "-l",
@@ -37,7 +56,7 @@ impl TestPmd {
                 "--no-pci",
                 "--huge-unlink",
             ])
-            .arg(format!("--file-prefix=vpmdbench{}", std::process::id()))
+            .arg(format!("--file-prefix={prefix}"))
             .arg("--vdev")
             .arg(format!("net_vhost0,iface={}", sock("a.sock")))
             .arg("--vdev")
@@ -59,6 +78,7 @@ impl TestPmd {
         TestPmd {
             child,
             dir: dir.to_owned(),
+            prefix,
         }
     }
 }
@@ -69,6 +89,7 @@ impl Drop for TestPmd {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
     }
 }
 
@@ -94,6 +115,7 @@ fn frames_cross_dpdk_vhost_without_event_idx_or_mrg_rxbuf() {
 }
 
 fn both_ways(tag: &str, features: u64) {
+    let _serial = serial();
     let dir = std::env::temp_dir().join(format!("vpmd-bench-dpdk-{tag}.{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let _pmd = TestPmd::start(&dir);
@@ -160,6 +182,7 @@ fn both_ways(tag: &str, features: u64) {
 #[test]
 #[ignore = "needs dpdk-testpmd and hugepages"]
 fn frame_spans_small_rx_buffers_through_dpdk() {
+    let _serial = serial();
     let dir = std::env::temp_dir().join(format!("vpmd-bench-dpdk-mrg.{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let _pmd = TestPmd::start(&dir);

@@ -1,0 +1,259 @@
+//! The benchmark engines, one per file, like testpmd's forwarding engines:
+//! - [`txonly`]: a packet generator on one port.
+//! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).
+//! - [`loopback`]: two ports, a burst injected, then zero-copy io forwarding between them.
+//! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
+//!
+//! Here: what they share: device options ([`DeviceArgs`]), guest memory and pool setup,
+//! CPU pinning, the stop flag set by SIGINT/SIGTERM, and rate formatting.
+
+pub mod latency;
+pub mod loopback;
+pub mod rxonly;
+pub mod txonly;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::frame::{self, FrameError};
+use crate::guest_mem::{GuestMem, MemError, HUGE_PAGE};
+use crate::pool::{BufPool, PoolError, BUF_ALIGN};
+use crate::port::{Handshake, Port, PortError, PortOptions};
+
+/// Options every mode has for its device(s).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Descriptors per virtqueue (a power of two).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u16,
+    /// Seconds to keep retrying while a socket is absent or refuses.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub connect_timeout: f64,
+    /// Back guest memory with 2 MiB hugepages (needs free hugepages), like a VM with
+    /// hugepage memory; default is plain memfd pages, as cloud-hypervisor without hugepages.
+    #[arg(long)]
+    pub huge: bool,
+    /// Pin this process to CPU core N.
+    #[arg(long, value_name = "N")]
+    pub core: Option<usize>,
+}
+
+/// Why a mode could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModeError {
+    /// Guest memory could not be created.
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemError),
+    /// The buffer pool could not be created.
+    #[error("buffer pool: {0}")]
+    Pool(#[from] PoolError),
+    /// A device could not be connected or set up.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The frame options are invalid.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// Pinning to a core failed.
+    #[error("pinning to core {core}: {source}")]
+    Pin {
+        /// The core.
+        core: usize,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend never carried a frame.
+    #[error("no frame came through within {0:?}: is the backend forwarding?")]
+    NoTraffic(Duration),
+}
+
+/// Global options of the command line that modes need.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Global {
+    /// Skip GET_CONFIG (DPDK's net vhost does not answer it).
+    pub no_config: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM end the current run early (it still reports).
+pub fn install_stop_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe; the
+        // handler stays valid for the life of the process.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Whether a stop signal arrived.
+#[inline]
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Pins the calling thread to `core`, if given.
+pub fn pin(core: Option<usize>) -> Result<(), ModeError> {
+    let Some(core) = core else {
+        return Ok(());
+    };
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(ModeError::Pin {
+            core,
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `core < CPU_SETSIZE`, so the bit lies inside `set`.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(ModeError::Pin {
+            core,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The port options for `socket`.
+pub fn port_options(socket: &Path, dev: &DeviceArgs, g: &Global) -> PortOptions {
+    let mut o = PortOptions::new(socket);
+    o.queue_size = dev.queue_size;
+    o.read_config = !g.no_config;
+    o.connect_timeout = Duration::from_secs_f64(dev.connect_timeout.max(0.0));
+    o
+}
+
+/// Pool buffer size for frames up to `max_frame` bytes behind a 12-byte header, and never
+/// below 2 KiB (a DPDK mbuf's data room), so a frame always sits in one buffer.
+pub fn buf_size_for(max_frame: usize) -> u32 {
+    ((12 + max_frame.max(1518)) as u32)
+        .max(2048)
+        .next_multiple_of(BUF_ALIGN)
+}
+
+/// Guest memory and a pool of `count` buffers of `buf_size` bytes for `ports` ports of
+/// `queue_size` descriptors per queue.
+pub fn memory(
+    dev: &DeviceArgs,
+    ports: u32,
+    count: u32,
+    buf_size: u32,
+) -> Result<(GuestMem, BufPool), ModeError> {
+    let q = u64::from(dev.queue_size);
+    // Per queue: descriptors, avail and used rings, each on its own pages.
+    let ring_bytes = (16 * q).next_multiple_of(4096)
+        + (6 + 2 * q).next_multiple_of(4096)
+        + (6 + 8 * q).next_multiple_of(4096);
+    let need = 2 * u64::from(ports) * ring_bytes
+        + u64::from(count) * u64::from(buf_size + 3 * BUF_ALIGN)
+        + (1 << 20);
+    let size = (need as usize).next_multiple_of(HUGE_PAGE);
+    let mut mem = if dev.huge {
+        GuestMem::new_huge(0, size)?
+    } else {
+        GuestMem::new(0, size)?
+    };
+    let pool = BufPool::new(&mut mem, count, buf_size)?;
+    Ok((mem, pool))
+}
+
+/// Handshakes with every socket first (so a backend sees all its devices negotiate before
+/// any ring starts), then starts them in order, RX buffers as large as the pool's.
+pub fn connect_all(
+    sockets: &[&Path],
+    dev: &DeviceArgs,
+    g: &Global,
+    mem: &mut GuestMem,
+    pool: &mut BufPool,
+) -> Result<Vec<Port>, ModeError> {
+    let shakes: Vec<Handshake> = sockets
+        .iter()
+        .map(|s| Port::handshake(&port_options(s, dev, g)))
+        .collect::<Result<_, _>>()?;
+    let mut ports = Vec::with_capacity(shakes.len());
+    for h in shakes {
+        ports.push(h.start(mem, pool, pool.buf_size())?);
+    }
+    Ok(ports)
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}': bad byte '{p}'"))?;
+    }
+    Ok(mac)
+}
+
+/// Parses a frame size in 60..=9000.
+pub fn parse_frame_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(frame::MIN_LEN..=9000).contains(&n) {
+        return Err(format!(
+            "frame size {n} is outside {}..=9000",
+            frame::MIN_LEN
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses seconds (a non-negative decimal).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is not a valid duration"))
+}
+
+/// Millions of frames per second.
+pub fn mpps(frames: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        frames as f64 / secs / 1e6
+    } else {
+        0.0
+    }
+}
+
+/// Gigabits per second of frame bytes (no FCS, preamble or gap).
+pub fn gbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 * 8.0 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_mac("02:00:00:0a:Ff:01"), Ok([2, 0, 0, 10, 255, 1]));
+        assert!(parse_mac("02:00:00:0a:ff").is_err());
+        assert!(parse_mac("02:00:00:0a:ff:zz").is_err());
+        assert_eq!(parse_frame_size("64"), Ok(64));
+        assert!(parse_frame_size("59").is_err());
+        assert!(parse_frame_size("9001").is_err());
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("-1").is_err());
+        assert_eq!(buf_size_for(64), 2048);
+        assert_eq!(buf_size_for(9000), 9024);
+        assert!((mpps(2_000_000, 2.0) - 1.0).abs() < 1e-9);
+        assert!((gbps(125_000_000, 1.0) - 1.0).abs() < 1e-9);
+    }
+}

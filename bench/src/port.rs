@@ -1,0 +1,282 @@
+//! [`Port`]: one virtio-net device driven over vhost-user, the way a VM's driver drives it
+//! through cloud-hypervisor: one RX and one TX queue over guest memory that several ports
+//! of the same "VM" may share, with frame buffers from a shared [`BufPool`].
+//!
+//! Setup is two steps so the caller can size buffers from what the device says (its MTU):
+//! [`Port::handshake`] (connect, features, config space), then [`Handshake::start`]
+//! (memory table, rings, RX buffers posted, rings enabled).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::Frontend;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+use crate::connection::{self, ConnError, Negotiated, DRIVER_PROTOCOL_FEATURES};
+use crate::guest_mem::GuestMem;
+use crate::net_rx::RxQueue;
+use crate::net_tx::TxQueue;
+use crate::pool::BufPool;
+use crate::split_queue::{QueueError, SplitQueue, DEFAULT_QUEUE_SIZE};
+use crate::virtio_net::{NetConfig, NetLayout, DRIVER_FEATURES, RX_QUEUE, TX_QUEUE};
+
+/// Queues this driver sets up: one RX/TX pair.
+const NUM_QUEUES: u64 = 2;
+
+/// How to connect a [`Port`]. Start from [`PortOptions::new`].
+#[derive(Clone, Debug)]
+pub struct PortOptions {
+    /// vhost-user socket of the backend (it listens).
+    pub socket: PathBuf,
+    /// Descriptors per queue (power of two).
+    pub queue_size: u16,
+    /// Virtio features to accept if offered.
+    pub features: u64,
+    /// Protocol features to accept if offered.
+    pub protocol_features: VhostUserProtocolFeatures,
+    /// Read the MAC/MTU with GET_CONFIG when CONFIG is negotiated. DPDK's net vhost does not
+    /// answer it; turn this off there.
+    pub read_config: bool,
+    /// How long to retry connecting while the socket is absent or refusing.
+    pub connect_timeout: Duration,
+    /// How long to wait for any reply of the backend.
+    pub reply_timeout: Duration,
+}
+
+impl PortOptions {
+    /// Defaults: 256-entry queues, all driver features, config space read, 10 s to connect.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        PortOptions {
+            socket: socket.into(),
+            queue_size: DEFAULT_QUEUE_SIZE,
+            features: DRIVER_FEATURES,
+            protocol_features: DRIVER_PROTOCOL_FEATURES,
+            read_config: true,
+            connect_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A failed port setup.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A queue could not be laid out.
+    #[error("queue {index}: {source}")]
+    Queue {
+        /// Queue index.
+        index: usize,
+        /// Cause.
+        #[source]
+        source: QueueError,
+    },
+    /// A vhost-user step failed.
+    #[error("vhost-user {}: {source}", .socket.display())]
+    Vhost {
+        /// Socket path.
+        socket: PathBuf,
+        /// Cause.
+        #[source]
+        source: ConnError,
+    },
+    /// RX buffers would not hold what is offered to the device.
+    #[error("RX buffers of {post_len} bytes do not fit pool buffers of {buf_size}")]
+    PostLen {
+        /// Bytes to offer per RX buffer.
+        post_len: u32,
+        /// Pool buffer size.
+        buf_size: u32,
+    },
+}
+
+/// What the device told us during setup.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceInfo {
+    /// Features offered, acknowledged, protocol features, queue count.
+    pub negotiated: Negotiated,
+    /// The config space, when read.
+    pub config: Option<NetConfig>,
+    /// Header length and merging.
+    pub layout: NetLayout,
+}
+
+/// A connected device whose features are settled and whose rings are not set up yet.
+pub struct Handshake {
+    vu: Frontend,
+    info: DeviceInfo,
+    opts: PortOptions,
+}
+
+impl Handshake {
+    /// What the device offered and said.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Lays out the rings in `mem`, posts RX buffers of `rx_post_len` bytes from `pool`
+    /// (as a guest driver does at probe, before the rings start), then sends the memory
+    /// table and ring setup and enables the rings.
+    pub fn start(
+        self,
+        mem: &mut GuestMem,
+        pool: &mut BufPool,
+        rx_post_len: u32,
+    ) -> Result<Port, PortError> {
+        let Handshake { mut vu, info, opts } = self;
+        if rx_post_len > pool.buf_size() || (rx_post_len as usize) < info.layout.hdr_len + 60 {
+            return Err(PortError::PostLen {
+                post_len: rx_post_len,
+                buf_size: pool.buf_size(),
+            });
+        }
+        let vhost = |source| PortError::Vhost {
+            socket: opts.socket.clone(),
+            source,
+        };
+        let queue = |mem: &mut GuestMem, index| {
+            SplitQueue::new(mem, opts.queue_size)
+                .map_err(|source| PortError::Queue { index, source })
+        };
+        let event_idx = info.negotiated.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut rx = RxQueue::new(queue(mem, RX_QUEUE)?, info.layout, rx_post_len);
+        let mut tx = TxQueue::new(queue(mem, TX_QUEUE)?, info.layout);
+        rx.queue_mut().set_event_idx(event_idx);
+        tx.queue_mut().set_event_idx(event_idx);
+        rx.refill(pool);
+
+        connection::set_mem_table(&vu, mem).map_err(vhost)?;
+        connection::setup_vring(&vu, RX_QUEUE, rx.queue()).map_err(vhost)?;
+        connection::setup_vring(&vu, TX_QUEUE, tx.queue()).map_err(vhost)?;
+        for index in [RX_QUEUE, TX_QUEUE] {
+            connection::enable_vring(&mut vu, index, true, &info.negotiated).map_err(vhost)?;
+        }
+        Ok(Port {
+            vu: Some(vu),
+            rx,
+            tx,
+            info,
+            socket: opts.socket,
+        })
+    }
+}
+
+/// A connected virtio-net device: its RX and TX queues are public, the data path is theirs.
+pub struct Port {
+    // Field order is drop order: the connection closes (in Drop) before the rings go.
+    vu: Option<Frontend>,
+    /// Receive queue.
+    pub rx: RxQueue,
+    /// Transmit queue.
+    pub tx: TxQueue,
+    info: DeviceInfo,
+    socket: PathBuf,
+}
+
+impl Port {
+    /// Connects and settles features: SET_OWNER, features, protocol features, queue
+    /// count, and GET_CONFIG when wanted and offered.
+    pub fn handshake(opts: &PortOptions) -> Result<Handshake, PortError> {
+        let vhost = |source| PortError::Vhost {
+            socket: opts.socket.clone(),
+            source,
+        };
+        let mut vu = connection::connect(
+            &opts.socket,
+            NUM_QUEUES,
+            opts.connect_timeout,
+            opts.reply_timeout,
+        )
+        .map_err(vhost)?;
+        let negotiated =
+            connection::negotiate(&mut vu, opts.features, opts.protocol_features, NUM_QUEUES)
+                .map_err(vhost)?;
+        let config = if opts.read_config
+            && negotiated
+                .protocol
+                .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            Some(connection::read_config(&mut vu).map_err(vhost)?)
+        } else {
+            None
+        };
+        let layout = NetLayout::new(negotiated.features);
+        Ok(Handshake {
+            vu,
+            info: DeviceInfo {
+                negotiated,
+                config,
+                layout,
+            },
+            opts: opts.clone(),
+        })
+    }
+
+    /// [`Port::handshake`] then [`Handshake::start`] with RX buffers as large as the
+    /// pool's.
+    pub fn connect(
+        opts: &PortOptions,
+        mem: &mut GuestMem,
+        pool: &mut BufPool,
+    ) -> Result<Port, PortError> {
+        Self::handshake(opts)?.start(mem, pool, pool.buf_size())
+    }
+
+    /// What setup learnt.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// virtio-net header bytes in front of every frame.
+    pub fn hdr_len(&self) -> usize {
+        self.info.layout.hdr_len
+    }
+
+    /// The socket this port is connected to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Kicks sent on both queues.
+    pub fn kicks(&self) -> u64 {
+        self.rx.queue().kicks() + self.tx.queue().kicks()
+    }
+
+    /// Stops both rings (SET_VRING_ENABLE 0, GET_VRING_BASE, as cloud-hypervisor does on
+    /// reset) and closes the connection, reporting the first failure.
+    pub fn disconnect(mut self) -> Result<(), PortError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), PortError> {
+        let Some(mut vu) = self.vu.take() else {
+            return Ok(());
+        };
+        let n = self.info.negotiated;
+        let mut first_err = None;
+        for index in [RX_QUEUE, TX_QUEUE] {
+            if let Err(e) = connection::enable_vring(&mut vu, index, false, &n) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for index in [RX_QUEUE, TX_QUEUE] {
+            if let Err(e) = connection::stop_vring(&vu, index) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(source) => Err(PortError::Vhost {
+                socket: self.socket.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Drop for Port {
+    /// Best-effort [`Port::disconnect`]; replies are bounded by the reply timeout.
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

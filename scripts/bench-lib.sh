@@ -1,0 +1,272 @@
+# Helpers for scripts/bench-compare.sh (sourced, not run): logging, a registry
+# of the processes we start (killed on exit, interrupt or failure, never one we
+# did not start), dpdk-testpmd driven at its prompt through a fifo, package
+# installation and machine facts.
+# shellcheck shell=bash
+
+BL_PIDS=()        # "pid:starttime" of every process we started
+BL_FDS=()         # fifo write ends we hold open (closed at cleanup)
+BL_PREFIXES=()    # DPDK --file-prefix values we use (hugepage files, runtime dirs)
+BL_WORK=""        # work dir, removed at cleanup unless KEEP_WORK=1
+BL_LOCK_FD=""
+
+bl_log() { echo "[bench $(date +%T)] $*" >&2; }
+bl_die() {
+  echo "bench-compare: $*" >&2
+  exit 1
+}
+
+# bl_alive PID: the process exists and is not a zombie.
+bl_alive() {
+  kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
+# bl_starttime PID: when PID started (clock ticks since boot); survives exec, so
+# together with the pid it names one process for good.
+bl_starttime() {
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $20 }'
+}
+
+# bl_register PID: remember it, so cleanup can stop it and never signals an
+# unrelated process that got the pid later.
+bl_register() {
+  local st
+  st=$(bl_starttime "$1") || return 0
+  [[ -n $st ]] && BL_PIDS+=("$1:$st")
+}
+
+# bl_ours PID: PID is a process we registered, still the same one.
+bl_ours() {
+  local entry
+  for entry in "${BL_PIDS[@]}"; do
+    [[ ${entry%%:*} == "$1" && "$(bl_starttime "$1")" == "${entry#*:}" ]] && return 0
+  done
+  return 1
+}
+
+# bl_stop PID [WAIT_S]: SIGTERM one of our processes, SIGKILL it after WAIT_S.
+bl_stop() {
+  local pid=$1 wait_s=${2:-10} i
+  bl_alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < wait_s * 10; i++)); do
+    bl_alive "$pid" || break
+    sleep 0.1
+  done
+  if bl_alive "$pid"; then
+    bl_log "pid $pid did not stop on SIGTERM: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.2
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# bl_stop_registered PID [WAIT_S]: bl_stop if PID is still the process we started.
+bl_stop_registered() {
+  if bl_ours "$1"; then
+    bl_stop "$1" "${2:-10}"
+  else
+    wait "$1" 2>/dev/null || true
+  fi
+}
+
+# bl_clean_dpdk: hugepage map files and runtime dirs of our prefixes (only
+# files no process has open: a live process keeps its memory).
+bl_clean_dpdk() {
+  local p f
+  for p in "${BL_PREFIXES[@]}"; do
+    for f in /dev/hugepages/"${p}"map_* /dev/hugepages/"${p}"_*; do
+      [[ -e $f ]] || continue
+      fuser -s "$f" 2>/dev/null && continue
+      rm -f "$f"
+    done
+    rm -rf "/var/run/dpdk/$p"
+  done
+}
+
+bl_cleanup() {
+  local status=$? entry pid fd
+  set +e
+  trap - EXIT INT TERM
+  for fd in "${BL_FDS[@]}"; do
+    eval "exec $fd>&-" 2>/dev/null
+  done
+  # Newest first: frontends before backends, ovs-vswitchd before ovsdb-server.
+  for ((i = ${#BL_PIDS[@]} - 1; i >= 0; i--)); do
+    entry=${BL_PIDS[i]}
+    pid=${entry%%:*}
+    [[ "$(bl_starttime "$pid")" == "${entry#*:}" ]] && bl_stop "$pid" 5
+  done
+  bl_clean_dpdk
+  if [[ -n $BL_WORK && -d $BL_WORK ]]; then
+    if [[ $status -ne 0 || ${KEEP_WORK:-0} == 1 ]]; then
+      # Keep what explains the run (logs, reports, configs); drop sockets, fifos, the
+      # OVS database and pid files.
+      find "$BL_WORK" \( -type s -o -type p -o -name '*.db' -o -name '*.pid' -o -name '*.ctl' \) \
+        -delete 2>/dev/null
+      echo "bench-compare: logs kept in $BL_WORK" >&2
+    else
+      rm -rf "$BL_WORK"
+    fi
+  fi
+  exit "$status"
+}
+
+bl_install_traps() {
+  trap bl_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# bl_lock FILE: one instance at a time (they would share DPDK prefixes and cores).
+bl_lock() {
+  exec {BL_LOCK_FD}>"$1"
+  flock -n "$BL_LOCK_FD" || bl_die "another bench-compare is running ($1)"
+}
+
+# bl_install PACKAGE...: apt-get install what is not installed yet. Services are
+# kept from starting (a policy-rc.d that says no, only for the install) so that
+# installing Open vSwitch leaves no daemon running.
+bl_install() {
+  local missing=() p added_policy=0
+  for p in "$@"; do
+    [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" == "install ok installed" ]] ||
+      missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  bl_log "installing ${missing[*]}"
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  local rc=$?
+  ((added_policy)) && rm -f /usr/sbin/policy-rc.d
+  ((rc == 0)) || bl_die "apt-get install ${missing[*]} failed"
+}
+
+# bl_wait_for SECONDS DESCRIPTION COMMAND...: retry COMMAND every 0.2 s.
+bl_wait_for() {
+  local t=$1 what=$2 i
+  shift 2
+  for ((i = 0; i < t * 5; i++)); do
+    "$@" && return 0
+    sleep 0.2
+  done
+  bl_log "timed out after ${t}s waiting for $what"
+  return 1
+}
+
+# ---------------------------------------------------------------- testpmd
+
+# bl_tp_start NAME LOG ARGS...: dpdk-testpmd at its interactive prompt, fed from
+# a fifo. Sets TP_PID and TP_FD (our write end of its stdin).
+bl_tp_start() {
+  local name=$1 logf=$2 fifo=$BL_WORK/$1.in
+  shift 2
+  rm -f "$fifo"
+  mkfifo "$fifo"
+  # Read-write open never blocks, and keeps testpmd's stdin open until we close it.
+  exec {TP_FD}<>"$fifo"
+  BL_FDS+=("$TP_FD")
+  stdbuf -oL dpdk-testpmd "$@" <"$fifo" >"$logf" 2>&1 &
+  TP_PID=$!
+  bl_register "$TP_PID"
+  if ! bl_wait_for 60 "testpmd $name's prompt" bl_tp_prompt "$TP_PID" "$logf"; then
+    tail -n 20 "$logf" >&2
+    return 1
+  fi
+}
+
+bl_tp_prompt() { bl_alive "$1" && grep -qF "testpmd> " "$2"; }
+
+# bl_tp_cmd FD LOG COMMAND [TIMEOUT_S]: type COMMAND and wait for the next
+# prompt. Sets CMD_OFF to where its output starts in LOG.
+CMD_OFF=0
+bl_tp_cmd() {
+  local fd=$1 logf=$2 cmd=$3 t=${4:-20} i
+  CMD_OFF=$(stat -c %s "$logf")
+  echo "$cmd" >&"$fd"
+  for ((i = 0; i < t * 10; i++)); do
+    tail -c "+$((CMD_OFF + 1))" "$logf" | grep -qF "testpmd> " && return 0
+    sleep 0.1
+  done
+  bl_log "testpmd did not finish '$cmd' within ${t}s ($logf)"
+  return 1
+}
+
+# bl_tp_quit PID FD: `quit`, then SIGTERM if it does not exit within 20 s.
+bl_tp_quit() {
+  local pid=$1 fd=$2 i
+  echo quit >&"$fd" 2>/dev/null
+  for ((i = 0; i < 200; i++)); do
+    bl_alive "$pid" || break
+    sleep 0.1
+  done
+  bl_stop "$pid" 5
+  eval "exec $fd>&-" 2>/dev/null
+}
+
+# bl_tp_port_stat LOG OFFSET PORT FIELD: FIELD (RX-packets, RX-bytes, ...) of
+# PORT in the `show port stats all` output after OFFSET.
+bl_tp_port_stat() {
+  tail -c "+$(($2 + 1))" "$1" | awk -v p="$3" -v f="$4:" '
+    /NIC statistics for port/ { inb = ($0 ~ ("for port " p " ")); next }
+    /^ *#+ *$/ { inb = 0 }
+    inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }'
+}
+
+# ---------------------------------------------------------------- facts
+
+# bl_rss_kib_excluding_guest PID: resident KiB of PID's mappings other than
+# guest memory (memfd or hugetlbfs mappings a frontend shared with it).
+bl_rss_kib_excluding_guest() {
+  awk '
+    /^[0-9a-f]+-[0-9a-f]+ / { guest = ($0 ~ /memfd:|\/dev\/hugepages|hugetlb|anon_hugepage|rtemap|map_[0-9]/); next }
+    /^Rss:/ { if (!guest) sum += $2 }
+    END { print sum + 0 }' "/proc/$1/smaps" 2>/dev/null
+}
+
+# bl_busiest_thread PID: the thread of PID that used the most CPU (the polling one).
+bl_busiest_thread() {
+  local t best="" max=-1 v
+  for t in /proc/"$1"/task/*; do
+    v=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+    ((v > max)) && { max=$v; best=${t##*/}; }
+  done
+  echo "$best"
+}
+
+# bl_perf_works: hardware counters are available (not in most VMs).
+bl_perf_works() {
+  command -v perf >/dev/null || return 1
+  perf stat -x, -e instructions true 2>&1 >/dev/null | grep -q '^[0-9]'
+}
+
+bl_machine_json() {
+  local cpu cores kernel
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  cores=$(nproc)
+  kernel=$(uname -r)
+  jq -n --arg cpu "$cpu" --argjson cores "$cores" --arg kernel "$kernel" \
+    --arg os "$(. /etc/os-release && echo "$PRETTY_NAME")" \
+    --arg dpdk "$(dpkg-query -W -f='${Version}' dpdk 2>/dev/null)" \
+    --arg ovs "$(dpkg-query -W -f='${Version}' openvswitch-switch-dpdk 2>/dev/null)" \
+    '{cpu: $cpu, cores: $cores, kernel: $kernel, os: $os, dpdk: $dpdk, ovs: $ovs}'
+}
+
+# bl_load_snapshot: load average and the processes (not ours) using the most CPU
+# right now (top over one second).
+bl_load_snapshot() {
+  local mine="" e
+  for e in "${BL_PIDS[@]}"; do mine+=" ${e%%:*}"; done
+  jq -n --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --arg top "$(top -b -n 2 -d 1 -w 200 2>/dev/null | awk -v mine="$mine" '
+        BEGIN { n = split(mine, m, " "); for (i = 1; i <= n; i++) ours[m[i]] = 1 }
+        /^top -/ { iter++ }
+        iter == 2 && $1 ~ /^[0-9]+$/ && !($1 in ours) && $9 + 0 >= 5 { printf "%s %s%%; ", $12, $9 }' |
+      head -c 300)" \
+    '{loadavg: $load, others_busy: $top}'
+}

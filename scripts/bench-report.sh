@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Turns the raw results of scripts/bench-compare.sh (one JSON document with the
+# machine, the commands and every measurement) into OUT.json (raw + summary)
+# and OUT.md (tables). Can be rerun on a kept raw.json.
+#
+# Usage: scripts/bench-report.sh RAW.json OUT_BASENAME
+#
+# Summary, per frontend, frame size and backend: the median over rounds of the
+# per-direction Mpps and Gbit/s (each measurement is the mean of its two
+# directions), min and max, the number of rounds, and the median of the
+# backend's CPU cycles per frame on its polling core. Ratios vpmd/testpmd and
+# vpmd/OVS are ratios of those medians; the targets (not tests) are vpmd >= 1.0x
+# the faster of testpmd and OVS at 64 B and >= 1.3x at 1024 and 1518 B.
+set -euo pipefail
+
+RAW=${1:?usage: bench-report.sh RAW.json OUT_BASENAME}
+OUT=${2:?usage: bench-report.sh RAW.json OUT_BASENAME}
+
+jq '
+  def median: sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r3: if . == null then null else . * 1000 | round / 1000 end;
+  def target($s): if $s == 64 then 1.0 elif ($s == 1024 or $s == 1518) then 1.3 else null end;
+  . as $raw
+  | [.measurements | group_by([.frontend, .size, .backend])[]
+     | {frontend: .[0].frontend, size: .[0].size, backend: .[0].backend, rounds: length,
+        mpps: (map(.mpps) | median | r3), mpps_min: (map(.mpps) | min | r3),
+        mpps_max: (map(.mpps) | max | r3), gbps: (map(.gbps) | median | r3),
+        cycles_per_frame: (map(.backend_cycles_per_frame | select(. != null)) | median
+                           | if . == null then null else . * 10 | round / 10 end),
+        cycles_source: (map(.cycles_source) | unique | join(",")),
+        front_cpu_share: (map(.front_cpu_share | select(. != null)) | median | r3),
+        front_cycles_per_frame: (map(.front_cycles_per_frame | select(. != null)) | median
+                                 | if . == null then null else . * 10 | round / 10 end)}] as $cells
+  | [$cells | group_by([.frontend, .size])[]
+     | (map({key: .backend, value: .}) | from_entries) as $b
+     | {frontend: .[0].frontend, size: .[0].size, backends: $b,
+        vpmd_over_testpmd: (if $b.vpmd.mpps and $b.testpmd.mpps and $b.testpmd.mpps > 0
+                            then $b.vpmd.mpps / $b.testpmd.mpps | r3 else null end),
+        vpmd_over_ovs: (if $b.vpmd.mpps and $b.ovs.mpps and $b.ovs.mpps > 0
+                        then $b.vpmd.mpps / $b.ovs.mpps | r3 else null end),
+        target: target(.[0].size)}
+     | ([.backends.testpmd.mpps, .backends.ovs.mpps] | map(select(. != null)) | max) as $best
+     | . + {vpmd_over_best: (if .backends.vpmd.mpps and $best and $best > 0
+                              then .backends.vpmd.mpps / $best | r3 else null end)}
+     | . + {target_met: (if .target == null or .vpmd_over_best == null then null
+                          else .vpmd_over_best >= .target end)}] as $summary
+  | $raw + {summary: $summary}' "$RAW" >"$OUT.json"
+
+jq -r '
+  def f($d): if . == null then "–" elif $d == 0 then (round | tostring)
+    else (. * pow(10; $d) | round | tostring) as $n
+      | ("0" * ([$d + 1 - ($n | length), 0] | max) + $n) as $p
+      | $p[:($p | length) - $d] + "." + $p[($p | length) - $d:] end;
+  def x: if . == null then "–" else (f(2) + "×") end;
+  def name: {testpmd: "DPDK testpmd (net_virtio_user, io fwd, start tx_first 32)",
+             "vpmd-bench": "vpmd-bench loopback (zero-copy io fwd, 32 bursts injected)"}[.] // .;
+  . as $r
+  | "# Loopback throughput: vpmd vs DPDK testpmd vs OVS-DPDK\n",
+    "\(.date)\(if .quick then " — **quick mode** (1 round, smoke test)" else "" end)\n",
+    "- Machine: \(.machine.cpu), \(.machine.cores) cores, kernel \(.machine.kernel), \(.machine.os); DPDK \(.machine.dpdk), OVS \(.machine.ovs)",
+    "- Load at start: loadavg \(.load.start.loadavg); other busy processes: \(.load.start.others_busy | if . == "" then "none" else . end)",
+    "- Load at end: loadavg \(.load.end.loadavg); other busy processes: \(.load.end.others_busy | if . == "" then "none" else . end)",
+    "- 1-minute load average at each measurement (2.0 = both cores busy, which the two polling threads alone make): \([.measurements[].loadavg1] | sort | "min \(.[0]), median \(.[length / 2 | floor]), max \(.[-1])"); CPU share the vpmd-bench frontend got on its core: \([.measurements[] | .front_cpu_share | select(. != null)] | sort | if length == 0 then "–" else "min \(.[0] * 100 | round) %, median \(.[length / 2 | floor] * 100 | round) %" end).",
+    "- Each backend forwards with one polling core (core 1); each frontend runs on core 0. \(.config.duration_s) s measured after \(.config.warmup_s) s warm-up; median of \(.config.rounds) rounds (up to \(.config.max_rounds) where the spread exceeded 15 %), contenders alternating round by round.",
+    "- Mpps and Gbit/s are **per direction** (mean of the two directions of a run); Gbit/s counts frame bytes (no FCS, preamble or gap). Frame size = Ethernet frame without FCS (testpmd --txpkts).",
+    "",
+    ( .summary | group_by(.frontend)[]
+      | "## Frontend: \(.[0].frontend | name)\n",
+        "| Size (B) | testpmd Mpps | Gbit/s | vpmd Mpps | Gbit/s | OVS Mpps | Gbit/s | vpmd/DPDK | vpmd/OVS | target vs faster | met |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        ( sort_by(.size)[]
+          | "| \(.size) | \(.backends.testpmd.mpps | f(2)) | \(.backends.testpmd.gbps | f(2)) | \(.backends.vpmd.mpps | f(2)) | \(.backends.vpmd.gbps | f(2)) | \(.backends.ovs.mpps | f(2)) | \(.backends.ovs.gbps | f(2)) | \(.vpmd_over_testpmd | x) | \(.vpmd_over_ovs | x) | \(if .target then "≥ \(.target | f(1))× (is \(.vpmd_over_best | x))" else "–" end) | \(if .target_met == null then "–" elif .target_met then "yes" else "**no**" end) |"),
+        "" ),
+    "## Backend CPU cycles per frame on its polling core (median)\n",
+    "Sources: testpmd `set record-core-cycles on` + `show fwd stats all`; vpmd `perf stat` on its polling thread when the machine has hardware counters, else its own TSC accounting (`vpmd stats --json`: busy_cycles / frames); OVS `ovs-appctl dpif-netdev/pmd-stats-show` (avg processing cycles per packet). Hardware counters here: \(if .perf_counters then "yes" else "no (perf stat -e instructions: not supported)" end).\n",
+    "| Size (B) | Frontend | testpmd | vpmd | OVS | frontend busy cycles/frame (with testpmd / vpmd / OVS) | frontend CPU share |",
+    "|---:|---|---:|---:|---:|---|---|",
+    ( .summary | sort_by(.size, .frontend)[]
+      | "| \(.size) | \(.frontend) | \(.backends.testpmd.cycles_per_frame | f(1)) | \(.backends.vpmd.cycles_per_frame | f(1)) | \(.backends.ovs.cycles_per_frame | f(1)) | \([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cycles_per_frame | f(1)) end) | join(" / ")) | \(if .frontend == "vpmd-bench" then ([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cpu_share | f(2)) end) | join(" / ")) else "–" end) |"),
+    "",
+    "The busy cycles of a frontend count only forwarding steps that moved frames (testpmd: `record-core-cycles` on the frontend; vpmd-bench: its TSC accounting); their inverse is the most that frontend could forward on its core. The CPU share is the CPU time the vpmd-bench frontend got over wall time: below 1.00 the machine was loaded.",
+    "",
+    "## vpmd memory\n",
+    "Resident memory of vpmd excluding guest mappings (sum of Rss in /proc/PID/smaps over mappings that are not memfd or hugetlbfs guest memory), the largest seen at the end of a measurement, frontend connected: \(if .vpmd_rss_kib_excluding_guest then "\(.vpmd_rss_kib_excluding_guest) KiB (\(.vpmd_rss_kib_excluding_guest / 1024 | f(1)) MiB)" else "not measured" end).\n",
+    "## Spread (Mpps per direction: min – median – max, rounds)\n",
+    "| Size (B) | Frontend | testpmd | vpmd | OVS |",
+    "|---:|---|---|---|---|",
+    ( .summary | sort_by(.size, .frontend)[]
+      | "| \(.size) | \(.frontend) | " + ([.backends.testpmd, .backends.vpmd, .backends.ovs]
+          | map(if . == null then "–" else "\(.mpps_min | f(2)) – \(.mpps | f(2)) – \(.mpps_max | f(2)) (\(.rounds))" end)
+          | join(" | ")) + " |"),
+    "",
+    "## Reference figures measured earlier on this kind of machine (Mpps per direction, median)\n",
+    "| Size (B) | testpmd ref | testpmd here (testpmd frontend) | OVS ref | OVS here (testpmd frontend) |",
+    "|---:|---:|---:|---:|---:|",
+    ( .reference_mpps as $ref | .summary | map(select(.frontend == "testpmd")) | sort_by(.size)[]
+      | "| \(.size) | \($ref.testpmd[.size | tostring] | f(2)) | \(.backends.testpmd.mpps | f(2)) | \($ref.ovs[.size | tostring] | f(2)) | \(.backends.ovs.mpps | f(2)) |"),
+    "",
+    "## Commands (as run, first round; sockets in the work dir of the run)\n",
+    ( [["Backend testpmd", .commands.backend_testpmd], ["Backend vpmd", .commands.backend_vpmd],
+       ["Backend OVS", .commands.backend_ovs], ["Frontend testpmd", .commands.frontend_testpmd],
+       ["Frontend vpmd-bench", .commands.frontend_vpmd_bench]][]
+      | select(.[1] != null and (.[1] | length) > 0)
+      | "\(.[0]):\n```\n\(.[1] | join("\n"))\n```\n"),
+    "Every measurement (both directions, load average, cycle source) is in the JSON file next to this one."
+' "$OUT.json" >"$OUT.md"
