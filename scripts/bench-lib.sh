@@ -9,6 +9,7 @@ BL_FDS=()         # fifo write ends we hold open (closed at cleanup)
 BL_PREFIXES=()    # DPDK --file-prefix values we use (hugepage files, runtime dirs)
 BL_WORK=""        # work dir, removed at cleanup unless KEEP_WORK=1
 BL_LOCK_FD=""
+BL_LOCK_FILE=""
 
 bl_log() { echo "[bench $(date +%T)] $*" >&2; }
 bl_die() {
@@ -98,6 +99,7 @@ bl_cleanup() {
     [[ "$(bl_starttime "$pid")" == "${entry#*:}" ]] && bl_stop "$pid" 5
   done
   bl_clean_dpdk
+  [[ -n $BL_LOCK_FILE ]] && rm -f "$BL_LOCK_FILE"
   if [[ -n $BL_WORK && -d $BL_WORK ]]; then
     if [[ $status -ne 0 || ${KEEP_WORK:-0} == 1 ]]; then
       # Keep what explains the run (logs, reports, configs); drop sockets, fifos, the
@@ -122,6 +124,7 @@ bl_install_traps() {
 bl_lock() {
   exec {BL_LOCK_FD}>"$1"
   flock -n "$BL_LOCK_FD" || bl_die "another bench-compare is running ($1)"
+  BL_LOCK_FILE=$1
 }
 
 # bl_install PACKAGE...: apt-get install what is not installed yet. Services are

@@ -12,7 +12,7 @@
 #  4. latency: a histogram, with p50 <= p99 <= p99.9 <= max.
 #  5. With DPDK present (dpdk-testpmd, root for hugepages): the vpmd-bench
 #     driver against DPDK's net_vhost in testpmd, the reference backend
-#     (cargo test -p vpmd-bench --test dpdk_testpmd -- --ignored). SKIP_DPDK=1
+#     (cargo test --release -p vpmd-bench --test dpdk_testpmd -- --ignored). SKIP_DPDK=1
 #     leaves it out.
 #
 # Usage (from the repo root): bash tests/system/bench_modes.sh
@@ -177,7 +177,7 @@ stop_vpmd
 if [[ ${SKIP_DPDK:-0} != 1 ]] && command -v dpdk-testpmd >/dev/null && [[ $(id -u) -eq 0 ]]; then
   "$REPO/scripts/hugepages.sh" 1024 >/dev/null || fail "hugepages setup failed"
   log "5: vpmd-bench against DPDK net_vhost (cargo test --test dpdk_testpmd -- --ignored)"
-  (cd "$REPO" && cargo test --quiet -p vpmd-bench --test dpdk_testpmd -- --ignored --test-threads=1) \
+  (cd "$REPO" && cargo test --release --quiet -p vpmd-bench --test dpdk_testpmd -- --ignored --test-threads=1) \
     >"$WORK/dpdk_testpmd.log" 2>&1 || fail "vpmd-bench against DPDK net_vhost failed (see $WORK/dpdk_testpmd.log)"
   log "5: $(grep -E '^test result' "$WORK/dpdk_testpmd.log" | tail -n1)"
 else
