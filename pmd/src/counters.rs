@@ -1,10 +1,12 @@
 //! Per-port and per-thread counters, shared between polling threads and `vpmd stats`.
 //!
 //! Polling threads add up a burst's figures in a plain [`PortTally`] and flush it once
-//! per burst: one relaxed atomic add per counter that moved, none per frame. Readers
-//! take a [`PortStats`] snapshot whenever they like.
+//! per burst into their own [`CounterBlock`] for that port: a plain store per counter
+//! that moved, no locked instruction, nothing per frame. Readers take a [`PortStats`]
+//! snapshot whenever they like, summing a port's blocks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,9 +94,12 @@ impl PortTally {
     }
 }
 
-/// The live counters of one port.
+/// The counters one stream keeps for one port. Only that stream's polling thread
+/// writes them, so a flush is a plain load and store per counter (no locked
+/// instruction, no cache line shared with another writer); stats read them any time.
 #[derive(Debug, Default)]
-pub struct PortCounters {
+#[repr(align(64))]
+pub struct CounterBlock {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
@@ -105,15 +110,16 @@ pub struct PortCounters {
     ring_errors: AtomicU64,
 }
 
+/// Adds `n` to a counter that only the calling thread writes.
 #[inline]
 fn add(counter: &AtomicU64, n: u64) {
     if n != 0 {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 
-impl PortCounters {
-    /// Adds a burst's tally and clears it.
+impl CounterBlock {
+    /// Adds a burst's tally and clears it. Call only from the block's one writer.
     #[inline]
     pub fn flush(&self, t: &mut PortTally) {
         add(&self.rx_packets, t.rx_packets);
@@ -129,20 +135,56 @@ impl PortCounters {
         *t = PortTally::default();
     }
 
-    /// A snapshot, for stats.
-    pub fn snapshot(&self, name: &str, kind: &str, up: bool) -> PortStats {
+    /// Adds this block's counts into `sum`.
+    fn add_to(&self, sum: &mut PortTally) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let drop = |r: DropReason| load(&self.drops[r as usize]);
+        sum.rx_packets += load(&self.rx_packets);
+        sum.rx_bytes += load(&self.rx_bytes);
+        sum.tx_packets += load(&self.tx_packets);
+        sum.tx_bytes += load(&self.tx_bytes);
+        sum.forwarded += load(&self.forwarded);
+        sum.rx_dropped += load(&self.rx_dropped);
+        for (s, c) in sum.drops.iter_mut().zip(&self.drops) {
+            *s += load(c);
+        }
+        sum.ring_errors += load(&self.ring_errors);
+    }
+}
+
+/// One port's counters: a [`CounterBlock`] for every stream that counts for it.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    blocks: Mutex<Vec<Arc<CounterBlock>>>,
+}
+
+impl PortCounters {
+    /// A new block for one stream to count this port's frames in (set-up time only).
+    pub fn writer(&self) -> Arc<CounterBlock> {
+        let block = Arc::new(CounterBlock::default());
+        self.blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(block.clone());
+        block
+    }
+
+    /// A snapshot, for stats: the sum over every block.
+    pub fn snapshot(&self, name: &str, kind: &str, up: bool) -> PortStats {
+        let mut t = PortTally::default();
+        for b in self.blocks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            b.add_to(&mut t);
+        }
+        let drop = |r: DropReason| t.drops[r as usize];
         PortStats {
             name: name.to_string(),
             kind: kind.to_string(),
             state: if up { "up" } else { "down" }.to_string(),
-            rx_packets: load(&self.rx_packets),
-            rx_bytes: load(&self.rx_bytes),
-            tx_packets: load(&self.tx_packets),
-            tx_bytes: load(&self.tx_bytes),
-            forwarded: load(&self.forwarded),
-            rx_dropped: load(&self.rx_dropped),
+            rx_packets: t.rx_packets,
+            rx_bytes: t.rx_bytes,
+            tx_packets: t.tx_packets,
+            tx_bytes: t.tx_bytes,
+            forwarded: t.forwarded,
+            rx_dropped: t.rx_dropped,
             drops: DropCounts {
                 peer_down: drop(DropReason::PeerDown),
                 no_rx_buffer: drop(DropReason::NoRxBuffer),
@@ -154,7 +196,7 @@ impl PortCounters {
                 uplink_busy: drop(DropReason::UplinkBusy),
                 no_destination: drop(DropReason::NoDestination),
             },
-            ring_errors: load(&self.ring_errors),
+            ring_errors: t.ring_errors,
             uplink: None,
         }
     }
@@ -290,7 +332,9 @@ mod tests {
 
     #[test]
     fn flush_adds_and_clears_the_tally() {
-        let c = PortCounters::default();
+        let port = PortCounters::default();
+        let c = port.writer();
+        let other = port.writer();
         let mut t = PortTally {
             tx_packets: 3,
             tx_bytes: 180,
@@ -302,7 +346,10 @@ mod tests {
         assert_eq!(t.tx_packets, 0);
         t.drop(DropReason::PeerDown);
         c.flush(&mut t);
-        let s = c.snapshot("vm0", "vhost-user", false);
+        t.rx_packets = 5;
+        other.flush(&mut t);
+        let s = port.snapshot("vm0", "vhost-user", false);
+        assert_eq!(s.rx_packets, 5, "blocks add up");
         assert_eq!((s.tx_packets, s.tx_bytes), (3, 180));
         assert_eq!(s.drops.peer_down, 2);
         assert_eq!(s.drops.runt, 1);

@@ -100,7 +100,7 @@ fn veth_streams(
     ports: &[Arc<VirtioNetPort>],
     counters: &[Arc<PortCounters>],
 ) -> Vec<Box<dyn Stream>> {
-    let endpoint = |i: usize| VhostEndpoint::new(ports[i].clone(), counters[i].clone());
+    let endpoint = |i: usize| VhostEndpoint::new(ports[i].clone(), &counters[i]);
     let mut streams: Vec<Box<dyn Stream>> = Vec::new();
     for &[a, b] in &config.veths {
         streams.push(Box::new(VethStream::new(endpoint(a), endpoint(b))));

@@ -158,7 +158,7 @@ pub fn open(
         let vms = m
             .ports
             .iter()
-            .map(|&p| VhostEndpoint::new(vhost[p].clone(), counters[p].clone()))
+            .map(|&p| VhostEndpoint::new(vhost[p].clone(), &counters[p]))
             .collect();
         let own = (0..m.ports.len())
             .filter(|i| i % m.queues as usize == q)
@@ -169,7 +169,7 @@ pub fn open(
             (rx, tx),
             tap.take(),
             UplinkEndpoint {
-                counters: uplink_counters.clone(),
+                counters: uplink_counters.writer(),
                 tally: PortTally::default(),
                 max_frame,
             },

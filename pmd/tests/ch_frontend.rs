@@ -5,37 +5,25 @@
 //! veth pair) and stops it with SIGTERM however the test ends. Tests run one at a time: two
 //! busy-polling daemons on a two-core machine would starve each other and the test.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{counter, port, serial, Vpmd};
 use vpmd_bench::transfer::{spread_sizes, transfer, TransferSpec};
 use vpmd_bench::{format_mac, FrontendOptions, NetFrontend};
 
-const VPMD: &str = env!("CARGO_BIN_EXE_vpmd");
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 const MTU_A: u16 = 1500;
 const MTU_B: u16 = 9000;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A running vpmd in its own directory; SIGTERM, reap and clean up on drop.
-struct Vpmd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Vpmd {
-    fn start(name: &str) -> Vpmd {
-        let dir = std::env::temp_dir().join(format!("vpmd-ch-{name}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-        let config = format!(
-            r#"[pmd]
+/// Two server ports `a` (MTU 1500) and `b` (MTU 9000) forming a veth pair.
+fn config(dir: &Path) -> String {
+    let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    format!(
+        r#"[pmd]
 cores = [{last_core}]
 control_socket = "{control}"
 
@@ -56,139 +44,12 @@ mtu = {MTU_B}
 [[veth]]
 ports = ["a", "b"]
 "#,
-            control = dir.join("control.sock").display(),
-            a = dir.join("a.sock").display(),
-            b = dir.join("b.sock").display(),
-            mac_a = format_mac(&MAC_A),
-            mac_b = format_mac(&MAC_B),
-        );
-        let config_path = dir.join("vpmd.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.join("vpmd.log")).unwrap();
-        let child = Command::new(VPMD)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vpmd");
-        let mut vpmd = Vpmd { child, dir };
-        vpmd.wait_for_sockets(Duration::from_secs(20));
-        vpmd
-    }
-
-    fn socket(&self, port: &str) -> PathBuf {
-        self.dir.join(format!("{port}.sock"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vpmd.log")).unwrap_or_default()
-    }
-
-    fn wait_for_sockets(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let ready = |d: &Path| {
-            ["a.sock", "b.sock", "control.sock"]
-                .iter()
-                .all(|s| d.join(s).exists())
-        };
-        while !ready(&self.dir) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("vpmd exited early ({status}); log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vpmd sockets missing after {timeout:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `vpmd stats --json --control <dir>/control.sock`, parsed.
-    fn stats(&self) -> Value {
-        let out: Output = Command::new(VPMD)
-            .args(["stats", "--json", "--control"])
-            .arg(self.dir.join("control.sock"))
-            .output()
-            .expect("run vpmd stats");
-        assert!(
-            out.status.success(),
-            "vpmd stats failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "vpmd stats --json output is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// Waits until `pred` holds for the stats, returning the last stats either way.
-    fn wait_stats(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if pred(&s) || Instant::now() > deadline {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until both ports report `state: "up"` (their rings are with the polling thread;
-    /// frames sent before that would be dropped as peer_down).
-    fn wait_up(&self) {
-        let s = self.wait_stats(Duration::from_secs(10), |s| {
-            ["a", "b"].iter().all(|p| port(s, p)["state"] == "up")
-        });
-        for p in ["a", "b"] {
-            assert_eq!(
-                port(&s, p)["state"],
-                "up",
-                "port {p} not up: {s}\nlog:\n{}",
-                self.log()
-            );
-        }
-    }
-}
-
-impl Drop for Vpmd {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            eprintln!("vpmd ignored SIGTERM for 5 s; killing it");
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("vpmd log:\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["ports"]
-        .as_array()
-        .and_then(|ports| ports.iter().find(|p| p["name"] == name))
-        .unwrap_or_else(|| panic!("no port {name} in stats: {stats}"))
-}
-
-fn counter(stats: &Value, name: &str, field: &str) -> u64 {
-    port(stats, name)[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("port {name} has no counter {field}: {stats}"))
+        control = dir.join("control.sock").display(),
+        a = dir.join("a.sock").display(),
+        b = dir.join("b.sock").display(),
+        mac_a = format_mac(&MAC_A),
+        mac_b = format_mac(&MAC_B),
+    )
 }
 
 fn connect(socket: PathBuf, rx_buf_size: u32) -> NetFrontend {
@@ -197,14 +58,10 @@ fn connect(socket: PathBuf, rx_buf_size: u32) -> NetFrontend {
     NetFrontend::connect(&o).unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[test]
 fn config_space_traffic_both_ways_and_counters() {
     let _serial = serial();
-    let vpmd = Vpmd::start("traffic");
+    let vpmd = Vpmd::start("ch-traffic", config);
     let mut a = connect(vpmd.socket("a"), 2048);
     let mut b = connect(vpmd.socket("b"), 2048);
 
@@ -219,7 +76,7 @@ fn config_space_traffic_both_ways_and_counters() {
         assert_eq!(f.mtu(), Some(mtu));
         assert_eq!(info.layout.hdr_len, 12);
     }
-    vpmd.wait_up();
+    vpmd.wait_state(&["a", "b"], true);
 
     let n = 1000;
     let mut spec = TransferSpec {
@@ -274,7 +131,7 @@ fn config_space_traffic_both_ways_and_counters() {
 #[test]
 fn frame_larger_than_one_rx_buffer_arrives_whole() {
     let _serial = serial();
-    let vpmd = Vpmd::start("mrg");
+    let vpmd = Vpmd::start("ch-mrg", config);
     let mut a = connect(vpmd.socket("a"), 2048);
     let mut b = connect(vpmd.socket("b"), 512);
     assert!(
@@ -282,7 +139,7 @@ fn frame_larger_than_one_rx_buffer_arrives_whole() {
         "MRG_RXBUF not negotiated: {:?}",
         b.info().negotiated
     );
-    vpmd.wait_up();
+    vpmd.wait_state(&["a", "b"], true);
 
     let sizes = vec![1500, 1514, 500, 501, 1000, 60];
     // 12-byte header + frame over 512-byte buffers: all but 500 and 60 need several.

@@ -18,7 +18,7 @@ use vpmd_backend::port::{PortView, RingCache, VirtioNetPort, RX_QUEUE};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
 
-use crate::counters::{DropReason, PortCounters, PortTally};
+use crate::counters::{CounterBlock, DropReason, PortCounters, PortTally};
 use crate::ratelimit::LogLimiter;
 
 /// Most frames one poll of a stream moves.
@@ -97,8 +97,8 @@ pub trait Stream: Send {
 pub struct VhostEndpoint {
     /// The port.
     pub port: Arc<VirtioNetPort>,
-    /// Its shared counters, flushed once per burst.
-    pub counters: Arc<PortCounters>,
+    /// This stream's counters for the port, flushed once per burst.
+    pub counters: Arc<CounterBlock>,
     /// The port's rings as this stream last saw them.
     pub cache: RingCache,
     /// This burst's figures.
@@ -109,10 +109,10 @@ pub struct VhostEndpoint {
 
 impl VhostEndpoint {
     /// An endpoint of `port`.
-    pub fn new(port: Arc<VirtioNetPort>, counters: Arc<PortCounters>) -> Self {
+    pub fn new(port: Arc<VirtioNetPort>, counters: &PortCounters) -> Self {
         VhostEndpoint {
             port,
-            counters,
+            counters: counters.writer(),
             cache: RingCache::default(),
             tally: PortTally::default(),
             log: LogLimiter::guest_errors(),

@@ -25,13 +25,13 @@ use vpmd_uplink::tx::XskTransmitter;
 
 use self::decide::{Destinations, Ingress, MacvlanTable};
 use super::{bad_chain, ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
-use crate::counters::{DropReason, PortCounters, PortTally};
+use crate::counters::{CounterBlock, DropReason, PortTally};
 
 /// The uplink as a shard holds it: counters of the frames it brings in (`tx_*`,
 /// from the outside's point of view, like a port's guest) and takes out (`rx_*`).
 pub struct UplinkEndpoint {
-    /// Shared counters of the uplink.
-    pub counters: Arc<PortCounters>,
+    /// This shard's counters for the uplink.
+    pub counters: Arc<CounterBlock>,
     /// This burst's figures.
     pub tally: PortTally,
     /// Largest frame sent out: the interface's MTU + 18, at most a UMEM chunk.
