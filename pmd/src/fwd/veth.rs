@@ -75,6 +75,10 @@ impl Stream for VethStream {
             }
         }
 
+        txq.prefetch(BURST as u16);
+        if let Some(rx) = rx.as_ref() {
+            rx.queue.prefetch(BURST as u16);
+        }
         let mut taken = 0u32;
         while (taken as usize) < BURST {
             let Some(head) = txq.pop() else { break };
