@@ -1,6 +1,7 @@
 //! The `vpmd` command: `run` the switch, or read a running one's `stats`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,10 +30,16 @@ enum Command {
     /// sockets /run/vpmd/vm0.sock and /run/vpmd/vm1.sock (vpmd listens), polling on
     /// the last core, control socket /run/vpmd/control.sock. Logs go to stderr
     /// (RUST_LOG=debug|info|warn filters them); final counters go to stdout.
+    /// The configuration reference is in README.md; configs/veth-pair.toml and
+    /// configs/macvlan.toml are commented examples.
     Run {
-        /// TOML configuration file (see configs/veth-pair.toml).
+        /// TOML configuration file.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Only check the configuration: print what it would start, then exit
+        /// (status 1 and the error, naming the field, if it is invalid).
+        #[arg(long)]
+        check: bool,
     },
     /// Print the counters of the running vpmd.
     Stats {
@@ -45,10 +52,42 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpmd: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, each cause only when the message before it does not
+/// already say it (vpmd's error messages name their cause themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !last.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+        last = c;
+    }
+    out
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run {
+            config,
+            check: true,
+        } => check(config),
+        Command::Run {
+            config,
+            check: false,
+        } => run(config),
         Command::Stats { json, control } => {
             let snap = control::request_stats(&control)?;
             if json {
@@ -59,6 +98,48 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vpmd run --check`: validate and describe the configuration, start nothing.
+fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::builtin(),
+    };
+    let name = |i: usize| config.ports[i].name.as_str();
+    println!(
+        "configuration is valid: {} ports, polling cores {:?}, control socket {}",
+        config.ports.len(),
+        config.cores,
+        config.control_socket.display()
+    );
+    for p in &config.ports {
+        println!(
+            "  port {}: {} ({}), mac {}, mtu {}",
+            p.name,
+            p.socket.display(),
+            match p.mode {
+                Mode::Server => "vpmd listens",
+                Mode::Client => "vpmd connects",
+            },
+            p.mac,
+            p.mtu
+        );
+    }
+    for &[a, b] in &config.veths {
+        println!("  veth {} <-> {}", name(a), name(b));
+    }
+    for m in &config.macvlans {
+        let ports: Vec<&str> = m.ports.iter().map(|&i| name(i)).collect();
+        println!(
+            "  macvlan on {} ({} mode, {} queue(s)): {}",
+            m.uplink,
+            m.mode.name(),
+            m.queues,
+            ports.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {

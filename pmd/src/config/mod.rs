@@ -164,8 +164,10 @@ struct RawPort {
     #[serde(default)]
     mode: Mode,
     mac: String,
+    // Wider than the MTU can be, so that an out-of-range value gets our error
+    // naming the field rather than serde's "expected u16".
     #[serde(default = "default_mtu")]
-    mtu: u16,
+    mtu: u64,
     #[serde(default)]
     socket_mode: Option<String>,
     #[serde(default)]
@@ -176,7 +178,7 @@ struct RawPort {
     allow_mac_spoofing: bool,
 }
 
-fn default_mtu() -> u16 {
+fn default_mtu() -> u64 {
     1500
 }
 

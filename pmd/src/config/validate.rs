@@ -273,12 +273,15 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
         if !macs.insert(mac) {
             return Err(err.at(f("mac"), format!("{mac} is used by another port")));
         }
-        if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
-            return Err(err.at(
-                f("mtu"),
-                format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu),
-            ));
-        }
+        let mtu = match u16::try_from(p.mtu) {
+            Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => m,
+            _ => {
+                return Err(err.at(
+                    f("mtu"),
+                    format!("{} is outside {MIN_MTU}-{MAX_MTU}", p.mtu),
+                ))
+            }
+        };
         let socket_mode = parse_mode(p.socket_mode.as_deref(), &f("socket_mode"), err)?;
         let socket_owner = socket_id(
             p.socket_owner.as_ref(),
@@ -313,7 +316,7 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
             socket: p.socket.clone(),
             mode: p.mode,
             mac,
-            mtu: p.mtu,
+            mtu,
             socket_mode,
             socket_owner,
             socket_group,
