@@ -30,6 +30,7 @@
 //! | `packet_ring` | the tap's mapped `TPACKET_V2` receive ring and its bursts ([`TapBurst`]) |
 //! | [`stats`] | our counters and the kernel's `XDP_STATISTICS` |
 //! | [`uplink`] | one interface put together: [`Uplink::open`] |
+//! | [`lone`] | a lone socket with no XDP program, for transmitting (traffic generators): [`open_unattached`] |
 //! | `sim` (tests only) | an interpreter for the listings, for inputs `BPF_PROG_TEST_RUN` refuses |
 //!
 //! # Using it from a polling thread
@@ -73,6 +74,7 @@
 pub mod attach;
 pub mod bpf;
 pub mod insn;
+pub mod lone;
 pub mod maps;
 pub mod netlink;
 pub(crate) mod packet_ring;
@@ -90,6 +92,7 @@ pub mod umem;
 pub mod uplink;
 
 pub use attach::{AttachError, AttachMode, AttachPreference, XdpLink};
+pub use lone::open_unattached;
 pub use maps::{format_mac, MacAddr, MacTable, MapError, XskMap};
 pub use netlink::{attached_xdp_program, ifindex, AttachedMode, AttachedProgram};
 pub use packet_ring::TapBurst;

@@ -134,6 +134,14 @@ impl UmemArea {
         // protection, so it is ignored.
         // SAFETY: ptr..ptr+len is the mapping just created.
         unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
+        // Transparent huge pages where the kernel has them (THP `madvise` or
+        // `always`): the kernel and the polling thread touch a different chunk for
+        // every frame, 8 MiB and more of them in turn, far beyond what 4 KiB TLB
+        // entries cover; 2 MiB pages cover them with a few entries. The pages are
+        // faulted in (and pinned) at registration. Failure (THP off) only keeps
+        // 4 KiB pages, so it is ignored.
+        // SAFETY: as above.
+        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
         Ok(Arc::new(Self {
             base: NonNull::new(ptr.cast()).expect("mmap returned a non-null address"),
             len,

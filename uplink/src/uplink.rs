@@ -90,6 +90,8 @@ pub enum UplinkError {
     NoQueues { ifname: String },
     #[error("uplink `{ifname}`: RX queue {queue} is listed twice")]
     DuplicateQueue { ifname: String, queue: u32 },
+    #[error("uplink `{ifname}`: a lone socket takes exactly one queue, {count} listed")]
+    LoneQueues { ifname: String, count: usize },
     #[error("uplink `{ifname}`: looking up the interface failed")]
     Interface {
         ifname: String,

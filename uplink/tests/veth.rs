@@ -416,3 +416,49 @@ fn sigkill_leaves_no_program_behind() {
     let shown = ip(&["-d", "link", "show", "dev", &net.host_if]);
     assert!(!shown.contains("prog/xdp"), "ip -d link show: {shown}");
 }
+
+#[test]
+fn lone_socket_transmits_without_a_program() {
+    if !is_root() {
+        return;
+    }
+    let net = TestNet::new("lone", 1, 1504);
+    let peer = PacketSocket::open_in_netns(&net.ns, &net.ns_if).expect("packet socket in netns");
+    let mut cfg = config(&net, vec![0]);
+    cfg.rings.fill = 8; // receives nothing: keep the chunks for transmitting
+    let mut socket = vpmd_uplink::open_unattached(&cfg).expect("open a lone socket");
+    assert_eq!(
+        attached_xdp_program(net.host_ifindex()).unwrap(),
+        None,
+        "no program is attached for a lone socket"
+    );
+    assert_eq!(socket.transmitter().free_chunks(), 1024 - 8);
+
+    // 100 frames in bursts of up to 40 (more than one kick each in copy mode).
+    let sent: Vec<Vec<u8>> = (1..=100u32)
+        .map(|seq| test_frame(PEER_MAC, VM_MAC, seq, 60 + (seq as usize * 97) % 1458))
+        .collect();
+    for chunk in sent.chunks(40) {
+        let mut tx = socket.transmit_burst(chunk.len());
+        assert_eq!(tx.granted(), chunk.len());
+        for frame in chunk {
+            assert!(tx.push(frame));
+        }
+    }
+    let received = peer.recv_test_frames_until(100).expect("all frames arrive");
+    assert_eq!(received, sent, "every frame, intact and in order");
+    assert_eq!(
+        socket.receive_burst(32).len(),
+        0,
+        "nothing is redirected to it"
+    );
+
+    let cfg_two = UplinkConfig {
+        queues: vec![0, 1],
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        vpmd_uplink::open_unattached(&cfg_two),
+        Err(UplinkError::LoneQueues { count: 2, .. })
+    ));
+}
