@@ -3,7 +3,8 @@
 //!
 //! Modes (each stops by itself; human-readable output, `--json` for scripts):
 //! `txonly` generator, `rxonly` checking sink, `loopback` zero-copy io forwarding over two
-//! ports (the throughput test), `latency` histogram over two ports; plus `probe` (what a
+//! ports (the throughput test), `latency` histogram over two ports, `xdp-txonly` generator
+//! on a kernel interface (AF_XDP, for macvlan uplinks); plus `probe` (what a
 //! device negotiates) and `pair` (a checked transfer from A to B).
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use vpmd_bench::modes::{self, latency, loopback, rxonly, txonly, Global};
+use vpmd_bench::modes::{self, latency, loopback, rxonly, txonly, xdp_txonly, Global};
 use vpmd_bench::transfer::{spread_sizes, transfer, warm_up, TransferSpec};
 use vpmd_bench::{format_mac, FrontendOptions, NetFrontend};
 
@@ -53,6 +54,9 @@ enum Cmd {
     Loopback(loopback::LoopbackArgs),
     /// Timestamped frames from A to B at a fixed rate: p50/p99/p99.9/max in microseconds.
     Latency(latency::LatencyArgs),
+    /// Generate test frames on a kernel interface through AF_XDP (e.g. the namespace end
+    /// of a macvlan uplink's veth), to a list of destination MACs in turn.
+    XdpTxonly(xdp_txonly::XdpTxOnlyArgs),
     /// Connect, print features, MAC and MTU, disconnect.
     Probe {
         /// vhost-user socket.
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rxonly(a) => print(cli.json, &rxonly::run(&a, &g).context("rxonly")?),
         Cmd::Loopback(a) => print(cli.json, &loopback::run(&a, &g).context("loopback")?),
         Cmd::Latency(a) => print(cli.json, &latency::run(&a, &g).context("latency")?),
+        Cmd::XdpTxonly(a) => print(cli.json, &xdp_txonly::run(&a).context("xdp-txonly")?),
         Cmd::Probe { socket } => {
             let f = connect(socket, cli.no_config)?;
             let n = f.info().negotiated;

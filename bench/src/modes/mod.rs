@@ -3,6 +3,7 @@
 //! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).
 //! - [`loopback`]: two ports, a burst injected, then zero-copy io forwarding between them.
 //! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
+//! - [`xdp_txonly`]: a packet generator on a kernel interface (AF_XDP), for macvlan uplinks.
 //!
 //! Here: what they share: device options ([`DeviceArgs`]), guest memory and pool setup,
 //! CPU pinning, the stop flag set by SIGINT/SIGTERM, and rate formatting.
@@ -11,6 +12,7 @@ pub mod latency;
 pub mod loopback;
 pub mod rxonly;
 pub mod txonly;
+pub mod xdp_txonly;
 
 use std::io;
 use std::path::Path;
@@ -64,6 +66,9 @@ pub enum ModeError {
         #[source]
         source: io::Error,
     },
+    /// The AF_XDP socket could not be set up.
+    #[error(transparent)]
+    Uplink(vpmd_uplink::UplinkError),
     /// The backend never carried a frame.
     #[error("no frame came through within {0:?}: is the backend forwarding?")]
     NoTraffic(Duration),

@@ -6,6 +6,9 @@
 //! backend signals it) instead of spinning: on a two-core machine a third busy thread is
 //! starved. `--spin` busy-polls instead.
 //!
+//! With `--dst-mac` only frames for that MAC are checked; frames for other MACs are
+//! counted by destination (`other_dst`): what a switch should not have sent this port.
+//!
 //! It stops after `--count` frames, after `--duration`, when nothing arrived for
 //! `--idle-timeout` after the first frame, or when nothing arrived at all for
 //! `--first-timeout`.
@@ -40,6 +43,10 @@ pub struct RxOnlyArgs {
     /// Sequence number of the first frame expected.
     #[arg(long, default_value_t = 0)]
     pub first_seq: u64,
+    /// Check only frames for this destination MAC; count frames for any other
+    /// destination in `other_dst` (frames a switch should not have sent this port).
+    #[arg(long, value_name = "MAC", value_parser = modes::parse_mac)]
+    pub dst_mac: Option<[u8; 6]>,
     /// Busy-poll the RX ring instead of sleeping on the call eventfd.
     #[arg(long)]
     pub spin: bool,
@@ -69,6 +76,10 @@ pub struct RxOnlyReport {
     /// Counts and checks.
     #[serde(flatten)]
     pub seq: SeqReport,
+    /// Frames for another destination MAC than `--dst-mac` (not checked further).
+    pub other_dst: u64,
+    /// The same frames by destination MAC (the first [`OTHER_MACS`] MACs seen).
+    pub other_dst_by_mac: Vec<MacCount>,
     /// Frames dropped by the driver (malformed used entries).
     pub malformed: u64,
     /// Frames that arrived in several buffers.
@@ -88,7 +99,7 @@ impl fmt::Display for RxOnlyReport {
         write!(
             f,
             "  intact {}, corrupted {}, lost {}, reordered {}, duplicates {}, foreign {}, \
-             seq {}..{}",
+             seq {}..{}, other destination {}",
             s.intact,
             s.corrupted,
             s.lost,
@@ -96,8 +107,53 @@ impl fmt::Display for RxOnlyReport {
             s.duplicates,
             s.foreign,
             s.first_seq,
-            s.last_seq.map_or("-".into(), |l| (l + 1).to_string())
+            s.last_seq.map_or("-".into(), |l| (l + 1).to_string()),
+            self.other_dst
         )
+    }
+}
+
+/// Distinct destination MACs counted one by one in [`OtherDestinations`].
+pub const OTHER_MACS: usize = 16;
+
+/// Frames received for one destination MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MacCount {
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Frames.
+    pub frames: u64,
+}
+
+/// Frames that were not for `--dst-mac`, by destination MAC (a switch that delivers
+/// frames for other MACs, or an io forwarder that delivers everything, shows here).
+#[derive(Default)]
+struct OtherDestinations {
+    total: u64,
+    macs: Vec<([u8; 6], u64)>,
+}
+
+impl OtherDestinations {
+    fn count(&mut self, frame: &[u8]) {
+        self.total += 1;
+        let Some(mac) = frame.get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()) else {
+            return;
+        };
+        if let Some((_, n)) = self.macs.iter_mut().find(|(m, _)| *m == mac) {
+            *n += 1;
+        } else if self.macs.len() < OTHER_MACS {
+            self.macs.push((mac, 1));
+        }
+    }
+
+    fn by_mac(&self) -> Vec<MacCount> {
+        self.macs
+            .iter()
+            .map(|(mac, frames)| MacCount {
+                mac: crate::virtio_net::format_mac(mac),
+                frames: *frames,
+            })
+            .collect()
     }
 }
 
@@ -124,6 +180,7 @@ pub fn run(args: &RxOnlyArgs, g: &Global) -> Result<RxOnlyReport, ModeError> {
         duration: args.duration,
     };
     let mut tracker = SeqTracker::new(args.first_seq);
+    let mut other = OtherDestinations::default();
     let start = Instant::now();
     let (mut first, mut last): (Option<Instant>, Instant) = (None, start);
     let mut stopped_by = "signal";
@@ -141,9 +198,14 @@ pub fn run(args: &RxOnlyArgs, g: &Global) -> Result<RxOnlyReport, ModeError> {
             break;
         }
         let max = args.burst.min(limit.left(tracker.frames())) as usize;
-        let n = port.rx.recv_frames(&mut pool, max, &mut |f: &[u8]| {
-            let _ = tracker.observe(f);
-        });
+        let n = port
+            .rx
+            .recv_frames(&mut pool, max, &mut |f: &[u8]| match args.dst_mac {
+                Some(mac) if f.len() < 6 || f[..6] != mac => other.count(f),
+                _ => {
+                    let _ = tracker.observe(f);
+                }
+            });
         if n > 0 {
             last = Instant::now();
             first.get_or_insert(last);
@@ -186,8 +248,36 @@ pub fn run(args: &RxOnlyArgs, g: &Global) -> Result<RxOnlyReport, ModeError> {
         mpps: modes::mpps(seq.frames, secs),
         gbps: modes::gbps(seq.bytes, secs),
         seq,
+        other_dst: other.total,
+        other_dst_by_mac: other.by_mac(),
         malformed: rx.malformed,
         merged: rx.merged,
         stopped_by,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_destinations_are_counted_by_mac() {
+        let mut o = OtherDestinations::default();
+        let a = [2, 0, 0, 0, 0, 1, 9, 9];
+        let b = [2, 0, 0, 0, 0, 2, 9, 9];
+        o.count(&a);
+        o.count(&b);
+        o.count(&a);
+        o.count(&[1, 2, 3]); // runt: counted, no MAC
+        assert_eq!(o.total, 4);
+        let by = o.by_mac();
+        assert_eq!(by.len(), 2);
+        assert_eq!((by[0].mac.as_str(), by[0].frames), ("02:00:00:00:00:01", 2));
+        assert_eq!(by[1].frames, 1);
+        for i in 0..2 * OTHER_MACS as u8 {
+            o.count(&[4, 0, 0, 0, 0, i]);
+        }
+        assert_eq!(o.by_mac().len(), OTHER_MACS);
+        assert_eq!(o.total, 4 + 2 * OTHER_MACS as u64);
+    }
 }
