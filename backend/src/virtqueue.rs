@@ -28,7 +28,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use crate::chain::{self, ChainError};
 use crate::guest_mem::MemMap;
 use crate::seglist::SegList;
-use crate::split_ring::{prefetch, read_desc, RingError, SplitRing, DESC_F_INDIRECT};
+use crate::split_ring::{RingError, SplitRing};
 use crate::{GuestMemoryAtomicMmap, Vring};
 
 /// Why a queue could not be used for a burst.
@@ -231,26 +231,6 @@ impl<'a> VirtQueue<'a> {
         for i in 0..n.min(self.pending()) {
             let head = self.ring.avail_entry(self.next_avail.wrapping_add(i));
             self.ring.prefetch_desc(head);
-        }
-    }
-
-    /// Starts loading the first buffer of the chain `ahead` positions after the next
-    /// available one (call it a few frames ahead, once [`VirtQueue::prefetch`] has
-    /// brought its descriptor in). A hint: an invalid head or address is ignored
-    /// here and rejected later by the chain walk.
-    #[inline]
-    pub fn prefetch_buffer(&self, ahead: u16) {
-        if ahead >= self.pending() {
-            return;
-        }
-        let head = self.ring.avail_entry(self.next_avail.wrapping_add(ahead));
-        let table = self.ring.desc_table();
-        if let Some(d) = read_desc(table, u32::from(self.ring.size()), u32::from(head)) {
-            if d.flags & DESC_F_INDIRECT == 0 {
-                if let Some(buf) = self.map.translate(d.addr, d.len.min(64)) {
-                    prefetch(buf.as_ptr());
-                }
-            }
         }
     }
 

@@ -3,11 +3,19 @@
 //! polls that moved none), as OVS's `dpif-netdev/pmd-stats-show` does.
 //!
 //! By default it busy-polls all the time, as DPDK and OVS do. With a maximum sleep
-//! (`[pmd] max_sleep_us`, like OVS's `pmd-maxsleep`) it backs off when its queues
-//! stay empty: after [`SPIN_POLLS`] empty polls it sleeps, doubling the sleep up to
-//! the maximum while nothing arrives, and polls flat out again as soon as a poll
-//! moves a frame. Frames that arrive meanwhile wait in the rings (hundreds of slots:
-//! far more than a short sleep fills), so a light load costs a fraction of a core.
+//! (`[pmd] max_sleep_us`, like OVS's `pmd-maxsleep`) it backs off when its load is
+//! light: after [`SPIN_POLLS`] empty polls, or at once after a poll that moved fewer
+//! than [`FULL_POLL`] frames (a full burst), it sleeps, doubling the sleep up to the
+//! maximum while polls stay light. A full poll means frames may be waiting: it polls
+//! again at once, and halves the next sleep. Under a steady stream the sleeps settle
+//! where a poll finds about a full burst, so frames are taken, copied and signalled
+//! to each guest in bursts rather than one by one (the guest's wake-ups, one per
+//! burst, are the dearest part), and a light or moderate load costs a fraction of a
+//! core; a load the thread can only just carry keeps every poll full and never
+//! sleeps. Frames that arrive meanwhile wait in the rings (hundreds of slots: far
+//! more than the longest sleep fills). Counting only empty polls would never back
+//! off under a steady stream: one frame every microsecond or so makes no poll empty
+//! for long, and the thread would spin all the time, one frame per poll.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +30,9 @@ use crate::tsc;
 /// Empty polls in a row before the first sleep (a few microseconds of spinning,
 /// so a busy link never sleeps between bursts).
 pub const SPIN_POLLS: u32 = 256;
+/// A poll that moves at least this many frames (a full burst) means a busy link:
+/// poll again at once. A poll that moves fewer starts or continues the backoff.
+pub const FULL_POLL: u64 = crate::fwd::BURST as u64;
 /// The first sleep of a backoff.
 const FIRST_SLEEP: Duration = Duration::from_micros(1);
 
@@ -88,18 +99,26 @@ impl Backoff {
     /// After a poll that moved `moved` frames: the sleep to take now, if any.
     #[inline]
     fn after_poll(&mut self, moved: u64) -> Option<Duration> {
-        if moved > 0 {
-            self.empty_polls = 0;
-            self.next_sleep = FIRST_SLEEP;
-            return None;
-        }
         if self.max.is_zero() {
             return None;
         }
-        self.empty_polls = self.empty_polls.saturating_add(1);
-        if self.empty_polls < SPIN_POLLS {
+        if moved >= FULL_POLL {
+            // Busy: poll again at once. The sleep that let this many frames gather
+            // was long enough: the next one is half as long, so that under a steady
+            // load the sleeps settle where each poll takes about a full burst.
+            self.empty_polls = 0;
+            self.next_sleep = (self.next_sleep / 2).max(FIRST_SLEEP);
             return None;
         }
+        if moved == 0 && self.empty_polls < SPIN_POLLS {
+            self.empty_polls += 1;
+            if self.empty_polls < SPIN_POLLS {
+                return None;
+            }
+        }
+        // Backing off (a light poll, or spun long enough): empty polls sleep at
+        // once from now on, until a full poll.
+        self.empty_polls = SPIN_POLLS;
         let sleep = self.next_sleep.min(self.max);
         self.next_sleep = (self.next_sleep * 2).min(self.max);
         Some(sleep)
@@ -180,7 +199,50 @@ mod tests {
         assert_eq!(sleeps[1], FIRST_SLEEP * 2);
         assert_eq!(*sleeps.last().unwrap(), max);
         assert!(sleeps.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(b.after_poll(3), None, "work resets");
+        assert_eq!(
+            b.after_poll(FULL_POLL),
+            None,
+            "a full poll polls again at once"
+        );
         assert_eq!(b.after_poll(0), None, "and spins again");
+    }
+
+    #[test]
+    fn light_polls_back_off_at_once_and_full_polls_halve_the_sleep() {
+        let max = Duration::from_micros(50);
+        let mut b = Backoff::new(IdlePolicy { max_sleep: max });
+        // A steady trickle: one frame per poll never leaves the queues empty for
+        // long, but it is no reason to spin.
+        assert_eq!(b.after_poll(1), Some(FIRST_SLEEP), "light: sleep at once");
+        assert_eq!(
+            b.after_poll(0),
+            Some(FIRST_SLEEP * 2),
+            "backing off: empty polls sleep too"
+        );
+        assert_eq!(b.after_poll(FULL_POLL - 1), Some(FIRST_SLEEP * 4));
+        for _ in 0..10 {
+            b.after_poll(1);
+        }
+        assert_eq!(b.after_poll(1), Some(max), "capped");
+        assert_eq!(
+            b.after_poll(FULL_POLL),
+            None,
+            "a full poll: poll again at once"
+        );
+        assert_eq!(b.after_poll(0), None, "spins again first");
+        assert_eq!(b.after_poll(2), Some(max / 2), "with the sleep halved");
+        assert_eq!(b.after_poll(FULL_POLL), None);
+        assert_eq!(b.after_poll(FULL_POLL), None);
+        assert_eq!(b.after_poll(1), Some(max / 4), "halved per full poll");
+        for _ in 0..20 {
+            assert_eq!(b.after_poll(FULL_POLL), None);
+        }
+        assert_eq!(
+            b.after_poll(1),
+            Some(FIRST_SLEEP),
+            "down to the first sleep"
+        );
+        let mut busy = Backoff::new(IdlePolicy::default());
+        assert_eq!(busy.after_poll(1), None, "busy-polling never sleeps");
     }
 }

@@ -15,9 +15,6 @@ use super::{
 };
 use crate::counters::DropReason;
 
-/// How many frames ahead buffers are prefetched.
-const PREFETCH_AHEAD: u16 = 3;
-
 /// One direction of a veth pair.
 pub struct VethStream {
     name: String,
@@ -84,12 +81,6 @@ impl Stream for VethStream {
         }
         let mut taken = 0u32;
         while (taken as usize) < BURST {
-            // Frame data and receive buffers a few frames ahead: their descriptors
-            // are in by then, and the misses overlap with this frame's copy.
-            txq.prefetch_buffer(PREFETCH_AHEAD);
-            if let Some(rx) = rx.as_ref() {
-                rx.queue.prefetch_buffer(PREFETCH_AHEAD);
-            }
             let Some(head) = txq.pop() else { break };
             taken += 1;
             src.tally.tx_packets += 1;

@@ -53,6 +53,12 @@ pub struct MacvlanShard {
     vms: Vec<VhostEndpoint>,
     /// The VM ports whose transmit queues this shard polls.
     own: Vec<usize>,
+    /// Ring caches for those transmit queues (`tx_caches[k]` for `own[k]`), apart
+    /// from the endpoints' caches that the receive side uses: a VM's TX queue stays
+    /// open (borrowing its cache) while other VMs' endpoints receive, and a cache is
+    /// about a kilobyte (the guest memory table), too much to move out of the list
+    /// and back on every poll.
+    tx_caches: Vec<RingCache>,
 }
 
 impl MacvlanShard {
@@ -66,6 +72,7 @@ impl MacvlanShard {
         vms: Vec<VhostEndpoint>,
         own: Vec<usize>,
     ) -> Self {
+        let tx_caches = own.iter().map(|_| RingCache::default()).collect();
         MacvlanShard {
             name,
             table,
@@ -75,6 +82,7 @@ impl MacvlanShard {
             uplink,
             vms,
             own,
+            tx_caches,
         }
     }
 
@@ -114,16 +122,20 @@ impl MacvlanShard {
         )
     }
 
-    /// One burst from VM port `i`'s transmit queue.
-    fn poll_vm(&mut self, i: usize, s: &mut Scratch) -> u32 {
-        // The TX queue borrows the cache for the whole burst while other VMs'
-        // endpoints receive: hold it outside the endpoint list meanwhile.
-        let mut cache = std::mem::take(&mut self.vms[i].cache);
-        let moved = self.forward_vm_burst(i, &mut cache, s);
-        self.vms[i].cache = cache;
+    /// One burst from each of this shard's VM ports' transmit queues.
+    fn poll_vms(&mut self, s: &mut Scratch) -> u32 {
+        // The caches are borrowed by the TX queues while `self` delivers: hold them
+        // outside `self` meanwhile (moving a Vec moves three words).
+        let mut caches = std::mem::take(&mut self.tx_caches);
+        let mut moved = 0;
+        for (k, cache) in caches.iter_mut().enumerate() {
+            moved += self.forward_vm_burst(self.own[k], cache, s);
+        }
+        self.tx_caches = caches;
         moved
     }
 
+    /// One burst from VM port `i`'s transmit queue, read through `cache`.
     fn forward_vm_burst(&mut self, i: usize, cache: &mut RingCache, s: &mut Scratch) -> u32 {
         let Some(view) = cache.rings(&self.vms[i].port) else {
             return 0;
@@ -201,11 +213,7 @@ impl Stream for MacvlanShard {
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
-        let mut moved = self.poll_uplink(s) + self.poll_tap(s);
-        for k in 0..self.own.len() {
-            let i = self.own[k];
-            moved += self.poll_vm(i, s);
-        }
+        let moved = self.poll_uplink(s) + self.poll_tap(s) + self.poll_vms(s);
         if moved > 0 {
             self.flush();
         } else {
