@@ -1,4 +1,5 @@
-# Helpers for scripts/bench-compare.sh (sourced, not run): logging, a registry
+# Helpers for scripts/bench-compare.sh and scripts/bench-macvlan.sh (sourced,
+# not run): logging, a registry
 # of the processes we start (killed on exit, interrupt or failure, never one we
 # did not start), dpdk-testpmd driven at its prompt through a fifo, package
 # installation and machine facts.
@@ -10,10 +11,12 @@ BL_PREFIXES=()    # DPDK --file-prefix values we use (hugepage files, runtime di
 BL_WORK=""        # work dir, removed at cleanup unless KEEP_WORK=1
 BL_LOCK_FD=""
 BL_LOCK_FILE=""
+BL_NAME=${BL_NAME:-bench-compare} # for messages
+BL_CLEANUP_HOOKS=() # functions run at cleanup once our processes are stopped
 
 bl_log() { echo "[bench $(date +%T)] $*" >&2; }
 bl_die() {
-  echo "bench-compare: $*" >&2
+  echo "$BL_NAME: $*" >&2
   exit 1
 }
 
@@ -86,7 +89,7 @@ bl_clean_dpdk() {
 }
 
 bl_cleanup() {
-  local status=$? entry pid fd
+  local status=$? entry pid fd hook
   set +e
   trap - EXIT INT TERM
   for fd in "${BL_FDS[@]}"; do
@@ -98,15 +101,19 @@ bl_cleanup() {
     pid=${entry%%:*}
     [[ "$(bl_starttime "$pid")" == "${entry#*:}" ]] && bl_stop "$pid" 5
   done
+  for hook in "${BL_CLEANUP_HOOKS[@]}"; do
+    "$hook"
+  done
   bl_clean_dpdk
-  [[ -n $BL_LOCK_FILE ]] && rm -f "$BL_LOCK_FILE"
+  # The lock file stays: removing it would let a newcomer lock a new file while
+  # a waiter (BL_LOCK_WAIT) locks the old one. The lock itself goes with our fd.
   if [[ -n $BL_WORK && -d $BL_WORK ]]; then
     if [[ $status -ne 0 || ${KEEP_WORK:-0} == 1 ]]; then
       # Keep what explains the run (logs, reports, configs); drop sockets, fifos, the
       # OVS database and pid files.
       find "$BL_WORK" \( -type s -o -type p -o -name '*.db' -o -name '*.pid' -o -name '*.ctl' \) \
         -delete 2>/dev/null
-      echo "bench-compare: logs kept in $BL_WORK" >&2
+      echo "$BL_NAME: logs kept in $BL_WORK" >&2
     else
       rm -rf "$BL_WORK"
     fi
@@ -120,10 +127,14 @@ bl_install_traps() {
   trap 'exit 143' TERM
 }
 
-# bl_lock FILE: one instance at a time (they would share DPDK prefixes and cores).
+# bl_lock FILE: one benchmark at a time (they would share DPDK prefixes and cores).
+# BL_LOCK_WAIT=S waits up to S seconds for the other one to finish.
 bl_lock() {
   exec {BL_LOCK_FD}>"$1"
-  flock -n "$BL_LOCK_FD" || bl_die "another bench-compare is running ($1)"
+  if [[ ${BL_LOCK_WAIT:-0} -gt 0 ]] && ! flock -n "$BL_LOCK_FD"; then
+    bl_log "another benchmark holds $1: waiting up to ${BL_LOCK_WAIT}s"
+  fi
+  flock -w "${BL_LOCK_WAIT:-0}" "$BL_LOCK_FD" || bl_die "another benchmark is running (it holds $1)"
   BL_LOCK_FILE=$1
 }
 
