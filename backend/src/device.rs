@@ -147,7 +147,11 @@ impl VhostUserBackend for NetDevice {
             self.mem_generation.clone(),
         );
         self.port.set_active(Some(Arc::new(rings)));
-        log::info!("port {}: rings started, polling", self.port.name());
+        log::info!(
+            "port {}: rings started, polling; features {}",
+            self.port.name(),
+            features::describe(self.acked_features.load(Ordering::Relaxed))
+        );
         Ok(())
     }
 }
