@@ -5,7 +5,8 @@
 //! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
 //! - [`xdp_txonly`]: a packet generator on a kernel interface (AF_XDP), for macvlan uplinks.
 //!
-//! Here: what they share: device options ([`DeviceArgs`]), guest memory and pool setup,
+//! Here: what they share: device options ([`DeviceArgs`]), the generators' traffic options
+//! ([`TrafficArgs`]), guest memory and pool setup,
 //! CPU pinning, the stop flag set by SIGINT/SIGTERM, and rate formatting.
 
 pub mod latency;
@@ -15,12 +16,14 @@ pub mod txonly;
 pub mod xdp_txonly;
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::frame::{self, FrameError};
+use crate::frame::{self, Endpoints, FrameError};
 use crate::guest_mem::{GuestMem, MemError, HUGE_PAGE};
+use crate::pacing::RunLimit;
 use crate::pool::{BufPool, PoolError, BUF_ALIGN};
 use crate::port::{Handshake, Port, PortError, PortOptions};
 
@@ -40,6 +43,63 @@ pub struct DeviceArgs {
     /// Pin this process to CPU core N.
     #[arg(long, value_name = "N")]
     pub core: Option<usize>,
+}
+
+/// What the generators (`txonly`, `xdp-txonly`) send and for how long; the
+/// destination MAC is each mode's own (one MAC, or a weighted list).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrafficArgs {
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds (default 10 when no --count is given).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Frames per second (default: as fast as possible).
+    #[arg(long, value_name = "PPS")]
+    pub rate: Option<u64>,
+    /// Number of flows: flow i uses UDP source port --src-port + i, in turn.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub flows: u16,
+    /// Source MAC.
+    #[arg(long, default_value = "02:00:00:00:00:01", value_parser = parse_mac)]
+    pub src_mac: [u8; 6],
+    /// Source IPv4 address.
+    #[arg(long, default_value = "198.18.0.1")]
+    pub src_ip: Ipv4Addr,
+    /// Destination IPv4 address.
+    #[arg(long, default_value = "198.19.0.1")]
+    pub dst_ip: Ipv4Addr,
+    /// UDP source port of flow 0.
+    #[arg(long, default_value_t = 1024)]
+    pub src_port: u16,
+    /// UDP destination port.
+    #[arg(long, default_value_t = 1024)]
+    pub dst_port: u16,
+}
+
+impl TrafficArgs {
+    /// The frames' addresses, to `dst_mac`.
+    pub fn endpoints(&self, dst_mac: [u8; 6]) -> Endpoints {
+        Endpoints {
+            src_mac: self.src_mac,
+            dst_mac,
+            src_ip: self.src_ip,
+            dst_ip: self.dst_ip,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+
+    /// When the run ends: `--count`, `--duration`, or 10 s when neither is given.
+    pub fn limit(&self) -> RunLimit {
+        RunLimit {
+            count: self.count,
+            duration: self
+                .duration
+                .or(self.count.is_none().then_some(Duration::from_secs(10))),
+        }
+    }
 }
 
 /// Why a mode could not run.

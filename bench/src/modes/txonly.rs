@@ -7,16 +7,15 @@
 //! At the end it waits until the backend has taken every frame, then disconnects.
 
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::frame::{self, Endpoints, FrameTemplate};
+use crate::frame::{self, FrameTemplate};
 use crate::modes::{self, DeviceArgs, Global, ModeError};
 use crate::net_tx::ZERO_HDR;
-use crate::pacing::{Pacer, RunLimit};
+use crate::pacing::Pacer;
 use crate::port::Port;
 
 /// Options of `vpmd-bench txonly`.
@@ -27,36 +26,12 @@ pub struct TxOnlyArgs {
     /// Ethernet frame size in bytes (no FCS), 60 to 9000.
     #[arg(long, default_value = "64", value_parser = modes::parse_frame_size)]
     pub size: usize,
-    /// Stop after this many frames.
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-    /// Stop after this many seconds (default 10 when no --count is given).
-    #[arg(long, value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub duration: Option<Duration>,
-    /// Frames per second (default: as fast as possible).
-    #[arg(long, value_name = "PPS")]
-    pub rate: Option<u64>,
-    /// Number of flows: flow i uses UDP source port --src-port + i, in turn.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub flows: u16,
-    /// Source MAC.
-    #[arg(long, default_value = "02:00:00:00:00:01", value_parser = modes::parse_mac)]
-    pub src_mac: [u8; 6],
     /// Destination MAC.
     #[arg(long, default_value = "02:00:00:00:00:02", value_parser = modes::parse_mac)]
     pub dst_mac: [u8; 6],
-    /// Source IPv4 address.
-    #[arg(long, default_value = "198.18.0.1")]
-    pub src_ip: Ipv4Addr,
-    /// Destination IPv4 address.
-    #[arg(long, default_value = "198.19.0.1")]
-    pub dst_ip: Ipv4Addr,
-    /// UDP source port of flow 0.
-    #[arg(long, default_value_t = 1024)]
-    pub src_port: u16,
-    /// UDP destination port.
-    #[arg(long, default_value_t = 1024)]
-    pub dst_port: u16,
+    /// Frames, addresses and how long.
+    #[command(flatten)]
+    pub traffic: modes::TrafficArgs,
     /// Frames per burst (one publish, at most one kick each).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub burst: u64,
@@ -133,14 +108,7 @@ impl fmt::Display for TxOnlyReport {
 /// Runs the generator.
 pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
     modes::pin(args.dev.core)?;
-    let ep = Endpoints {
-        src_mac: args.src_mac,
-        dst_mac: args.dst_mac,
-        src_ip: args.src_ip,
-        dst_ip: args.dst_ip,
-        src_port: args.src_port,
-        dst_port: args.dst_port,
-    };
+    let ep = args.traffic.endpoints(args.dst_mac);
     let template = FrameTemplate::new(&ep, args.size)?;
     let q = u32::from(args.dev.queue_size);
     let (mut mem, mut pool) = modes::memory(
@@ -153,15 +121,10 @@ pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
     let mut port = modes::connect_all(&[socket], &args.dev, g, &mut mem, &mut pool)?
         .pop()
         .expect("one port");
-    let limit = RunLimit {
-        count: args.count,
-        duration: args
-            .duration
-            .or(args.count.is_none().then_some(Duration::from_secs(10))),
-    };
+    let limit = args.traffic.limit();
 
     let hdr_len = port.hdr_len();
-    let mut pacer = Pacer::new(args.rate);
+    let mut pacer = Pacer::new(args.traffic.rate);
     let start = Instant::now();
     let mut last = start;
     let (mut sent, mut corrupted, mut flow) = (0u64, 0u64, 0u16);
@@ -194,7 +157,7 @@ pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
                 break;
             }
             flow += 1;
-            if flow == args.flows {
+            if flow == args.traffic.flows {
                 flow = 0;
             }
             n += 1;
@@ -205,7 +168,7 @@ pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
             last = Instant::now();
         } else {
             // Ring full: let the backend catch up, sleeping when we are rate-limited.
-            if args.rate.is_some() {
+            if args.traffic.rate.is_some() {
                 port.tx.queue_mut().wait_used(Duration::from_millis(1));
             }
             port.tx.reclaim(&mut pool);

@@ -19,15 +19,14 @@
 //! receiver's XDP program and its copy, all run inside the `sendto` kick).
 
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vpmd_uplink::{BindMode, RingSizes, UmemConfig, UplinkConfig, XskSocket};
 
-use crate::frame::{self, Endpoints, FrameTemplate};
+use crate::frame::{self, FrameTemplate};
 use crate::modes::{self, ModeError};
-use crate::pacing::{Pacer, RunLimit};
+use crate::pacing::Pacer;
 use crate::virtio_net::format_mac;
 
 /// Transmit chunks in the UMEM (frames in flight at most).
@@ -80,33 +79,9 @@ pub struct XdpTxOnlyArgs {
     /// Ethernet frame size in bytes (no FCS), 60 to 4096.
     #[arg(long, default_value = "64", value_parser = modes::parse_frame_size)]
     pub size: usize,
-    /// Stop after this many frames.
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-    /// Stop after this many seconds (default 10 when no --count is given).
-    #[arg(long, value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub duration: Option<Duration>,
-    /// Frames per second (default: as fast as possible).
-    #[arg(long, value_name = "PPS")]
-    pub rate: Option<u64>,
-    /// Number of flows: flow i uses UDP source port --src-port + i, in turn.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub flows: u16,
-    /// Source MAC.
-    #[arg(long, default_value = "02:00:00:00:00:01", value_parser = modes::parse_mac)]
-    pub src_mac: [u8; 6],
-    /// Source IPv4 address.
-    #[arg(long, default_value = "198.18.0.1")]
-    pub src_ip: Ipv4Addr,
-    /// Destination IPv4 address.
-    #[arg(long, default_value = "198.19.0.1")]
-    pub dst_ip: Ipv4Addr,
-    /// UDP source port of flow 0.
-    #[arg(long, default_value_t = 1024)]
-    pub src_port: u16,
-    /// UDP destination port.
-    #[arg(long, default_value_t = 1024)]
-    pub dst_port: u16,
+    /// Frames, addresses and how long.
+    #[command(flatten)]
+    pub traffic: modes::TrafficArgs,
     /// Frames per burst (one publish, one kick per 32 frames in copy mode).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub burst: u64,
@@ -277,17 +252,7 @@ pub fn run(args: &XdpTxOnlyArgs) -> Result<XdpTxOnlyReport, ModeError> {
     }
     let templates: Vec<FrameTemplate> = dsts
         .iter()
-        .map(|d| {
-            let ep = Endpoints {
-                src_mac: args.src_mac,
-                dst_mac: d.mac,
-                src_ip: args.src_ip,
-                dst_ip: args.dst_ip,
-                src_port: args.src_port,
-                dst_port: args.dst_port,
-            };
-            FrameTemplate::new(&ep, args.size)
-        })
+        .map(|d| FrameTemplate::new(&args.traffic.endpoints(d.mac), args.size))
         .collect::<Result<_, _>>()?;
     let order = schedule(&dsts);
 
@@ -311,14 +276,9 @@ pub fn run(args: &XdpTxOnlyArgs) -> Result<XdpTxOnlyReport, ModeError> {
         return Err(ModeError::Frame(frame::FrameError::Size(args.size)));
     }
 
-    let limit = RunLimit {
-        count: args.count,
-        duration: args
-            .duration
-            .or(args.count.is_none().then_some(Duration::from_secs(10))),
-    };
+    let limit = args.traffic.limit();
     let mut per_dst = vec![0u64; dsts.len()];
-    let mut pacer = Pacer::new(args.rate);
+    let mut pacer = Pacer::new(args.traffic.rate);
     let (user0, sys0) = thread_rusage();
     let start = Instant::now();
     let mut last = start;
@@ -336,7 +296,11 @@ pub fn run(args: &XdpTxOnlyArgs) -> Result<XdpTxOnlyReport, ModeError> {
             slot = if slot + 1 == order.len() { 0 } else { slot + 1 };
             let len = templates[d].write(buf, args.first_seq + per_dst[d], flow, 0);
             per_dst[d] += 1;
-            flow = if flow + 1 == args.flows { 0 } else { flow + 1 };
+            flow = if flow + 1 == args.traffic.flows {
+                0
+            } else {
+                flow + 1
+            };
             tx.commit(len);
         }
         let n = tx.queued() as u64;
