@@ -21,6 +21,7 @@
 //! - [`histogram`]: latency histogram and percentiles.
 //! - [`pacing`]: rate limiting, run limits (count, duration) and clocks.
 //! - [`transfer`]: send numbered frames one way and check they all arrive, in order.
+//! - [`stats_doc`]: reading `vpmd stats --json` documents (ports, counters, drops).
 //! - [`modes`]: the benchmark engines, one per file: txonly, rxonly, loopback, latency.
 
 pub mod connection;
@@ -36,6 +37,7 @@ pub mod pool;
 pub mod port;
 pub mod seq_check;
 pub mod split_queue;
+pub mod stats_doc;
 pub mod transfer;
 pub mod virtio_net;
 

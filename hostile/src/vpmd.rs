@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The stats document readers, shared with the other harnesses.
+pub use vpmd_bench::stats_doc::{counter, drops, port};
+
 /// Ports and their MACs: pair 1 then pair 2.
 pub const PORTS: [(&str, [u8; 6]); 4] = [
     ("g1", [0x52, 0x54, 0, 0, 1, 1]),
@@ -244,30 +247,4 @@ fn stats_at(bin: &Path, control: &Path) -> Result<Value, String> {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-/// Port `name` in a stats document.
-pub fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["ports"]
-        .as_array()
-        .and_then(|ports| ports.iter().find(|p| p["name"] == name))
-        .unwrap_or_else(|| panic!("no port {name} in stats: {stats}"))
-}
-
-/// A port counter (`"rx_packets"`, `"ring_errors"`) or drop reason (`"drops.bad_tx_desc"`).
-pub fn counter(stats: &Value, name: &str, field: &str) -> u64 {
-    let p = port(stats, name);
-    let v = match field.strip_prefix("drops.") {
-        Some(reason) => &p["drops"][reason],
-        None => &p[field],
-    };
-    v.as_u64()
-        .unwrap_or_else(|| panic!("port {name} has no counter {field}: {stats}"))
-}
-
-/// Sum of a port's drops.
-pub fn drops(stats: &Value, name: &str) -> u64 {
-    port(stats, name)["drops"]
-        .as_object()
-        .map_or(0, |d| d.values().filter_map(Value::as_u64).sum())
 }

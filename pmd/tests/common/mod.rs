@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The stats document readers, shared with the other harnesses.
+pub use vpmd_bench::stats_doc::{counter, drops, port};
+
 /// The binary under test.
 pub const VPMD: &str = env!("CARGO_BIN_EXE_vpmd");
 
@@ -177,35 +180,6 @@ impl Drop for Vpmd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Port `name`'s entry in a stats snapshot.
-pub fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["ports"]
-        .as_array()
-        .and_then(|ports| ports.iter().find(|p| p["name"] == name))
-        .unwrap_or_else(|| panic!("no port {name} in stats: {stats}"))
-}
-
-/// A counter of port `name`: `"tx_packets"`, or a drop reason as `"drops.peer_down"`.
-pub fn counter(stats: &Value, name: &str, field: &str) -> u64 {
-    let p = port(stats, name);
-    let v = match field.strip_prefix("drops.") {
-        Some(reason) => &p["drops"][reason],
-        None => &p[field],
-    };
-    v.as_u64()
-        .unwrap_or_else(|| panic!("port {name} has no counter {field}: {stats}"))
-}
-
-/// Sum of every drop counter of port `name`.
-pub fn drops(stats: &Value, name: &str) -> u64 {
-    port(stats, name)["drops"]
-        .as_object()
-        .unwrap_or_else(|| panic!("port {name} has no drops: {stats}"))
-        .values()
-        .map(|v| v.as_u64().expect("numeric drop counter"))
-        .sum()
 }
 
 /// docs/interfaces.md, exactly: `tx_packets` = `forwarded` + drops on `name`, and
