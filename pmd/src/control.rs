@@ -2,25 +2,39 @@
 //!
 //! A unix stream socket (mode 0600). The client sends one request line, the server
 //! answers one JSON line and closes. Requests: `stats`. Unknown requests get
-//! `{"error": "..."}`. The server thread never touches frames.
+//! `{"error": "..."}`. The server threads never touch frames.
+//!
+//! One thread accepts; each client is answered by a short-lived thread of its own,
+//! so a client that connects and sends nothing, or reads its answer slowly, never
+//! delays another. What one client can hold is bounded: at most `MAX_CLIENTS` (16)
+//! are served at once (beyond that a client gets `{"error":"busy"}`, written without
+//! waiting, and is closed), a request line is at most `MAX_REQUEST` (256) bytes (a
+//! longer one is answered with an error and the connection closed), and the whole
+//! exchange has one deadline (`IO_TIMEOUT`, 2 s), however slowly the client trickles.
+//! [`ControlServer::stop`] waits for the accept thread only: a client thread still
+//! running ends at its deadline on its own.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::stats::{Registry, Snapshot};
 
-/// How long a client may take to send its request, and we to answer.
+/// How long a client may take to send its request and read the answer, in all.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the accept loop looks at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest request line accepted.
-const MAX_REQUEST: u64 = 256;
+/// Longest request line accepted, newline included.
+const MAX_REQUEST: usize = 256;
+/// Most clients answered at once.
+const MAX_CLIENTS: usize = 16;
+/// The answer to a client beyond [`MAX_CLIENTS`].
+const BUSY: &[u8] = b"{\"error\":\"busy\"}\n";
 
 /// Control socket errors.
 #[derive(Debug, thiserror::Error)]
@@ -75,10 +89,32 @@ pub struct ControlServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What one client may hold, and how many clients at once.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Clients answered at once.
+    clients: usize,
+    /// Time for a whole exchange, from accept to the last byte of the answer.
+    deadline: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    clients: MAX_CLIENTS,
+    deadline: IO_TIMEOUT,
+};
+
 impl ControlServer {
     /// Listens on `path` (removing a stale socket of a vpmd that is gone) and answers
-    /// requests from `registry` in a thread of its own.
+    /// requests from `registry` in threads of its own.
     pub fn start(path: &Path, registry: Arc<Registry>) -> Result<ControlServer, ControlError> {
+        Self::start_with(path, registry, LIMITS)
+    }
+
+    fn start_with(
+        path: &Path,
+        registry: Arc<Registry>,
+        limits: Limits,
+    ) -> Result<ControlServer, ControlError> {
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(ControlError::InUse(path.to_path_buf()));
@@ -96,7 +132,7 @@ impl ControlServer {
         let flag = stop.clone();
         let thread = thread::Builder::new()
             .name("vpmd-control".into())
-            .spawn(move || accept_loop(listener, registry, flag))
+            .spawn(move || accept_loop(listener, registry, flag, limits))
             .map_err(ControlError::Thread)?;
         Ok(ControlServer {
             path: path.to_path_buf(),
@@ -105,7 +141,8 @@ impl ControlServer {
         })
     }
 
-    /// Stops answering and removes the socket file.
+    /// Stops accepting and removes the socket file. Clients being answered finish
+    /// (or reach their deadline) on their own threads.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -125,12 +162,52 @@ impl Drop for ControlServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
+/// One client slot, given back when the client's thread ends (or never starts).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a slot unless `limit` are taken.
+    fn take(active: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &registry) {
-                    log::debug!("control socket: request failed: {e}");
+                let Some(slot) = Slot::take(&active, limits.clients) else {
+                    refuse_busy(stream, limits.clients);
+                    continue;
+                };
+                let registry = registry.clone();
+                let spawned = thread::Builder::new()
+                    .name("vpmd-control-client".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        if let Err(e) = answer(&stream, &registry, limits.deadline) {
+                            log::debug!("control socket: request failed: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("control socket: cannot start a client thread: {e}");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL_INTERVAL),
@@ -142,19 +219,103 @@ fn accept_loop(listener: UnixListener, registry: Arc<Registry>, stop: Arc<Atomic
     }
 }
 
-fn answer(stream: UnixStream, registry: &Registry) -> io::Result<()> {
+/// Tells a client beyond the limit to come back later, without ever waiting for it.
+fn refuse_busy(stream: UnixStream, limit: usize) {
+    // Accepted sockets do not inherit the listener's O_NONBLOCK.
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&stream).write(BUSY);
+        // Take in the request if it is already here: closing a unix socket with
+        // unread bytes makes the client's read fail (ECONNRESET) after the answer.
+        let _ = (&stream).read(&mut [0u8; MAX_REQUEST]);
+    }
+    log::debug!("control socket: {limit} clients at once already, one more refused as busy");
+}
+
+/// Reads one request line and writes the answer, all before `deadline` has passed
+/// since the call.
+fn answer(stream: &UnixStream, registry: &Registry, deadline: Duration) -> io::Result<()> {
+    let end = Instant::now() + deadline;
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-    let reply = match line.trim() {
-        "stats" => serde_json::to_string(&registry.snapshot()).map_err(io::Error::other)?,
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+    let reply = match read_request(stream, end)? {
+        Request::Line(line) => match line.trim() {
+            "stats" => serde_json::to_string(&registry.snapshot()).map_err(io::Error::other)?,
+            other => {
+                serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
+            }
+        },
+        Request::TooLong => serde_json::json!({
+            "error": format!("request longer than {MAX_REQUEST} bytes")
+        })
+        .to_string(),
     };
-    let mut w = &stream;
-    w.write_all(reply.as_bytes())?;
-    w.write_all(b"\n")
+    let mut out = reply.into_bytes();
+    out.push(b'\n');
+    write_all_by(stream, &out, end)
+    // Dropping the stream closes it; unread request bytes make the client's next
+    // write fail, which is how an endless line is cut off.
+}
+
+/// What a client sent.
+enum Request {
+    /// Up to the newline or the end of the stream (the newline not included).
+    Line(String),
+    /// `MAX_REQUEST` bytes and no newline.
+    TooLong,
+}
+
+/// The time left until `end`, or a timeout error once it has passed.
+fn left(end: Instant) -> io::Result<Duration> {
+    match end.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client too slow: deadline passed",
+        )),
+    }
+}
+
+/// Reads one request line, each read limited to the time left until `end`.
+fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Request> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    while len < MAX_REQUEST {
+        stream.set_read_timeout(Some(left(end)?))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(nl) = buf[len..len + n].iter().position(|&b| b == b'\n') {
+            len += nl;
+            return Ok(Request::Line(
+                String::from_utf8_lossy(&buf[..len]).into_owned(),
+            ));
+        }
+        len += n;
+    }
+    if len == MAX_REQUEST {
+        return Ok(Request::TooLong);
+    }
+    Ok(Request::Line(
+        String::from_utf8_lossy(&buf[..len]).into_owned(),
+    ))
+}
+
+/// Writes all of `bytes`, each write limited to the time left until `end`.
+fn write_all_by(mut stream: &UnixStream, mut bytes: &[u8], end: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(Some(left(end)?))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the vpmd listening on `path` for its counters.
@@ -189,11 +350,24 @@ mod tests {
         })
     }
 
+    /// A fresh socket path for test `name`, and its directory to remove.
+    fn socket_path(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vpmd-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.join("control.sock"), dir)
+    }
+
+    /// Limits whose deadline no test run reaches: a silent client holds its slot
+    /// for the whole test, whatever the machine's speed.
+    const PATIENT: Limits = Limits {
+        clients: 8,
+        deadline: Duration::from_secs(600),
+    };
+
     #[test]
     fn answers_stats_and_refuses_a_second_server() {
-        let dir = std::env::temp_dir().join(format!("vpmd-control-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("control.sock");
+        let (path, dir) = socket_path("basic");
         let server = ControlServer::start(&path, registry()).unwrap();
         let snap = request_stats(&path).unwrap();
         assert!(snap.ports.is_empty());
@@ -207,6 +381,92 @@ mod tests {
             request_stats(&path),
             Err(ControlError::Connect { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn silent_clients_do_not_delay_others() {
+        let (path, dir) = socket_path("silent");
+        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let silent: Vec<UnixStream> = (0..5)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // Each answered while all five hold their connections and send nothing.
+        for _ in 0..3 {
+            let snap = request_stats(&path).unwrap();
+            assert!(snap.ports.is_empty());
+        }
+        // stop() returns with the five still connected and silent.
+        server.stop();
+        assert!(!path.exists());
+        drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn clients_beyond_the_limit_are_told_busy() {
+        let (path, dir) = socket_path("busy");
+        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let silent: Vec<UnixStream> = (0..PATIENT.clients)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // Connections are accepted in order: the silent ones hold every slot first.
+        // A client that sends nothing reads the whole answer and a clean end.
+        let mut extra = UnixStream::connect(&path).unwrap();
+        let mut reply = String::new();
+        extra.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply.as_bytes(), BUSY);
+        // One slot free again: answered.
+        drop(silent.into_iter().next());
+        let answered = (0..100).any(|_| request_stats(&path).is_ok());
+        assert!(answered, "no answer after a slot was given back");
+        server.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn endless_line_is_cut_off() {
+        let (path, dir) = socket_path("endless");
+        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let mut endless = UnixStream::connect(&path).unwrap();
+        let writer = thread::spawn(move || {
+            let chunk = [b'x'; 4096];
+            let mut sent = 0u64;
+            // Ends only when the server closes the connection.
+            loop {
+                match endless.write(&chunk) {
+                    Ok(n) => sent += n as u64,
+                    Err(e) => return (sent, e),
+                }
+            }
+        });
+        let (sent, err) = writer.join().unwrap();
+        assert!(
+            sent >= MAX_REQUEST as u64,
+            "cut off after {sent} bytes: {err}"
+        );
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+        assert!(request_stats(&path).unwrap().ports.is_empty());
+        server.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn too_long_request_gets_an_error_answer() {
+        let (path, dir) = socket_path("long");
+        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(&[b'x'; MAX_REQUEST]).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert!(reply.contains("longer than"), "{reply}");
+        server.stop();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
