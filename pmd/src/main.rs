@@ -1,4 +1,5 @@
 //! The `vpmd` command: `run` the switch, or read a running one's `stats`.
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,6 +157,12 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             Config::builtin()
         }
     };
+    // Every port, guest memory region, eventfd and client takes descriptors: allow
+    // as many as the hard limit permits, before any is opened.
+    match raise_open_files_limit() {
+        Ok(limit) => log::debug!("open files limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
     let switch = Switch::start(&config)?;
     // Everything privileged is done: sockets, chown, XDP/AF_XDP. Give it all up, in
     // every thread, before the first frontend can talk to us.
@@ -185,6 +192,33 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     println!("final counters:");
     print!("{}", last.to_text());
     Ok(())
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now
+/// in force.
+#[allow(unsafe_code)] // getrlimit(2) and setrlimit(2) on a local struct.
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through the pointer, which points at a
+    // live local of that type for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the `rlimit` behind the pointer, a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Where each port's socket is and how to put a VM on it.
