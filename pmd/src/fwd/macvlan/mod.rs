@@ -3,6 +3,7 @@
 //!
 //! - [`decide`]: where a frame goes, by mode and MAC (no rings; unit-tested alone).
 //! - [`deliver`]: classified frames into VM receive queues and out of the uplink.
+//! - [`header`]: a VM's frame with its Ethernet header read from guest memory once.
 //! - this file: a [`MacvlanShard`], the stream a polling thread runs: one AF_XDP
 //!   queue of the uplink and the VM ports whose transmit queues it polls.
 //!
@@ -10,9 +11,17 @@
 //! frame, then deliver destination by destination. Frames from the uplink are copied
 //! once, from their UMEM chunk into guest buffers; frames from a VM once per
 //! destination, from the guest's buffers into another guest's or into a UMEM chunk.
+//!
+//! A guest may rewrite its TX buffers while they are forwarded. Every byte a
+//! decision depends on (the MACs) is read from guest memory once: the header is
+//! sealed into the shard's memory ([`header::seal`]), decided on, and is what every
+//! destination receives; only the rest comes from the guest's buffers again.
+//! Frames from the uplink are in UMEM chunks or the tap's ring, which no guest
+//! can write.
 
 pub mod decide;
 pub mod deliver;
+pub mod header;
 
 use std::sync::Arc;
 
@@ -24,6 +33,7 @@ use vpmd_uplink::rx::XskReceiver;
 use vpmd_uplink::tx::XskTransmitter;
 
 use self::decide::{Destinations, Ingress, MacvlanTable};
+use self::header::Headers;
 use super::{bad_chain, ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::{CounterBlock, DropReason, PortTally};
 
@@ -59,6 +69,8 @@ pub struct MacvlanShard {
     /// about a kilobyte (the guest memory table), too much to move out of the list
     /// and back on every poll.
     tx_caches: Vec<RingCache>,
+    /// The sealed Ethernet headers of the VM burst being forwarded.
+    headers: Headers,
 }
 
 impl MacvlanShard {
@@ -83,6 +95,7 @@ impl MacvlanShard {
             vms,
             own,
             tx_caches,
+            headers: Headers::new(),
         }
     }
 
@@ -156,6 +169,9 @@ impl MacvlanShard {
         }
         let mut dests = [Destinations::default(); BURST];
         let batch = &mut s.batch;
+        // The chain as the guest's buffers; batch.frames[k] becomes it sealed.
+        let chain = &mut s.frame;
+        let mut slots = self.headers.slots();
         let mut n = 0;
         while n < BURST {
             let Some(head) = txq.pop() else { break };
@@ -163,9 +179,10 @@ impl MacvlanShard {
             n += 1;
             batch.heads[k] = head;
             batch.delivered[k] = false;
+            let hdr = slots.next().expect("one header slot per burst frame");
             let tally = &mut self.vms[i].tally;
             tally.tx_packets += 1;
-            let len = match net::take_tx_frame(&txq, head, layout, &mut batch.frames[k]) {
+            let len = match net::take_tx_frame(&txq, head, layout, chain) {
                 Ok(len) => len,
                 Err(e) => {
                     let vm = &mut self.vms[i];
@@ -181,9 +198,13 @@ impl MacvlanShard {
                 batch.reason[k] = DropReason::Runt;
                 continue;
             }
-            let mut hdr = [0u8; 12];
-            batch.frames[k].read_at(0, &mut hdr);
-            let (dst, src) = addresses(&hdr);
+            // The one read of the header from guest memory: decided on below, and
+            // the first bytes of every copy.
+            if !header::seal(chain, hdr, &mut batch.frames[k]) {
+                batch.reason[k] = DropReason::BadTxDesc;
+                continue;
+            }
+            let (dst, src) = addresses(hdr);
             match self.table.decide(Ingress::Vm(i), &dst, &src) {
                 Ok(d) => dests[k] = d,
                 Err(reason) => batch.reason[k] = reason,
