@@ -29,6 +29,12 @@ use crate::relay;
 
 /// How often waiting loops look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// A frontend that sends half a message, or does not read vpmd's replies, for this
+/// long is disconnected.
+const FRONTEND_IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closed connection's memory may stay mapped (a polling thread lets go
+/// at its next poll, microseconds later) before vpmd stops waiting for it.
+const MEMORY_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which side opens the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +250,22 @@ impl Worker {
                 self.path.display()
             );
         }
+        if let Err(e) = crate::fault_guard::install() {
+            log::error!("port {name}: {e}: refusing the frontend");
+            return;
+        }
+        for (what, r) in [
+            ("read", frontend.set_read_timeout(Some(FRONTEND_IO_TIMEOUT))),
+            (
+                "write",
+                frontend.set_write_timeout(Some(FRONTEND_IO_TIMEOUT)),
+            ),
+        ] {
+            if let Err(e) = r {
+                log::error!("port {name}: cannot set a {what} timeout on the frontend socket: {e}");
+                return;
+            }
+        }
         let (mut internal, backend_side) = match relay_pair() {
             Ok(p) => p,
             Err(e) => {
@@ -269,9 +291,15 @@ impl Worker {
                 let _ = frontend.shutdown(Shutdown::Both);
             }
         }
+        let ctx = relay::RelayContext {
+            port: self.port.clone(),
+            health: dev.health().clone(),
+            memory: dev.memory_watch().clone(),
+        };
+        let memory = ctx.memory.clone();
         let relay = thread::Builder::new()
             .name(format!("relay-{name}"))
-            .spawn(move || relay::run(frontend, backend_side));
+            .spawn(move || relay::run(frontend, backend_side, &ctx));
         let result = match relay {
             Ok(relay) => {
                 let r = daemon.wait();
@@ -296,6 +324,12 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         dev.unpublish();
+        // Dropping the daemon joins its vring worker thread; the polling threads let
+        // go of their last snapshot of the memory at their next poll. Only then is
+        // it unmapped, and only then may the SIGBUS guard forget it.
+        drop(daemon);
+        drop(dev);
+        memory.release(MEMORY_RELEASE_TIMEOUT);
         let Some(held_back) = self.log.allow() else {
             return;
         };
@@ -310,8 +344,6 @@ impl Worker {
                 "port {name}: connection ended: {e} ({held_back} similar messages held back)"
             ),
         }
-        // Dropping the daemon joins its vring worker thread; guest memory is unmapped
-        // once the polling threads have let go of their last snapshot.
     }
 
     fn serve(mut self, listener: Listener) {

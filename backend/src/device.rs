@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::fault_guard::MemoryWatch;
 use crate::features;
-use crate::port::{ActiveRings, VirtioNetPort};
+use crate::port::{close_reason, ActiveRings, ConnHealth, VirtioNetPort};
 use crate::split_ring::MAX_QUEUE_SIZE;
 use crate::GuestMemoryAtomicMmap;
 
@@ -36,6 +37,11 @@ pub struct NetDevice {
     /// snapshot only when it changed.
     mem_generation: Arc<AtomicU64>,
     published: AtomicBool,
+    /// Shared with the relay and the polling threads: set when the connection
+    /// must close.
+    health: Arc<ConnHealth>,
+    /// This connection's guest memory, registered with the SIGBUS guard.
+    watch: Arc<MemoryWatch>,
     /// Exit-event consumer fds handed to vhost-user-backend. Its
     /// `VringEpollHandler::new` (0.24) takes each with `into_raw_fd` and never closes
     /// it: one eventfd leaked per connection. Closed when this device is dropped,
@@ -52,8 +58,20 @@ impl NetDevice {
             acked_features: Arc::new(AtomicU64::new(0)),
             mem_generation: Arc::new(AtomicU64::new(1)),
             published: AtomicBool::new(false),
+            health: Arc::new(ConnHealth::new()),
+            watch: Arc::new(MemoryWatch::default()),
             lent_exit_fds: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The connection's health, shared with its relay.
+    pub fn health(&self) -> &Arc<ConnHealth> {
+        &self.health
+    }
+
+    /// The connection's guest memory as the SIGBUS guard knows it.
+    pub fn memory_watch(&self) -> &Arc<MemoryWatch> {
+        &self.watch
     }
 
     /// Withdraws this connection's rings from the polling threads.
@@ -100,9 +118,15 @@ impl VhostUserBackend for NetDevice {
         features::config_window(&space, offset, size)
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomicMmap) -> io::Result<()> {
-        // The library has swapped the snapshot inside the atomic we share with it:
-        // tell the polling threads to load it at their next burst.
+    fn update_memory(&self, mem: GuestMemoryAtomicMmap) -> io::Result<()> {
+        // The library has swapped the snapshot inside the atomic we share with it.
+        // Register its regions with the SIGBUS guard first, then tell the polling
+        // threads to load it at their next burst.
+        if let Err(e) = self.watch.add_snapshot(mem.memory().into_inner()) {
+            // Unguarded memory must never be touched: stop serving this connection.
+            self.health.request_close(close_reason::UNGUARDED_MEMORY);
+            return Err(io::Error::other(e));
+        }
         self.mem_generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -145,6 +169,8 @@ impl VhostUserBackend for NetDevice {
             self.mem.clone(),
             self.acked_features.clone(),
             self.mem_generation.clone(),
+            self.health.clone(),
+            self.port.faults().clone(),
         );
         self.port.set_active(Some(Arc::new(rings)));
         log::info!(

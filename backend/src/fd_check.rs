@@ -3,10 +3,15 @@
 //! The library maps whatever a memory region names and writes to whatever fd a
 //! SET_VRING_CALL attaches. A hostile frontend turns both into crashes or stalls:
 //! - a region longer than its file (or a file shrunk later) maps fine, and the
-//!   first access past the end raises SIGBUS, which kills vpmd. Regions must be
-//!   regular files (memfd, hugetlbfs, tmpfs) holding the whole region, and vpmd
-//!   seals the file against shrinking where the kernel allows it (memfds created
-//!   with MFD_ALLOW_SEALING; QEMU's memfd backend has sealed it already).
+//!   first access past the end raises SIGBUS. Regions must be regular files on
+//!   tmpfs (memfds live there too) or hugetlbfs, holding the whole region. A file
+//!   on any other filesystem (ext4, FUSE, NFS, ...) is refused: a page fault there
+//!   can wait on a disk, a daemon or a network, with the polling thread stuck in
+//!   it. vpmd first seals the file against shrinking where the kernel allows it
+//!   (memfds created with MFD_ALLOW_SEALING; QEMU's memfd backend has sealed it
+//!   already) and only then checks its size, so the size cannot change between the
+//!   check and the seal. Files that cannot be sealed (hugetlbfs, tmpfs files,
+//!   memfds without sealing) are covered by [`crate::fault_guard`].
 //! - a call fd that is a pipe, a socket or an eventfd near its maximum count makes
 //!   the interrupt write block, and with it the polling thread and every port it
 //!   serves. Kick, call and error fds must be eventfds, and are made non-blocking.
@@ -20,6 +25,10 @@ const SET_VRING_KICK: u32 = 12;
 const SET_VRING_CALL: u32 = 13;
 const SET_VRING_ERR: u32 = 14;
 const ADD_MEM_REG: u32 = 37;
+/// `statfs.f_type` of tmpfs (and of memfds).
+const TMPFS_MAGIC: libc::__fsword_t = 0x0102_1994;
+/// `statfs.f_type` of hugetlbfs.
+const HUGETLBFS_MAGIC: libc::__fsword_t = 0x9584_58f6;
 /// SET_VRING_KICK/CALL/ERR body bit: no fd attached.
 const VRING_NOFD: u64 = 0x100;
 /// Size of one `VhostUserMemoryRegion`.
@@ -35,6 +44,16 @@ pub enum FdError {
         index: usize,
         /// `st_mode`.
         mode: u32,
+    },
+    /// A memory region's file is on a filesystem vpmd does not map guest memory from.
+    #[error("memory region {index}: {path} is on a filesystem of type {fs_type:#x}, not tmpfs, a memfd or hugetlbfs (page faults there can stall)")]
+    Filesystem {
+        /// Region index in the message.
+        index: usize,
+        /// The file, as /proc names it, escaped.
+        path: String,
+        /// `statfs.f_type`.
+        fs_type: libc::__fsword_t,
     },
     /// A memory region reaches past the end of its file.
     #[error("memory region {index}: offset {offset:#x} + size {size:#x} is past the file's end ({file_len:#x})")]
@@ -109,6 +128,27 @@ fn check_region(index: usize, region: &[u8], fd: RawFd) -> Result<(), FdError> {
             mode: st.st_mode,
         });
     }
+    // SAFETY: all-zero is a valid statfs for fstatfs to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `fs` is a valid out-pointer.
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+        return Err(FdError::Sys(io::Error::last_os_error()));
+    }
+    let fs_type = fs.f_type;
+    if fs_type != TMPFS_MAGIC && fs_type != HUGETLBFS_MAGIC {
+        return Err(FdError::Filesystem {
+            index,
+            path: fd_path(fd),
+            fs_type,
+        });
+    }
+    // Seal first, then look at the size: a file sealed against shrinking cannot
+    // get shorter after the check.
+    seal_against_shrinking(fd);
+    // SAFETY: as for the first fstat.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(FdError::Sys(io::Error::last_os_error()));
+    }
     let file_len = st.st_size as u64;
     if offset.checked_add(size).is_none_or(|end| end > file_len) {
         return Err(FdError::PastEof {
@@ -118,8 +158,15 @@ fn check_region(index: usize, region: &[u8], fd: RawFd) -> Result<(), FdError> {
             file_len,
         });
     }
-    seal_against_shrinking(fd);
     Ok(())
+}
+
+/// What /proc calls `fd`, escaped for a log line (a frontend picks the name).
+fn fd_path(fd: RawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).map_or_else(
+        |_| "(unknown file)".to_string(),
+        |p| p.to_string_lossy().escape_debug().take(256).collect(),
+    )
 }
 
 /// Adds F_SEAL_SHRINK where the kernel allows it, so the frontend cannot cut the
@@ -207,6 +254,41 @@ mod tests {
         let ev = owned(unsafe_eventfd());
         let err = check_message_fds(SET_MEM_TABLE, &ok, std::slice::from_ref(&ev));
         assert!(matches!(err, Err(FdError::NotAFile { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn files_on_other_filesystems_are_refused_with_an_escaped_path() {
+        // The test binary's own directory is on a disk filesystem, not tmpfs.
+        let dir = std::env::current_exe().unwrap();
+        let dir = dir.parent().unwrap();
+        let path = dir.join("vpmd-fd-check-\n\x1b[31m-test");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        let fd = OwnedFd::from(file);
+        let mut fs: libc::statfs = unsafe_zeroed_statfs();
+        // SAFETY: valid fd and out-pointer.
+        assert_eq!(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) }, 0);
+        let err = check_message_fds(
+            SET_MEM_TABLE,
+            &table(&[(1 << 20, 0)]),
+            std::slice::from_ref(&fd),
+        );
+        let _ = std::fs::remove_file(&path);
+        if fs.f_type == TMPFS_MAGIC {
+            return; // a build directory on tmpfs: nothing to refuse here
+        }
+        match err {
+            Err(FdError::Filesystem { path, .. }) => {
+                assert!(path.contains("vpmd-fd-check-"), "{path}");
+                assert!(!path.contains('\x1b'), "not escaped: {path}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn unsafe_zeroed_statfs() -> libc::statfs {
+        // SAFETY: all-zero is a valid statfs.
+        unsafe { std::mem::zeroed() }
     }
 
     fn unsafe_eventfd() -> RawFd {

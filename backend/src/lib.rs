@@ -8,6 +8,9 @@
 //! - [`relay`]: passes vhost-user messages to the library, holding back an early ring enable.
 //! - [`port`]: [`port::VirtioNetPort`], what polling threads hold: identity and live rings.
 //! - [`fd_check`]: refuses memory and eventfd fds that would crash or stall vpmd.
+//! - [`conn_limits`]: what one connection may map and how fast it may send messages.
+//! - [`fault_guard`]: guest memory that goes away under vpmd (SIGBUS) made harmless.
+//! - [`stall_guard`]: a polling thread blocked on a frontend's eventfd is interrupted.
 //! - [`ratelimit`]: log lines a guest can trigger, at most a few per interval.
 //!
 //! Data path (called by polling threads, one burst at a time):
@@ -20,8 +23,10 @@
 #![deny(unsafe_code)]
 
 pub mod chain;
+pub mod conn_limits;
 pub mod connection;
 pub mod device;
+pub mod fault_guard;
 pub mod fd_check;
 pub mod features;
 pub mod guest_mem;
@@ -31,6 +36,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod seglist;
 pub mod split_ring;
+pub mod stall_guard;
 pub mod virtqueue;
 
 #[cfg(test)]

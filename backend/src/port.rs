@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
+use crate::conn_limits::ConnLimits;
 use crate::features;
 use crate::net::NetLayout;
 use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
@@ -24,6 +25,95 @@ pub const RX_QUEUE: usize = 0;
 /// Queue index of the first TX queue.
 pub const TX_QUEUE: usize = 1;
 
+/// What went wrong with a port's frontends, over all its connections. Each of
+/// these is rare (once per hostile connection, or a notification that found the
+/// guest's counter full), so they are plain shared atomics, not per-burst tallies.
+#[derive(Debug)]
+pub struct PortFaults {
+    /// Connections stopped because their guest memory went away under vpmd
+    /// (the file behind a region truncated, a hole punched into it).
+    pub mem_faults: AtomicU64,
+    /// Connections stopped because a guest notification blocked: the frontend
+    /// made its call eventfd blocking and filled its counter.
+    pub notify_blocked: AtomicU64,
+    /// Guest notifications not delivered because the call eventfd's counter was full.
+    pub notify_failed: AtomicU64,
+    /// Connections closed for a refused message: an fd or memory kind vpmd does
+    /// not accept, or a memory table past the port's limits.
+    pub refused: AtomicU64,
+    /// Messages a frontend sent faster than its rate limit, and was made to wait for.
+    pub throttled: AtomicU64,
+}
+
+impl PortFaults {
+    /// All zero.
+    pub const fn new() -> Self {
+        PortFaults {
+            mem_faults: AtomicU64::new(0),
+            notify_blocked: AtomicU64::new(0),
+            notify_failed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+        }
+    }
+
+    /// Every counter with its name, in the order stats print them.
+    pub fn pairs(&self) -> [(&'static str, u64); 5] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("mem_faults", v(&self.mem_faults)),
+            ("notify_blocked", v(&self.notify_blocked)),
+            ("notify_failed", v(&self.notify_failed)),
+            ("refused", v(&self.refused)),
+            ("throttled", v(&self.throttled)),
+        ]
+    }
+}
+
+/// Why a connection is being closed (bits of [`ConnHealth`]).
+pub mod close_reason {
+    /// Its guest memory went away.
+    pub const MEM_FAULT: u32 = 1;
+    /// A notification to it blocked.
+    pub const NOTIFY_BLOCKED: u32 = 2;
+    /// vpmd could not keep track of its memory.
+    pub const UNGUARDED_MEMORY: u32 = 4;
+}
+
+/// One connection's state of health, shared by its relay thread and the polling
+/// threads: once anything asks for it to close, its queues are not served again
+/// and the relay closes the connection.
+#[derive(Debug, Default)]
+pub struct ConnHealth {
+    close: std::sync::atomic::AtomicU32,
+}
+
+impl Default for PortFaults {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnHealth {
+    /// Healthy.
+    pub const fn new() -> Self {
+        ConnHealth {
+            close: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Asks for the connection to be closed, for `reason` (a [`close_reason`] bit).
+    pub fn request_close(&self, reason: u32) {
+        self.close.fetch_or(reason, Ordering::AcqRel);
+    }
+
+    /// The reasons the connection is closing for; 0 while healthy.
+    #[inline]
+    pub fn closing(&self) -> u32 {
+        self.close.load(Ordering::Relaxed)
+    }
+}
+
 /// The rings and memory of one live connection.
 pub struct ActiveRings {
     vrings: Vec<Vring>,
@@ -32,6 +122,8 @@ pub struct ActiveRings {
     mem_generation: Arc<AtomicU64>,
     /// The guest driver has posted RX buffers at least once on this connection.
     rx_posted: AtomicBool,
+    health: Arc<ConnHealth>,
+    faults: Arc<PortFaults>,
 }
 
 impl ActiveRings {
@@ -40,6 +132,8 @@ impl ActiveRings {
         mem: GuestMemoryAtomicMmap,
         acked_features: Arc<AtomicU64>,
         mem_generation: Arc<AtomicU64>,
+        health: Arc<ConnHealth>,
+        faults: Arc<PortFaults>,
     ) -> Self {
         ActiveRings {
             vrings,
@@ -47,6 +141,8 @@ impl ActiveRings {
             acked_features,
             mem_generation,
             rx_posted: AtomicBool::new(false),
+            health,
+            faults,
         }
     }
 
@@ -74,10 +170,11 @@ impl ActiveRings {
 
     /// Whether queue `index` is started and enabled.
     pub fn queue_running(&self, index: usize) -> bool {
-        self.vrings.get(index).is_some_and(|v| {
-            let s = v.get_ref();
-            s.get_queue().ready() && s.is_enabled()
-        })
+        self.health.closing() == 0
+            && self.vrings.get(index).is_some_and(|v| {
+                let s = v.get_ref();
+                s.get_queue().ready() && s.is_enabled()
+            })
     }
 }
 
@@ -86,21 +183,41 @@ pub struct VirtioNetPort {
     name: String,
     mac: [u8; 6],
     mtu: u16,
+    limits: ConnLimits,
+    faults: Arc<PortFaults>,
     active: Mutex<Option<Arc<ActiveRings>>>,
     /// Bumped (release) after every change of `active`.
     generation: AtomicU64,
 }
 
 impl VirtioNetPort {
-    /// A port with no connection yet.
+    /// A port with no connection yet, with the default [`ConnLimits`].
     pub fn new(name: &str, mac: [u8; 6], mtu: u16) -> Self {
         VirtioNetPort {
             name: name.to_string(),
             mac,
             mtu,
+            limits: ConnLimits::DEFAULT,
+            faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// The same port with other per-connection limits.
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What each connection of this port may use.
+    pub fn limits(&self) -> &ConnLimits {
+        &self.limits
+    }
+
+    /// What went wrong with this port's frontends so far.
+    pub fn faults(&self) -> &Arc<PortFaults> {
+        &self.faults
     }
 
     /// Port name.
@@ -137,6 +254,27 @@ impl VirtioNetPort {
     pub(crate) fn set_active(&self, rings: Option<Arc<ActiveRings>>) {
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = rings;
         self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Where a queue reports notifications it could not deliver.
+#[derive(Clone, Copy)]
+pub struct Notifier<'a> {
+    /// The connection (closed when a notification blocks).
+    pub health: &'a ConnHealth,
+    /// The port's fault counters.
+    pub faults: &'a PortFaults,
+}
+
+impl Notifier<'static> {
+    /// A notifier of no connection (tests, benchmarks, fuzzing).
+    pub fn detached() -> Self {
+        static HEALTH: ConnHealth = ConnHealth::new();
+        static FAULTS: PortFaults = PortFaults::new();
+        Notifier {
+            health: &HEALTH,
+            faults: &FAULTS,
+        }
     }
 }
 
@@ -195,15 +333,23 @@ impl<'c> PortView<'c> {
         self.rings.layout()
     }
 
-    /// Opens queue `index` for a burst; `Ok(None)` when it is not running.
+    /// Opens queue `index` for a burst; `Ok(None)` when it is not running (or the
+    /// connection is being closed).
     #[inline]
     pub fn queue(self, index: usize) -> Result<Option<VirtQueue<'c>>, QueueError> {
+        if self.rings.health.closing() != 0 {
+            return Ok(None);
+        }
         match self.rings.vrings.get(index) {
-            Some(v) => self.queues.open(
+            Some(v) => self.queues.open_notifying(
                 v,
                 index,
                 &self.rings.mem,
                 self.rings.mem_generation.load(Ordering::Acquire),
+                Notifier {
+                    health: &self.rings.health,
+                    faults: &self.rings.faults,
+                },
             ),
             None => Ok(None),
         }

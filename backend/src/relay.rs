@@ -15,20 +15,57 @@
 //! than the protocol allows, or with more fds than it allows, end the connection
 //! before the library sees them.
 //!
+//! It is also where a frontend's messages are held to account before the library
+//! acts on them (every one of these ends the connection, counted as `refused`,
+//! unless said otherwise):
+//! - every fd is checked ([`crate::fd_check`]): memory must be a memfd, tmpfs or
+//!   hugetlbfs file that holds the whole region (sealed where it can be); vring
+//!   fds must be eventfds;
+//! - the frontend's kick and error fds never reach the library: each is replaced
+//!   by a private eventfd of vpmd's own (the polling threads need no kicks), so no
+//!   vpmd thread ever reads a file description the frontend can make blocking;
+//! - the memory table is kept within the port's [`ConnLimits`] (regions, bytes);
+//!   GET_MAX_MEM_SLOTS is answered here with the number vpmd really translates;
+//! - acked protocol features are cut down to those offered;
+//! - messages beyond the port's rate are read more slowly (counted as `throttled`,
+//!   not refused).
+//!
+//! While the connection lives the relay also watches its health: guest memory
+//! that went away (see [`crate::fault_guard`]) or a notification that blocked (see
+//! [`crate::stall_guard`]) close it within [`HEALTH_INTERVAL`], logged once.
+//!
 //! Only control messages pass here; frames never do.
-#![allow(unsafe_code)] // recvmsg with SCM_RIGHTS, poll(2).
+#![allow(unsafe_code)] // recvmsg with SCM_RIGHTS, poll(2), eventfd(2).
 
 use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::conn_limits::{ConnLimits, LimitError, MessageRate, RegionBook};
+use crate::fault_guard::{self, MemoryWatch};
+use crate::guest_mem::MAX_REGIONS;
+use crate::port::{close_reason, ConnHealth, VirtioNetPort};
 
 use vhost::vhost_user::message::{VhostUserVirtioFeatures, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const HEADER_LEN: usize = 12;
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_ERR: u32 = 14;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const SET_VRING_ENABLE: u32 = 18;
+const GET_MAX_MEM_SLOTS: u32 = 36;
+const ADD_MEM_REG: u32 = 37;
+const REM_MEM_REG: u32 = 38;
+/// SET_VRING_KICK/CALL/ERR body bit: no fd attached.
+const VRING_NOFD: u64 = 0x100;
+/// How often a quiet connection's health is looked at.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 const VERSION_1: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -62,6 +99,59 @@ pub enum RelayError {
         /// Claimed size.
         size: u32,
     },
+    /// A memory-table change past the port's limits.
+    #[error("message {request}: {source}")]
+    Limit {
+        /// Request code.
+        request: u32,
+        /// Which limit.
+        #[source]
+        source: LimitError,
+    },
+    /// A private eventfd could not be made.
+    #[error("creating an eventfd: {0}")]
+    EventFd(#[source] io::Error),
+    /// The guest memory went away under vpmd (truncated, hole punched).
+    #[error("guest memory went away under vpmd (the file behind a region was truncated or had a hole punched); connection stopped")]
+    MemoryGone,
+    /// A notification to the guest blocked: the frontend cleared O_NONBLOCK on its
+    /// call eventfd and filled the counter.
+    #[error("a guest notification blocked (the frontend made its call eventfd blocking and filled it); connection stopped")]
+    NotifyBlocked,
+    /// Its memory could not be registered with the SIGBUS guard.
+    #[error("guest memory could not be guarded; connection stopped")]
+    Unguarded,
+}
+
+impl RelayError {
+    /// Whether this error refused something the frontend sent.
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            RelayError::BadFd { .. } | RelayError::Oversized { .. } | RelayError::Limit { .. }
+        )
+    }
+}
+
+/// What the relay of one connection knows of its port and connection.
+pub struct RelayContext {
+    /// The port (name, limits, fault counters).
+    pub port: Arc<VirtioNetPort>,
+    /// The connection's health, shared with the polling threads.
+    pub health: Arc<ConnHealth>,
+    /// The connection's guest memory, as registered with the SIGBUS guard.
+    pub memory: Arc<MemoryWatch>,
+}
+
+impl RelayContext {
+    /// A context for `port` with fresh connection state (tests, fuzzing).
+    pub fn detached(port: Arc<VirtioNetPort>) -> Self {
+        RelayContext {
+            port,
+            health: Arc::new(ConnHealth::new()),
+            memory: Arc::new(MemoryWatch::default()),
+        }
+    }
 }
 
 /// One frontend message.
@@ -120,6 +210,8 @@ struct Negotiation {
     reply_ack: bool,
     /// Enables held back until SET_FEATURES: (index, num), last one per index wins.
     held: Vec<(u32, u32)>,
+    /// The memory table as the frontend described it.
+    book: RegionBook,
 }
 
 /// Reads one whole message; `None` at a clean end of stream.
@@ -179,22 +271,93 @@ fn write_message(sock: &UnixStream, msg: &Message) -> Result<(), RelayError> {
     Ok(())
 }
 
+/// Regions a SET_MEM_TABLE body describes: (guest address, size) each.
+fn table_regions(body: &[u8]) -> Vec<(u64, u64)> {
+    let count = body
+        .get(0..4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+    (0..count.min(MAX_REGIONS + 1))
+        .filter_map(|i| region_at(body, 8 + 32 * i))
+        .collect()
+}
+
+/// The (guest address, size) of the `VhostUserMemoryRegion` at `at`.
+fn region_at(body: &[u8], at: usize) -> Option<(u64, u64)> {
+    let word = |i: usize| {
+        body.get(at + 8 * i..at + 8 * i + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    Some((word(0)?, word(1)?))
+}
+
+/// A private, non-blocking eventfd standing in for one the frontend sent.
+fn private_eventfd() -> Result<OwnedFd, RelayError> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(RelayError::EventFd(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes a reply carrying one u64 to the frontend.
+fn reply_u64(frontend: &UnixStream, request: u32, value: u64) -> Result<(), RelayError> {
+    let mut reply = header(request, VERSION_1 | FLAG_REPLY, 8).to_vec();
+    reply.extend_from_slice(&value.to_le_bytes());
+    (&*frontend).write_all(&reply)?;
+    Ok(())
+}
+
 /// Handles one frontend message: forward it, or hold it back and maybe ack it.
 fn relay_one(
-    msg: Message,
+    mut msg: Message,
     st: &mut Negotiation,
+    limits: &ConnLimits,
     frontend: &UnixStream,
     backend: &UnixStream,
 ) -> Result<(), RelayError> {
-    crate::fd_check::check_message_fds(msg.request(), &msg.body, &msg.fds).map_err(|source| {
-        RelayError::BadFd {
-            request: msg.request(),
-            source,
+    let request = msg.request();
+    crate::fd_check::check_message_fds(request, &msg.body, &msg.fds)
+        .map_err(|source| RelayError::BadFd { request, source })?;
+    let limit = |source| RelayError::Limit { request, source };
+    match request {
+        SET_MEM_TABLE => st
+            .book
+            .replace(table_regions(&msg.body), limits)
+            .map_err(limit)?,
+        ADD_MEM_REG => {
+            if let Some((gpa, size)) = region_at(&msg.body, 8) {
+                st.book.add(gpa, size, limits).map_err(limit)?;
+            }
         }
-    })?;
-    match msg.request() {
+        REM_MEM_REG => {
+            if let Some((gpa, size)) = region_at(&msg.body, 8) {
+                st.book.remove(gpa, size);
+            }
+        }
+        GET_MAX_MEM_SLOTS => {
+            // The library would say 509; vpmd translates at most MAX_REGIONS.
+            return reply_u64(frontend, GET_MAX_MEM_SLOTS, MAX_REGIONS as u64);
+        }
+        SET_VRING_KICK | SET_VRING_ERR => {
+            let nofd = msg.body_u64().is_some_and(|b| b & VRING_NOFD != 0);
+            if !nofd && msg.fds.len() == 1 {
+                // Dropping the frontend's fd lets go of it (a replaced kick fd too).
+                msg.fds = vec![private_eventfd()?];
+            }
+        }
         SET_PROTOCOL_FEATURES => {
-            st.reply_ack = msg.body_u64().is_some_and(|f| f & REPLY_ACK != 0);
+            let offered = crate::features::protocol_features().bits();
+            let acked = msg.body_u64().unwrap_or(0);
+            if acked & !offered != 0 {
+                log::debug!(
+                    "relay: protocol features {:#x} not offered, ignored",
+                    acked & !offered
+                );
+                msg.body[0..8].copy_from_slice(&(acked & offered).to_le_bytes());
+            }
+            st.reply_ack = acked & offered & REPLY_ACK != 0;
         }
         SET_VRING_ENABLE if !st.protocol_acked => {
             if let Some((index, num)) = msg.body_vring_state() {
@@ -203,9 +366,7 @@ fn relay_one(
                     st.held.push((index, num));
                 }
                 if st.reply_ack && msg.flags() & FLAG_NEED_REPLY != 0 {
-                    let mut ack = header(SET_VRING_ENABLE, VERSION_1 | FLAG_REPLY, 8).to_vec();
-                    ack.extend_from_slice(&0u64.to_le_bytes());
-                    (&*frontend).write_all(&ack)?;
+                    reply_u64(frontend, SET_VRING_ENABLE, 0)?;
                 }
                 log::debug!("relay: SET_VRING_ENABLE {index}={num} before SET_FEATURES: held");
                 return Ok(());
@@ -230,18 +391,57 @@ fn relay_one(
     write_message(backend, &msg)
 }
 
-/// Relays between `frontend` and `backend` until either side closes; then shuts
-/// both down, so the other side's reader ends too. Returns why it stopped (the
-/// caller logs it, rate-limited: a frontend can reconnect and fail in a loop).
-pub fn run(frontend: UnixStream, backend: UnixStream) -> Result<(), RelayError> {
-    let result = pump(&frontend, &backend);
+/// Relays between `frontend` and `backend` until either side closes or the
+/// connection must stop; then shuts both down, so the other side's reader ends
+/// too. Returns why it stopped (the caller logs it, rate-limited: a frontend can
+/// reconnect and fail in a loop); refusals and faults are counted on the port.
+pub fn run(
+    frontend: UnixStream,
+    backend: UnixStream,
+    ctx: &RelayContext,
+) -> Result<(), RelayError> {
+    let result = pump(&frontend, &backend, ctx);
     let _ = frontend.shutdown(std::net::Shutdown::Both);
     let _ = backend.shutdown(std::net::Shutdown::Both);
+    let faults = ctx.port.faults();
+    match &result {
+        Err(e) if e.is_refusal() => {
+            faults.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(RelayError::MemoryGone) => {
+            faults.mem_faults.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
     result
 }
 
-fn pump(frontend: &UnixStream, backend: &UnixStream) -> Result<(), RelayError> {
+/// Why the connection must stop now, if it must.
+fn health_check(ctx: &RelayContext, faults_seen: &mut u64) -> Result<(), RelayError> {
+    let faults = fault_guard::faults();
+    if faults != *faults_seen {
+        *faults_seen = faults;
+        if ctx.memory.faulted() {
+            ctx.health.request_close(close_reason::MEM_FAULT);
+        }
+    }
+    let closing = ctx.health.closing();
+    if closing & close_reason::MEM_FAULT != 0 {
+        Err(RelayError::MemoryGone)
+    } else if closing & close_reason::NOTIFY_BLOCKED != 0 {
+        Err(RelayError::NotifyBlocked)
+    } else if closing & close_reason::UNGUARDED_MEMORY != 0 {
+        Err(RelayError::Unguarded)
+    } else {
+        Ok(())
+    }
+}
+
+fn pump(frontend: &UnixStream, backend: &UnixStream, ctx: &RelayContext) -> Result<(), RelayError> {
+    let limits = *ctx.port.limits();
     let mut st = Negotiation::default();
+    let mut rate = MessageRate::new(&limits);
+    let mut faults_seen = fault_guard::faults();
     let mut buf = vec![0u8; MAX_MSG_SIZE + HEADER_LEN];
     let mut pfds = [
         libc::pollfd {
@@ -256,8 +456,9 @@ fn pump(frontend: &UnixStream, backend: &UnixStream) -> Result<(), RelayError> {
         },
     ];
     loop {
+        health_check(ctx, &mut faults_seen)?;
         // SAFETY: `pfds` is a valid array of two pollfds for the duration of the call.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, HEALTH_INTERVAL.as_millis() as i32) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -266,8 +467,13 @@ fn pump(frontend: &UnixStream, backend: &UnixStream) -> Result<(), RelayError> {
             return Err(e.into());
         }
         if pfds[0].revents != 0 {
+            let wait = rate.take_at(Instant::now());
+            if !wait.is_zero() {
+                ctx.port.faults().throttled.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(wait.min(HEALTH_INTERVAL));
+            }
             match read_message(frontend)? {
-                Some(msg) => relay_one(msg, &mut st, frontend, backend)?,
+                Some(msg) => relay_one(msg, &mut st, &limits, frontend, backend)?,
                 None => return Ok(()),
             }
         }
@@ -310,7 +516,9 @@ mod tests {
     fn early_enable_is_held_acked_and_replayed_after_set_features() {
         let (front_peer, front) = UnixStream::pair().unwrap();
         let (back, back_peer) = UnixStream::pair().unwrap();
-        let relay = std::thread::spawn(move || run(front, back));
+        let ctx =
+            RelayContext::detached(Arc::new(VirtioNetPort::new("t", [2, 0, 0, 0, 0, 1], 1500)));
+        let relay = std::thread::spawn(move || run(front, back, &ctx));
         let mut fp = &front_peer;
         fp.write_all(&msg(
             SET_PROTOCOL_FEATURES,
@@ -358,7 +566,9 @@ mod tests {
     fn fds_pass_through_and_oversized_messages_end_the_relay() {
         let (front_peer, front) = UnixStream::pair().unwrap();
         let (back, back_peer) = UnixStream::pair().unwrap();
-        let relay = std::thread::spawn(move || run(front, back));
+        let ctx =
+            RelayContext::detached(Arc::new(VirtioNetPort::new("t", [2, 0, 0, 0, 0, 1], 1500)));
+        let relay = std::thread::spawn(move || run(front, back, &ctx));
         let file = std::fs::File::open("/dev/null").unwrap();
         let m = msg(SET_FEATURES + 100, VERSION_1, &[1, 2, 3, 4]);
         front_peer

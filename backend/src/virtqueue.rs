@@ -27,8 +27,10 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use crate::chain::{self, ChainError};
 use crate::guest_mem::MemMap;
+use crate::port::{close_reason, Notifier};
 use crate::seglist::SegList;
 use crate::split_ring::{RingError, SplitRing};
+use crate::stall_guard::Watched;
 use crate::{GuestMemoryAtomicMmap, Vring};
 
 /// Why a queue could not be used for a burst.
@@ -104,10 +106,8 @@ impl Default for QueueCache {
 }
 
 impl QueueCache {
-    /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
-    /// `mem_generation` changes whenever `mem` does (0: unknown, always reload).
-    /// `Ok(None)` when the ring is not started or not enabled (the driver is not
-    /// ready, or the ring is being stopped).
+    /// [`QueueCache::open_notifying`] for a queue of no port: notifications that
+    /// fail are counted nowhere (tests, benchmarks, fuzzing).
     #[inline]
     pub fn open<'a>(
         &'a mut self,
@@ -116,13 +116,36 @@ impl QueueCache {
         mem: &GuestMemoryAtomicMmap,
         mem_generation: u64,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
+        self.open_notifying(vring, index, mem, mem_generation, Notifier::detached())
+    }
+
+    /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
+    /// `mem_generation` changes whenever `mem` does (0: unknown, always reload).
+    /// `Ok(None)` when the ring is not started or not enabled (the driver is not
+    /// ready, or the ring is being stopped). Notifications that cannot be delivered
+    /// are reported to `notifier`.
+    #[inline]
+    pub fn open_notifying<'a>(
+        &'a mut self,
+        vring: &'a Vring,
+        index: usize,
+        mem: &GuestMemoryAtomicMmap,
+        mem_generation: u64,
+        notifier: Notifier<'a>,
+    ) -> Result<Option<VirtQueue<'a>>, QueueError> {
         let state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(None);
         }
         if mem_generation == 0 || mem_generation != self.mem_generation || self.mem.is_none() {
             let snapshot = mem.memory();
-            self.map = MemMap::new(&snapshot);
+            // SAFETY: `snapshot` goes into `self.mem` on the next line and stays there
+            // until the map is replaced or the cache is dropped or cleared; the rings
+            // mapped through it live in `self.slots` and the bursts that borrow this
+            // cache, so nothing derived from `self.map` is used once it is gone.
+            #[allow(unsafe_code)]
+            let map = unsafe { MemMap::new(&snapshot) };
+            self.map = map;
             self.mem = Some(snapshot.into_inner());
             self.mem_generation = mem_generation;
             self.generation += 1;
@@ -138,8 +161,11 @@ impl QueueCache {
         let next_avail = q.next_avail();
         let Some(slot) = self.slots.get_mut(index) else {
             // Not a cached queue: map it for this burst only.
-            let ring = SplitRing::new(&self.map, key.1, key.2, key.3, key.4)?;
-            return VirtQueue::start(state, &self.map, ring);
+            // SAFETY: the ring lives only in the VirtQueue returned, which borrows
+            // this cache, and so `self.mem`, the snapshot `self.map` points into.
+            #[allow(unsafe_code)]
+            let ring = unsafe { SplitRing::new(&self.map, key.1, key.2, key.3, key.4) }?;
+            return VirtQueue::start(state, &self.map, ring, notifier);
         };
         if slot.stopped == Some((key, next_avail)) {
             return Err(QueueError::Stopped);
@@ -147,7 +173,11 @@ impl QueueCache {
         slot.stopped = None;
         let ring = match slot.ring {
             Some(ring) if slot.key == key => ring,
-            _ => match SplitRing::new(&self.map, key.1, key.2, key.3, key.4) {
+            // SAFETY: the ring is kept in `self.slots` beside `self.mem`, the snapshot
+            // `self.map` points into, and used only under `key`, whose generation
+            // changes whenever `self.mem` does.
+            #[allow(unsafe_code)]
+            _ => match unsafe { SplitRing::new(&self.map, key.1, key.2, key.3, key.4) } {
                 Ok(ring) => {
                     *slot = RingSlot {
                         key,
@@ -162,7 +192,7 @@ impl QueueCache {
                 }
             },
         };
-        let started = VirtQueue::start(state, &self.map, ring);
+        let started = VirtQueue::start(state, &self.map, ring, notifier);
         if started.is_err() {
             slot.stopped = Some((key, next_avail));
         }
@@ -180,6 +210,7 @@ pub struct VirtQueue<'a> {
     state: RwLockWriteGuard<'a, VringState<GuestMemoryAtomicMmap>>,
     map: &'a MemMap,
     ring: SplitRing,
+    notifier: Notifier<'a>,
     event_idx: bool,
     avail_idx: u16,
     next_avail: u16,
@@ -192,6 +223,7 @@ impl<'a> VirtQueue<'a> {
         state: RwLockWriteGuard<'a, VringState<GuestMemoryAtomicMmap>>,
         map: &'a MemMap,
         ring: SplitRing,
+        notifier: Notifier<'a>,
     ) -> Result<Option<Self>, QueueError> {
         let q = state.get_queue();
         let event_idx = q.event_idx_enabled();
@@ -209,6 +241,7 @@ impl<'a> VirtQueue<'a> {
             state,
             map,
             ring,
+            notifier,
             event_idx,
             avail_idx,
             next_avail,
@@ -299,11 +332,41 @@ impl<'a> VirtQueue<'a> {
             .ring
             .needs_interrupt(self.event_idx, self.used_start, self.next_used)
         {
-            // An eventfd write fails only if the counter would overflow; the driver
-            // then has an interrupt pending anyway.
-            let _ = self.state.signal_used_queue();
+            self.notify();
         }
         self.used_start = self.next_used;
+    }
+
+    /// One interrupt to the driver. The call eventfd is the frontend's: whatever it
+    /// did to the fd, this never waits (see [`crate::stall_guard`]).
+    fn notify(&self) {
+        if self.notifier.health.closing() != 0 {
+            return;
+        }
+        let watched = Watched::enter();
+        let result = self.state.signal_used_queue();
+        drop(watched);
+        if let Err(e) = result {
+            self.notify_failed(&e);
+        }
+    }
+
+    #[cold]
+    fn notify_failed(&self, e: &std::io::Error) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let faults = self.notifier.faults;
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            // Only a write that slept gets interrupted, and a write to an eventfd
+            // sleeps only if the frontend cleared O_NONBLOCK (which vpmd set) and
+            // filled the counter: stop serving this connection.
+            faults.notify_blocked.fetch_add(1, Relaxed);
+            self.notifier
+                .health
+                .request_close(close_reason::NOTIFY_BLOCKED);
+        } else {
+            // The counter is full: the driver has an interrupt pending anyway.
+            faults.notify_failed.fetch_add(1, Relaxed);
+        }
     }
 }
 

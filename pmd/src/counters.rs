@@ -197,6 +197,7 @@ impl PortCounters {
                 no_destination: drop(DropReason::NoDestination),
             },
             ring_errors: t.ring_errors,
+            faults: None,
             uplink: None,
         }
     }
@@ -274,9 +275,54 @@ pub struct PortStats {
     pub drops: DropCounts,
     /// Bursts in which one of the port's rings was unusable (not frames).
     pub ring_errors: u64,
+    /// What went wrong with the port's frontends (VM ports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultCounts>,
     /// How an uplink is attached (uplinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<crate::stats::UplinkInfo>,
+}
+
+/// A VM port's frontend faults (see `vpmd_backend::port::PortFaults`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultCounts {
+    /// Connections stopped because their guest memory went away under vpmd.
+    pub mem_faults: u64,
+    /// Connections stopped because a notification to the guest blocked.
+    pub notify_blocked: u64,
+    /// Notifications not delivered: the guest's call eventfd counter was full.
+    pub notify_failed: u64,
+    /// Connections closed for a refused message (fd, memory kind, limits).
+    pub refused: u64,
+    /// Messages a frontend was made to wait for (rate limit).
+    pub throttled: u64,
+}
+
+impl FaultCounts {
+    /// The port's counters now.
+    pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {
+        let [mem_faults, notify_blocked, notify_failed, refused, throttled] =
+            f.pairs().map(|(_, v)| v);
+        FaultCounts {
+            mem_faults,
+            notify_blocked,
+            notify_failed,
+            refused,
+            throttled,
+        }
+    }
+
+    /// `(name, count)` pairs, in the order stats print them.
+    pub fn pairs(&self) -> [(&'static str, u64); 5] {
+        [
+            ("mem_faults", self.mem_faults),
+            ("notify_blocked", self.notify_blocked),
+            ("notify_failed", self.notify_failed),
+            ("refused", self.refused),
+            ("throttled", self.throttled),
+        ]
+    }
 }
 
 /// Live counters of one polling thread (single writer: the thread itself).

@@ -67,7 +67,16 @@ impl PmdThread {
                 if !idle.max_sleep.is_zero() {
                     precise_sleeps();
                 }
+                // A guest notification that blocks (a frontend made its call eventfd
+                // blocking) is interrupted by the watchdog instead of freezing us.
+                let watched = vpmd_backend::stall_guard::register();
+                if let Err(e) = &watched {
+                    log::error!(
+                        "pmd thread on core {core}: {e}: a hostile frontend could block it"
+                    );
+                }
                 run(streams, idle, &stop, &counters);
+                drop(watched);
             })?;
         Ok(PmdThread { core, thread })
     }

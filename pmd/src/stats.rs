@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vpmd_backend::port::VirtioNetPort;
 
-use crate::counters::{PortCounters, PortStats, ThreadCounters, ThreadStats};
+use crate::counters::{FaultCounts, PortCounters, PortStats, ThreadCounters, ThreadStats};
 
 /// Every counter of a running vpmd at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,9 @@ impl Registry {
                 .iter()
                 .map(|p| match &p.kind {
                     PortKind::Vhost(port) => {
-                        p.counters.snapshot(&p.name, "vhost-user", port.is_up())
+                        let mut s = p.counters.snapshot(&p.name, "vhost-user", port.is_up());
+                        s.faults = Some(FaultCounts::of(port.faults()));
+                        s
                     }
                     PortKind::Uplink(info) => {
                         let mut s = p.counters.snapshot(&p.name, "uplink", true);
@@ -143,6 +145,11 @@ impl Snapshot {
             }
             if p.ring_errors != 0 {
                 let _ = write!(extra, "  ring_errors={}", p.ring_errors);
+            }
+            for (name, v) in p.faults.iter().flat_map(|f| f.pairs()) {
+                if v != 0 {
+                    let _ = write!(extra, "  {name}={v}");
+                }
             }
             if let Some(u) = &p.uplink {
                 let _ = write!(
@@ -213,6 +220,7 @@ mod tests {
                     ..Default::default()
                 },
                 ring_errors: 0,
+                faults: None,
                 uplink: None,
             }],
             threads: vec![ThreadStats {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use vpmd_backend::connection::{Connection, ConnectionError, Role, SocketAccess};
 use vpmd_backend::port::VirtioNetPort;
+use vpmd_backend::stall_guard::{self, Watchdog};
 
 use crate::config::{Config, Mode};
 use crate::control::{ControlError, ControlServer};
@@ -53,6 +54,9 @@ pub enum StartError {
     /// A macvlan's uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkSetupError),
+    /// The watchdog or the SIGBUS guard could not be set up.
+    #[error("cannot set up the guards against hostile frontends: {0}")]
+    Guard(String),
     /// A polling thread could not be started.
     #[error("cannot start the polling thread for core {core}: {source}")]
     Thread {
@@ -73,6 +77,8 @@ pub struct Switch {
     control: Option<ControlServer>,
     /// Open uplinks: their XDP programs stay attached while these live.
     uplinks: Vec<Uplink>,
+    /// Interrupts a polling thread blocked on a frontend's eventfd.
+    watchdog: Option<Watchdog>,
 }
 
 /// One polling thread's share of the streams.
@@ -132,7 +138,7 @@ impl Switch {
         let ports: Vec<Arc<VirtioNetPort>> = config
             .ports
             .iter()
-            .map(|p| Arc::new(VirtioNetPort::new(&p.name, p.mac.0, p.mtu)))
+            .map(|p| Arc::new(VirtioNetPort::new(&p.name, p.mac.0, p.mtu).with_limits(p.limits)))
             .collect();
         let counters: Vec<Arc<PortCounters>> = ports
             .iter()
@@ -181,7 +187,10 @@ impl Switch {
             connections: Vec::new(),
             control: None,
             uplinks,
+            watchdog: None,
         };
+        vpmd_backend::fault_guard::install().map_err(|e| StartError::Guard(e.to_string()))?;
+        switch.watchdog = Some(stall_guard::start().map_err(|e| StartError::Guard(e.to_string()))?);
 
         ensure_parent(&config.control_socket, "the control socket")?;
         switch.control = Some(ControlServer::start(&config.control_socket, registry)?);
@@ -279,6 +288,9 @@ impl Switch {
         }
         // Detaches the XDP programs; the sockets went with the polling threads.
         self.uplinks.clear();
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
     }
 }
 

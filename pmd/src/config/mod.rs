@@ -176,10 +176,22 @@ struct RawPort {
     socket_group: Option<IdOrName>,
     #[serde(default)]
     allow_mac_spoofing: bool,
+    #[serde(default = "default_max_memory_mib")]
+    max_memory_mib: u64,
+    #[serde(default = "default_max_messages_per_sec")]
+    max_messages_per_sec: u64,
 }
 
 fn default_mtu() -> u64 {
     1500
+}
+
+fn default_max_memory_mib() -> u64 {
+    vpmd_backend::conn_limits::ConnLimits::DEFAULT.max_memory >> 20
+}
+
+fn default_max_messages_per_sec() -> u64 {
+    u64::from(vpmd_backend::conn_limits::ConnLimits::DEFAULT.messages_per_sec)
 }
 
 /// `[[veth]]`.
@@ -240,6 +252,9 @@ pub struct Port {
     pub socket_group: Option<u32>,
     /// May send with a source MAC other than its own (macvlan ports).
     pub allow_mac_spoofing: bool,
+    /// What each frontend connection may map and send (max_memory_mib,
+    /// max_messages_per_sec).
+    pub limits: vpmd_backend::conn_limits::ConnLimits,
 }
 
 /// A validated macvlan: VM ports hanging off one uplink interface.

@@ -311,7 +311,29 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
                 }
             }
         }
+        const MAX_MEMORY_MIB: u64 = 16 << 20; // 16 TiB
+        if p.max_memory_mib == 0 || p.max_memory_mib > MAX_MEMORY_MIB {
+            return Err(err.at(
+                f("max_memory_mib"),
+                format!("{} is outside 1-{MAX_MEMORY_MIB}", p.max_memory_mib),
+            ));
+        }
+        let messages_per_sec = match u32::try_from(p.max_messages_per_sec) {
+            Ok(n) if (10..=1_000_000).contains(&n) => n,
+            _ => {
+                return Err(err.at(
+                    f("max_messages_per_sec"),
+                    format!("{} is outside 10-1000000", p.max_messages_per_sec),
+                ))
+            }
+        };
+        let limits = vpmd_backend::conn_limits::ConnLimits {
+            max_memory: p.max_memory_mib << 20,
+            messages_per_sec,
+            message_burst: messages_per_sec.saturating_mul(4).max(4096),
+        };
         ports.push(Port {
+            limits,
             name: p.name.clone(),
             socket: p.socket.clone(),
             mode: p.mode,
