@@ -145,8 +145,11 @@ fn bench_chain_walk(c: &mut Criterion) {
             flags,
         );
     }
-    let map = MemMap::new(&mem);
-    let ring = SplitRing::new(&map, QSIZE, desc, avail, used).unwrap();
+    // SAFETY: `mem` lives to the end of this function, past every use of `map`,
+    // `ring` and `out`.
+    let map = unsafe { MemMap::new(&mem) };
+    // SAFETY: as above, for the ring.
+    let ring = unsafe { SplitRing::new(&map, QSIZE, desc, avail, used) }.unwrap();
     let mut out = SegList::default();
     for (name, head, segs) in [("1desc", 0u16, 1usize), ("indirect4", 1, 4)] {
         g.bench_function(name, |b| {
@@ -165,10 +168,13 @@ fn bench_copy(c: &mut Criterion) {
         let mut src_buf = vec![0x5au8; len];
         let mut dst_buf = vec![0u8; len.next_multiple_of(4096)];
         let mut src = SegList::default();
-        src.push(HostBuf::from_slice(&mut src_buf));
+        // SAFETY: `src` and `dst` are used only in this iteration, while the
+        // buffers live and are not touched otherwise.
+        src.push(unsafe { HostBuf::from_slice(&mut src_buf) });
         let mut dst = SegList::default();
         for chunk in dst_buf.chunks_mut(4096) {
-            dst.push(HostBuf::from_slice(chunk));
+            // SAFETY: as above.
+            dst.push(unsafe { HostBuf::from_slice(chunk) });
         }
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(format!("{len}B"), |b| {

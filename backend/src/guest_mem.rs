@@ -1,11 +1,37 @@
 //! Guest-physical to host address translation for the data path.
 //!
-//! A [`MemMap`] is built once per burst from the port's current memory snapshot: a
-//! handful of `(guest base, length, host pointer)` triples. Every buffer the guest
-//! names is translated here, and a translation succeeds only when the whole range
-//! lies inside one region, so nothing outside the guest's memory is ever touched.
-//! The pointers stay valid for as long as the snapshot (`GuestMemoryLoadGuard`) the
-//! map was built from is alive; [`crate::virtqueue::VirtQueue`] keeps the two together.
+//! A [`MemMap`] is built from a memory snapshot: a handful of `(guest base, length,
+//! host pointer)` triples. Every buffer the guest names is translated here, and a
+//! translation succeeds only when the whole range lies inside one region, so
+//! nothing outside the guest's memory is ever touched.
+//!
+//! # Why the views carry no lifetime, and where the promise is made
+//!
+//! A [`HostBuf`] is a raw view: a pointer and a length, `Copy`, no lifetime. Its
+//! methods are safe because every `HostBuf` stands for bytes that stay mapped for as
+//! long as it is used; the bounds are checked on each access, the *lifetime* is not.
+//! That promise is made once, by whoever creates the first view into some memory,
+//! through one of the `unsafe` constructors: [`MemMap::new`] (guest memory),
+//! [`HostBuf::from_slice`] / [`HostBuf::from_bytes`] (host bytes). Everything else
+//! ([`MemMap::translate`], [`HostBuf::advance`], [`crate::split_ring::SplitRing::new`]
+//! which restates the promise for the ring it caches) derives views from one of those.
+//!
+//! Tying the views to a lifetime instead (`HostBuf<'a>`, as `uplink`'s UMEM frames
+//! are) was the other choice, and it is what the views would be in a fresh design.
+//! It is not taken here because the data path keeps views across bursts next to
+//! what keeps them alive: [`crate::virtqueue::QueueCache`] caches the `MemMap` and
+//! each queue's `SplitRing` beside the `Arc<GuestMemoryMmap>` snapshot they point
+//! into (a self-referential struct for the borrow checker), and the polling
+//! threads keep their `SegList`s in per-thread scratch space that outlives every
+//! burst. A lifetime would have to thread through all of them (and through pmd's
+//! scratch and batch types) or be erased again with `unsafe` at the cache. `unsafe`
+//! constructors with a precise contract cost nothing on the hot path and keep the
+//! change to the few places views are born; the contract is stated at each of them
+//! and every caller says why it holds.
+//!
+//! What the contract asks of the data path, concretely: a snapshot stays mapped
+//! while the `QueueCache` holding it exists, and a `SegList` filled during a burst
+//! is read or written only during that burst (every walk clears it first).
 #![allow(unsafe_code)]
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -20,7 +46,12 @@ struct Region {
     host: usize,
 }
 
-/// A host view of one contiguous guest buffer.
+/// A host view of one contiguous guest (or host) buffer.
+///
+/// Invariant: `ptr` is valid for reads (and, unless made by
+/// [`HostBuf::from_bytes`], writes) of `len` bytes for as long as the buffer, or a
+/// copy of it, is used. The `unsafe` constructors are where callers promise it;
+/// see the module documentation.
 #[derive(Clone, Copy, Debug)]
 pub struct HostBuf {
     ptr: *mut u8,
@@ -30,7 +61,9 @@ pub struct HostBuf {
 impl HostBuf {
     /// An empty buffer.
     pub const EMPTY: HostBuf = HostBuf {
-        ptr: std::ptr::null_mut(),
+        // Not null: a null pointer is invalid even for a zero-length copy, an
+        // aligned dangling one is valid for zero bytes.
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
         len: 0,
     };
 
@@ -76,9 +109,10 @@ impl HostBuf {
         if n == 0 {
             return 0;
         }
-        // SAFETY: both ranges were checked above to lie inside their buffers, and every
-        // HostBuf comes from `MemMap::translate` (or `from_slice`), which only hands out
-        // ranges inside a live mapping. The guest may write these bytes concurrently:
+        // SAFETY: both ranges were checked above to lie inside their buffers, and by
+        // the type's invariant both buffers are mapped while they are used (`self`
+        // for writes: a `from_bytes` view must never be a destination, its contract
+        // says). The guest may write these bytes concurrently:
         // like every vhost backend we copy them as plain bytes and never interpret
         // them while copying. `copy` tolerates overlap.
         unsafe {
@@ -95,8 +129,13 @@ impl HostBuf {
     #[inline]
     pub fn write_at(&self, off: u32, bytes: &[u8]) -> u32 {
         let n = (bytes.len() as u32).min(self.len.saturating_sub(off));
-        // SAFETY: the destination range is inside this buffer (checked above) and the
-        // source is a Rust slice of at least `n` bytes.
+        if n == 0 {
+            // `off` may lie past the end: no pointer arithmetic with it then.
+            return 0;
+        }
+        // SAFETY: the destination range is inside this buffer (checked above), which
+        // is mapped writable by the type's invariant, and the source is a Rust slice
+        // of at least `n` bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), n as usize)
         };
@@ -107,8 +146,13 @@ impl HostBuf {
     #[inline]
     pub fn read_at(&self, off: u32, out: &mut [u8]) -> u32 {
         let n = (out.len() as u32).min(self.len.saturating_sub(off));
-        // SAFETY: the source range is inside this buffer (checked above) and the
-        // destination is a Rust slice of at least `n` bytes.
+        if n == 0 {
+            // `off` may lie past the end: no pointer arithmetic with it then.
+            return 0;
+        }
+        // SAFETY: the source range is inside this buffer (checked above), which is
+        // mapped by the type's invariant, and the destination is a Rust slice of at
+        // least `n` bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.add(off as usize), out.as_mut_ptr(), n as usize)
         };
@@ -123,8 +167,8 @@ impl HostBuf {
         if u64::from(off) + N as u64 > u64::from(self.len) {
             return false;
         }
-        // SAFETY: the destination range is inside this buffer (checked above) and the
-        // source is an array of `N` bytes.
+        // SAFETY: the destination range is inside this buffer (checked above), which
+        // is mapped writable by the type's invariant; the source is `N` bytes.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), N) };
         true
     }
@@ -136,24 +180,43 @@ impl HostBuf {
             return None;
         }
         let mut out = [0u8; N];
-        // SAFETY: the source range is inside this buffer (checked above) and the
-        // destination is an array of `N` bytes.
+        // SAFETY: the source range is inside this buffer (checked above), which is
+        // mapped by the type's invariant; the destination is `N` bytes.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off as usize), out.as_mut_ptr(), N) };
         Some(out)
     }
 
     /// A read-only view of host bytes, to copy *from* (a frame in an AF_XDP UMEM
-    /// chunk going into a guest). Never pass it where bytes are written: it does not
-    /// own its memory and must not outlive `s`.
-    pub fn from_bytes(s: &[u8]) -> HostBuf {
+    /// chunk going into a guest).
+    ///
+    /// # Safety
+    ///
+    /// The view (every copy of it, and every view [`HostBuf::advance`] makes from
+    /// it) must not be used after `s`'s borrow ends: the bytes may be freed or
+    /// reused then. And it must never be written through: not as the destination
+    /// of [`HostBuf::copy_from`], nor with [`HostBuf::write_at`] or
+    /// [`HostBuf::write_array`], nor in a [`crate::seglist::SegList`] that is
+    /// written to (an RX chain's list); `s` is shared, so a write is undefined
+    /// behaviour even while the borrow lasts.
+    #[inline]
+    pub unsafe fn from_bytes(s: &[u8]) -> HostBuf {
         HostBuf {
             ptr: s.as_ptr().cast_mut(),
             len: s.len() as u32,
         }
     }
 
-    /// A view of a host slice, for unit tests and locally built headers.
-    pub fn from_slice(s: &mut [u8]) -> HostBuf {
+    /// A view of a host slice, for locally built frames and headers, tests and
+    /// benchmarks.
+    ///
+    /// # Safety
+    ///
+    /// The view (every copy of it, and every view [`HostBuf::advance`] makes from
+    /// it) must not be used after `s`'s borrow ends, and `s` must not be accessed
+    /// through any other path while the view is used (the view writes through a
+    /// pointer the borrow checker does not see).
+    #[inline]
+    pub unsafe fn from_slice(s: &mut [u8]) -> HostBuf {
         HostBuf {
             ptr: s.as_mut_ptr(),
             len: s.len() as u32,
@@ -179,7 +242,16 @@ impl MemMap {
 
     /// Builds the table from a memory snapshot. Regions beyond [`MAX_REGIONS`] are
     /// ignored (the frontend was told the limit), which only makes translation fail.
-    pub fn new(mem: &GuestMemoryMmap) -> MemMap {
+    ///
+    /// # Safety
+    ///
+    /// The table holds `mem`'s host addresses without borrowing `mem`. Every mapping
+    /// of `mem` must stay mapped for as long as the returned table (or a clone), or
+    /// any [`HostBuf`] or [`crate::split_ring::SplitRing`] derived from it, is used:
+    /// keep the snapshot (e.g. an `Arc<GuestMemoryMmap>`) alive beside the table and
+    /// drop the views first. The mappings must be readable and writable (vm-memory
+    /// maps vhost-user regions so); the guest writing them concurrently is allowed.
+    pub unsafe fn new(mem: &GuestMemoryMmap) -> MemMap {
         let mut map = MemMap {
             regions: [Region::default(); MAX_REGIONS],
             count: 0,
@@ -235,7 +307,8 @@ mod tests {
             (GuestAddress(0x10000), 0x1000),
         ])
         .unwrap();
-        let map = MemMap::new(&mem);
+        // SAFETY: `mem` outlives `map` and every translation, all inside this test.
+        let map = unsafe { MemMap::new(&mem) };
         assert!(map.translate(0, 0x1000).is_some());
         assert!(
             map.translate(0x800, 0x1000).is_none(),
@@ -261,7 +334,8 @@ mod tests {
     #[test]
     fn fixed_size_access_is_all_or_nothing() {
         let mut a = [0u8; 8];
-        let b = HostBuf::from_slice(&mut a);
+        // SAFETY: `b`'s last use is before `a` is read below.
+        let b = unsafe { HostBuf::from_slice(&mut a) };
         assert!(b.write_array(4, &[1, 2, 3, 4]));
         assert!(!b.write_array(5, &[9, 9, 9, 9]), "one byte past the end");
         assert!(!b.write_array(u32::MAX, &[9]));
@@ -274,9 +348,24 @@ mod tests {
     fn copy_is_clamped_to_both_buffers() {
         let mut a = [1u8; 8];
         let mut b = [0u8; 4];
-        let src = HostBuf::from_slice(&mut a);
-        let dst = HostBuf::from_slice(&mut b);
+        // SAFETY: both views' last use is before `b` is read below.
+        let (src, dst) = unsafe { (HostBuf::from_slice(&mut a), HostBuf::from_slice(&mut b)) };
         assert_eq!(dst.copy_from(2, &src, 0, 100), 2);
         assert_eq!(b, [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn offsets_past_the_end_copy_nothing() {
+        let mut a = [7u8; 4];
+        // SAFETY: `b`'s last use is before `a` is read below.
+        let b = unsafe { HostBuf::from_slice(&mut a) };
+        let mut out = [0u8; 2];
+        assert_eq!(b.read_at(u32::MAX, &mut out), 0);
+        assert_eq!(b.write_at(u32::MAX, &[1, 2]), 0);
+        assert_eq!(HostBuf::EMPTY.read_at(0, &mut out), 0);
+        assert_eq!(HostBuf::EMPTY.write_at(0, &[1]), 0);
+        assert!(HostBuf::EMPTY.write_array::<0>(0, &[]));
+        assert_eq!(HostBuf::EMPTY.copy_from(0, &b, 0, 4), 0);
+        assert_eq!(a, [7; 4]);
     }
 }

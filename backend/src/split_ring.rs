@@ -6,7 +6,14 @@
 //! entry indices are reduced modulo the queue size, so a guest cannot steer an
 //! access outside them. Indices shared with the guest (`avail.idx`, `used.idx`,
 //! `used_event`, `avail_event`) are accessed atomically with the orderings the
-//! spec requires; ring entries use volatile accesses.
+//! spec requires; available-ring entries are relaxed atomic loads, descriptors and
+//! used entries are copied as bytes.
+//!
+//! A [`SplitRing`] holds its areas as [`HostBuf`]s, without a lifetime, because the
+//! polling threads cache it across bursts beside the snapshot that keeps it mapped
+//! ([`crate::virtqueue::QueueCache`]); [`SplitRing::new`] is therefore `unsafe`,
+//! restating for the ring [`MemMap::new`]'s promise that the memory stays mapped
+//! while the views are used (see [`crate::guest_mem`] for the reasoning).
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -84,7 +91,15 @@ pub struct SplitRing {
 
 impl SplitRing {
     /// Maps a queue of `size` entries whose areas start at the given guest addresses.
-    pub fn new(
+    ///
+    /// # Safety
+    ///
+    /// The ring keeps host pointers into the memory `map` translates into, without
+    /// borrowing anything: that memory must stay mapped for as long as the ring (or
+    /// a copy, or a buffer taken from it such as [`SplitRing::desc_table`]) is used,
+    /// as [`MemMap::new`]'s contract already requires of `map`'s views. Keep the ring
+    /// beside whatever keeps the snapshot alive, and drop it first.
+    pub unsafe fn new(
         map: &MemMap,
         size: u16,
         desc: u64,
@@ -132,7 +147,8 @@ impl SplitRing {
         // SAFETY: every caller passes an offset of a 2-byte field inside the area
         // (checked against the area's length when the ring was built); the area's
         // base is at least 2-byte aligned (checked in `new`) and the offset is even,
-        // so the pointer is valid and aligned for an AtomicU16 for the burst's life.
+        // so the pointer is aligned for an AtomicU16, and it is mapped while the ring
+        // is used (`new`'s contract), which covers the borrow of `buf` returned.
         unsafe { &*(buf.as_ptr().add(off as usize) as *const AtomicU16) }
     }
 

@@ -9,6 +9,14 @@
 //! RX burst run on them (whatever memory and addresses the messages named). Then the
 //! socket closes and the connection must wind down. Crashes, panics (libFuzzer
 //! aborts on any), SIGBUS from a bad mapping and hangs are the findings.
+//!
+//! A frontend that takes its memory away: a chunk of kind [`TRUNCATE`] sends
+//! nothing; it shrinks every memfd sent so far to `len & 0x7fff` bytes (rounded
+//! down to a page) right there in the message stream, or, with bit 15 of `len`,
+//! from a second thread while the bursts run. The memfds are created without
+//! MFD_ALLOW_SEALING, so vpmd cannot seal them against shrinking: the bursts then
+//! touch pages that are gone, and vpmd's SIGBUS guard (`fault_guard`) must keep the
+//! process alive. While [`TRUNCATION`] is off, such a chunk is an ordinary one.
 #![no_main]
 #![allow(unsafe_code)]
 
@@ -23,6 +31,13 @@ use vpmd_backend::connection::serve_one;
 use vpmd_backend::net::{self, RxScratch};
 use vpmd_backend::port::{RingCache, VirtioNetPort, RX_QUEUE, TX_QUEUE};
 use vpmd_backend::seglist::SegList;
+
+/// The chunk kind that truncates the memfds sent so far instead of sending bytes.
+const TRUNCATE: u8 = 0xff;
+/// Whether [`TRUNCATE`] chunks truncate. Off until vpmd survives guest memory that
+/// goes away (backend `fault_guard`): before that the first burst on truncated
+/// memory dies of SIGBUS, which is known, not a finding.
+const TRUNCATION: bool = false;
 
 fn port() -> &'static Arc<VirtioNetPort> {
     static P: OnceLock<Arc<VirtioNetPort>> = OnceLock::new();
@@ -39,6 +54,8 @@ fn owned(fd: RawFd) -> Option<OwnedFd> {
 fn make_fd(kind: u8, extra: &[u8]) -> Option<OwnedFd> {
     match kind % 5 {
         1 => {
+            // No MFD_ALLOW_SEALING: vpmd cannot seal this file, so a TRUNCATE chunk
+            // can take its pages away under a mapping.
             // SAFETY: valid C string and flags.
             let fd = owned(unsafe { libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC) })?;
             let pages = usize::from(kind / 5 % 17);
@@ -116,6 +133,16 @@ fn wait_sync(sock: &UnixStream) -> bool {
     }
 }
 
+/// Shrinks every memfd in `memfds` to `len`, rounded down to a page.
+fn truncate(memfds: &[RawFd], len: u16) {
+    let size = libc::off_t::from(len & 0x7fff) & !4095;
+    for &fd in memfds {
+        // SAFETY: `fd` is a memfd this input owns (kept open in `fds` until the end);
+        // ftruncate takes no pointers. Failure leaves the file as it was.
+        unsafe { libc::ftruncate(fd, size) };
+    }
+}
+
 /// One TX and one RX burst on whatever rings the messages published.
 fn burst() {
     let mut cache = RingCache::default();
@@ -132,7 +159,9 @@ fn burst() {
     }
     let mut src = vec![0x11u8; 300];
     frame.clear();
-    frame.push(vpmd_backend::guest_mem::HostBuf::from_slice(&mut src));
+    // SAFETY: `frame` is used only in this function, while `src` lives and is not
+    // touched otherwise.
+    frame.push(unsafe { vpmd_backend::guest_mem::HostBuf::from_slice(&mut src) });
     let mut scratch = RxScratch::new();
     if let Some(view) = cache.rings(port()) {
         let layout = view.layout();
@@ -151,20 +180,41 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     // Chunk: [fd kind][len lo][len hi][len bytes]; a memfd's bytes are what follows.
     let mut fds = Vec::new();
+    let mut memfds = Vec::new();
+    // A truncation to run from a second thread during the bursts: (memfds, length).
+    let mut racing: Option<(Vec<RawFd>, u16)> = None;
     while rest.len() >= 3 {
         let kind = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let raw_len = u16::from_le_bytes([rest[1], rest[2]]);
+        if TRUNCATION && kind == TRUNCATE {
+            rest = &rest[3..];
+            if raw_len & 0x8000 != 0 {
+                racing = Some((memfds.clone(), raw_len));
+            } else {
+                truncate(&memfds, raw_len);
+            }
+            continue;
+        }
+        let len = usize::from(raw_len).min(rest.len() - 3);
         let bytes = &rest[3..3 + len];
         rest = &rest[3 + len..];
         let fd = make_fd(kind, rest);
         if !send(&ours, bytes, fd.as_ref()) {
             break;
         }
+        if kind % 5 == 1 {
+            memfds.extend(fd.as_ref().map(AsRawFd::as_raw_fd));
+        }
         fds.extend(fd);
     }
     let sync = [1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]; // GET_FEATURES
     if (&ours).write_all(&sync).is_ok() && wait_sync(&ours) {
-        burst();
+        std::thread::scope(|scope| {
+            if let Some((memfds, len)) = &racing {
+                scope.spawn(move || truncate(memfds, *len));
+            }
+            burst();
+        });
     }
     let _ = ours.shutdown(std::net::Shutdown::Both);
     server.join().expect("connection thread panicked");

@@ -2,6 +2,7 @@
 //! descriptor tables (never a panic, never a byte outside guest memory, Ok exactly
 //! for well-formed chains), segment copies between arbitrary layouts, and
 //! translation against arbitrary region maps.
+#![allow(unsafe_code)] // Views of test-owned memory: HostBuf, MemMap and SplitRing constructors.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -156,8 +157,10 @@ proptest! {
         write_table(&mem, DESC, &main);
         write_table(&mem, TABLE_A, &table_a);
         write_table(&mem, TABLE_B, &table_b);
-        let map = MemMap::new(&mem);
-        let ring = SplitRing::new(&map, QSIZE, DESC, 0x1080, 0x1100).unwrap();
+        // SAFETY: `mem` outlives `map`, `ring` and `out`, all used only in this case.
+        let map = unsafe { MemMap::new(&mem) };
+        // SAFETY: as above, for the ring.
+        let ring = unsafe { SplitRing::new(&map, QSIZE, DESC, 0x1080, 0x1100) }.unwrap();
         let mut out = SegList::default();
         let got = walk(&ring, &map, head, writable, 0, &mut out).map(|_| ());
         let want = reference_walk(&mem, head, writable);
@@ -187,7 +190,9 @@ fn seg_lens() -> impl Strategy<Value = Vec<usize>> {
 fn make_list(bufs: &mut [Vec<u8>]) -> SegList {
     let mut l = SegList::default();
     for b in bufs.iter_mut() {
-        assert!(l.push(HostBuf::from_slice(b)));
+        // SAFETY: callers use the list only while `bufs` lives and is not accessed
+        // otherwise: they read the buffers only after the list's last use.
+        assert!(l.push(unsafe { HostBuf::from_slice(b) }));
     }
     l
 }
@@ -271,7 +276,8 @@ proptest! {
     ) {
         let ranges: Vec<_> = regions.iter().map(|&(s, l)| (GuestAddress(s), l as usize)).collect();
         let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap();
-        let map = MemMap::new(&mem);
+        // SAFETY: `mem` outlives `map` and every translation; none is dereferenced.
+        let map = unsafe { MemMap::new(&mem) };
         let near = queries.iter().map(|&(r, off, len)| {
             let (s, _) = regions[r % regions.len()];
             (s.wrapping_add_signed(off), len)

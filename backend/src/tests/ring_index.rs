@@ -1,5 +1,6 @@
 //! Ring indices and placement: 16-bit wrap-around, avail.idx sanity, bad ring
 //! areas, rings that are not running, and kick suppression.
+#![allow(unsafe_code)] // Views of test-owned memory: HostBuf, MemMap and SplitRing constructors.
 
 use vhost_user_backend::VringT;
 use vm_memory::GuestMemoryMmap;
@@ -74,7 +75,9 @@ fn rx_used_entries_wrap_past_65535_with_merged_buffers() {
         for f in &frames {
             let mut f = f.clone();
             frame.clear();
-            assert!(frame.push(crate::guest_mem::HostBuf::from_slice(&mut f)));
+            // SAFETY: `frame` is used only in this iteration, while `f` lives and
+            // is not touched otherwise.
+            assert!(frame.push(unsafe { crate::guest_mem::HostBuf::from_slice(&mut f) }));
             deliver_rx_frame(&mut q, layout, &frame, 2000, &mut s).unwrap();
         }
     }
@@ -149,8 +152,10 @@ fn ring_areas_outside_memory_are_refused() {
 #[test]
 fn misaligned_rings_and_bad_sizes_are_refused() {
     let g = Guest::new();
-    let map = MemMap::new(&g.mem);
-    let ok = SplitRing::new(&map, 8, 0x1000, 0x1080, 0x1100);
+    // SAFETY: `g` (and its memory) outlives `map` and every ring mapped below.
+    let map = unsafe { MemMap::new(&g.mem) };
+    // SAFETY: as above.
+    let ok = unsafe { SplitRing::new(&map, 8, 0x1000, 0x1080, 0x1100) };
     assert!(ok.is_ok());
     for (size, desc, avail, used, want) in [
         (8u16, 0x1008u64, 0x1080u64, 0x1100u64, RingError::DescTable),
@@ -161,7 +166,8 @@ fn misaligned_rings_and_bad_sizes_are_refused() {
         (65535, 0x1000, 0x1080, 0x1100, RingError::BadSize(65535)),
     ] {
         assert_eq!(
-            SplitRing::new(&map, size, desc, avail, used).err(),
+            // SAFETY: as above; only errors are expected.
+            unsafe { SplitRing::new(&map, size, desc, avail, used) }.err(),
             Some(want)
         );
     }

@@ -2,6 +2,7 @@
 //! several buffers (without), the header by features, and the error paths: not
 //! enough buffers (nothing consumed), a first buffer too small for the header, a
 //! malformed chain in the middle of a frame.
+#![allow(unsafe_code)] // HostBuf views of test-owned frames.
 
 use super::harness::*;
 use crate::chain::ChainError;
@@ -13,7 +14,8 @@ use crate::seglist::SegList;
 fn deliver(rx: &Ring, layout: NetLayout, frame: &[u8]) -> Result<(), RxError> {
     let mut bytes = frame.to_vec();
     let mut seg = SegList::default();
-    assert!(seg.push(HostBuf::from_slice(&mut bytes)));
+    // SAFETY: `seg` is used only in this function, while `bytes` lives untouched.
+    assert!(seg.push(unsafe { HostBuf::from_slice(&mut bytes) }));
     let mut q = rx.burst();
     deliver_rx_frame(
         &mut q,

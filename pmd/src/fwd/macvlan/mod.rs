@@ -265,7 +265,11 @@ fn uplink_to_vms<'f>(
         batch.lens[k] = len;
         batch.delivered[k] = false;
         batch.frames[k].clear();
-        batch.frames[k].push(HostBuf::from_bytes(frame));
+        // SAFETY: `frame` ('f) outlives this call, and the batch's lists are used
+        // only in it: as copy sources (`deliver::to_vms`, never written) and
+        // cleared before their next use.
+        #[allow(unsafe_code)]
+        batch.frames[k].push(unsafe { HostBuf::from_bytes(frame) });
         if len < MIN_FRAME {
             batch.reason[k] = DropReason::Runt;
             continue;
