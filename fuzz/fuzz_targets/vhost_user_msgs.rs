@@ -16,7 +16,7 @@
 //! from a second thread while the bursts run. The memfds are created without
 //! MFD_ALLOW_SEALING, so vpmd cannot seal them against shrinking: the bursts then
 //! touch pages that are gone, and vpmd's SIGBUS guard (`fault_guard`) must keep the
-//! process alive. While [`TRUNCATION`] is off, such a chunk is an ordinary one.
+//! process alive (the connection is then closed). [`TRUNCATION`] switches this off.
 #![no_main]
 #![allow(unsafe_code)]
 
@@ -34,10 +34,10 @@ use vpmd_backend::seglist::SegList;
 
 /// The chunk kind that truncates the memfds sent so far instead of sending bytes.
 const TRUNCATE: u8 = 0xff;
-/// Whether [`TRUNCATE`] chunks truncate. Off until vpmd survives guest memory that
-/// goes away (backend `fault_guard`): before that the first burst on truncated
-/// memory dies of SIGBUS, which is known, not a finding.
-const TRUNCATION: bool = false;
+/// Whether [`TRUNCATE`] chunks truncate. vpmd survives guest memory that goes away
+/// (backend `fault_guard`); turning this off (the chunk is then an ordinary one)
+/// tells a SIGBUS finding from any other when bisecting.
+const TRUNCATION: bool = true;
 
 fn port() -> &'static Arc<VirtioNetPort> {
     static P: OnceLock<Arc<VirtioNetPort>> = OnceLock::new();
