@@ -324,7 +324,7 @@ fn rewritten_source_mac_never_leaves_the_uplink() {
         tx.set_desc(h, Desc::new(addr, len, 0, 0));
         src_offsets.push(addr + HDR_LEN as u64 + 6);
     }
-    assert!(IN_FLIGHT <= QUEUE_SIZE);
+    const { assert!(IN_FLIGHT <= QUEUE_SIZE) };
 
     // The second vCPU: its own file description of the guest's memfd (the guest
     // RAM is at guest-physical 0, so file offset = address), flipping every
