@@ -66,9 +66,6 @@ pub fn seal(src: &SegList, hdr: &mut [u8; ETH_HLEN], out: &mut SegList) -> bool 
     let got = src.read_at(0, hdr);
     debug_assert_eq!(got as usize, ETH_HLEN, "runts are dropped before sealing");
     out.clear();
-    // `unused_unsafe`: `from_slice` is becoming an `unsafe fn` in the backend; the
-    // allow can go once it is one.
-    #[allow(unused_unsafe)]
     // SAFETY: the caller keeps `hdr` in place and unwritten until `out` has been
     // read for the last time (this function's contract; `Headers::slots` hands
     // each slot out once per burst), and only `out` reads it meanwhile.
@@ -103,7 +100,6 @@ mod tests {
     fn list(bufs: &mut [Vec<u8>]) -> SegList {
         let mut l = SegList::default();
         for b in bufs.iter_mut() {
-            #[allow(unused_unsafe)]
             // SAFETY: every test keeps `bufs` alive and in place while the list is
             // used, and reaches the bytes only through the list meanwhile.
             let view = unsafe { HostBuf::from_slice(b) };
