@@ -148,6 +148,26 @@ impl Drop for Watched {
     }
 }
 
+/// Adds 1 to the eventfd `fd` with one `write`, bracketed for the watchdog and
+/// never retried: `EINTR` (the write slept and was interrupted) and `EAGAIN` (the
+/// counter is full) come back as errors. `fd` must stay open for the call (the
+/// caller holds what owns it).
+pub fn signal_eventfd(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let one = 1u64;
+    let watched = Watched::enter();
+    // SAFETY: writes 8 bytes from a local u64; `fd` is open (caller's contract), and
+    // a wrong kind of fd can at worst fail the write.
+    let n = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    drop(watched);
+    if n == 8 {
+        Ok(())
+    } else if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Err(io::Error::from(io::ErrorKind::WriteZero))
+    }
+}
+
 /// The running watchdog.
 pub struct Watchdog {
     stop: Arc<AtomicBool>,
@@ -228,22 +248,15 @@ mod tests {
             assert!(fd >= 0);
             let max = u64::MAX - 1;
             // SAFETY: writes 8 bytes from a local u64 to our own fd.
-            assert_eq!(
-                unsafe { libc::write(fd, (&max as *const u64).cast(), 8) },
-                8
-            );
-            let one = 1u64;
-            let w = Watched::enter();
-            // SAFETY: as above; this write blocks (the counter is saturated).
-            let r = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-            let err = io::Error::last_os_error();
-            drop(w);
+            let n = unsafe { libc::write(fd, (&max as *const u64).cast(), 8) };
+            assert_eq!(n, 8);
+            // This write blocks (the counter is saturated) until interrupted.
+            let err = signal_eventfd(fd).unwrap_err();
             // SAFETY: closing our own fd.
             unsafe { libc::close(fd) };
-            (r, err.raw_os_error(), reg.interrupts())
+            (err.raw_os_error(), reg.interrupts())
         });
-        let (r, errno, interrupts) = t.join().unwrap();
-        assert_eq!(r, -1);
+        let (errno, interrupts) = t.join().unwrap();
         assert_eq!(errno, Some(libc::EINTR));
         assert!(interrupts >= 1);
         dog.stop();

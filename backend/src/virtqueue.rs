@@ -30,8 +30,9 @@ use crate::guest_mem::MemMap;
 use crate::port::{close_reason, Notifier};
 use crate::seglist::SegList;
 use crate::split_ring::{RingError, SplitRing};
-use crate::stall_guard::Watched;
+use crate::stall_guard;
 use crate::{GuestMemoryAtomicMmap, Vring};
+use std::os::fd::AsRawFd;
 
 /// Why a queue could not be used for a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -343,10 +344,12 @@ impl<'a> VirtQueue<'a> {
         if self.notifier.health.closing() != 0 {
             return;
         }
-        let watched = Watched::enter();
-        let result = self.state.signal_used_queue();
-        drop(watched);
-        if let Err(e) = result {
+        // Not the library's `signal_used_queue`: it writes with `write_all`, which
+        // retries on EINTR and so would sleep again after the watchdog's interrupt.
+        let Some(call) = self.state.get_call() else {
+            return;
+        };
+        if let Err(e) = stall_guard::signal_eventfd(call.as_raw_fd()) {
             self.notify_failed(&e);
         }
     }

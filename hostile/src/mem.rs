@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::Path;
 
 use crate::msg::body::Region;
 
@@ -48,6 +49,10 @@ pub struct GuestRam {
 // SAFETY: the mapping is owned by this struct and unmapped only in Drop; the raw
 // pointer is not tied to the creating thread.
 unsafe impl Send for GuestRam {}
+// SAFETY: every access through `&GuestRam` copies plain bytes or uses atomic
+// loads and stores; two threads racing on the same bytes (as a second vCPU would)
+// is what the tests want, and neither can step outside the mapping.
+unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     /// A fresh, zero-filled memfd of `len` bytes (a page multiple) at `gpa`.
@@ -68,6 +73,46 @@ impl GuestRam {
         }
         // SAFETY: `fd` was just created and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
+        Self::map(file, gpa, len)
+    }
+
+    /// Guest RAM in a file of its own on the hugetlbfs mounted at `mount` (as QEMU's
+    /// `memory-backend-file,mem-path=/dev/hugepages` and DPDK's virtio-user use);
+    /// `len` a multiple of the huge page size. The file is unlinked at once.
+    pub fn on_hugetlbfs(mount: &Path, gpa: u64, len: usize) -> Result<GuestRam, MemError> {
+        let path = mount.join(format!("vpmd-hostile-{}-{gpa:x}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| MemError::Sys {
+                what: "open on hugetlbfs",
+                source,
+            })?;
+        let _ = std::fs::remove_file(&path);
+        Self::map(file, gpa, len)
+    }
+
+    /// A sparse memfd of `len` bytes (say 1 TiB), not mapped here: only its fd and
+    /// region are used, to ask vpmd to map more than it should.
+    pub fn sparse_fd(len: u64) -> Result<File, MemError> {
+        // SAFETY: a valid C string and flags.
+        let fd = unsafe { libc::memfd_create(c"vpmd-hostile-sparse".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(sys("memfd_create"));
+        }
+        // SAFETY: fresh fd nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len).map_err(|source| MemError::Sys {
+            what: "ftruncate",
+            source,
+        })?;
+        Ok(file)
+    }
+
+    fn map(file: File, gpa: u64, len: usize) -> Result<GuestRam, MemError> {
         file.set_len(len as u64).map_err(|source| MemError::Sys {
             what: "ftruncate",
             source,
@@ -181,8 +226,27 @@ impl GuestRam {
     }
 
     /// Shrinks (or grows) the memfd under every mapping of it, vpmd's included.
+    /// The caller must not touch the memory past `len` afterwards (it would SIGBUS).
     pub fn truncate(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    /// Punches a hole of `len` bytes at `offset` into the file (its pages are freed;
+    /// the file keeps its size).
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on our own fd with integer arguments.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

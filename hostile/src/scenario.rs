@@ -14,6 +14,8 @@ use vpmd_bench::frame::{self, Endpoints};
 use vpmd_bench::{FrontendOptions, NetFrontend};
 
 use crate::good::{GoodReport, GoodTraffic};
+use crate::ring::Desc;
+use crate::vm::HostileVm;
 use crate::vpmd::{counter, drops, mac, Vpmd};
 
 /// Slowest the well-behaved pair may get during an attack (frames per second). The
@@ -63,6 +65,18 @@ impl Scenario {
             .lines()
             .filter(|l| needles.iter().all(|n| l.contains(n)))
             .count()
+    }
+
+    /// Waits up to `timeout` for a log line containing every one of `needles`.
+    pub fn wait_logged(&self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.log_lines(needles) == 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Asserts vpmd logged about `needles` at least once and within its rate limit
@@ -184,4 +198,30 @@ impl Sender {
         }
         n
     }
+}
+
+/// A test frame from h to p with sequence number `seq` (128 bytes).
+pub fn frame_to_p(seq: u64) -> Vec<u8> {
+    let ep = Endpoints {
+        src_mac: mac("h"),
+        dst_mac: mac("p"),
+        ..Endpoints::default()
+    };
+    let mut buf = Vec::new();
+    frame::build(&mut buf, &ep, seq, 128);
+    buf
+}
+
+/// A well-behaved setup on h works and a frame reaches p.
+pub fn h_still_works(sc: &Scenario, p: &mut Sender, seq: u64) {
+    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("well-behaved setup after the attack");
+    sc.vpmd.wait_up(&["h"]);
+    let f = frame_to_p(seq);
+    let (addr, len) = vm.tx_frame(0, &f);
+    let tx = vm.tx_ring();
+    tx.set_desc(0, Desc::new(addr, len, 0, 0));
+    tx.offer(&[0]);
+    assert!(tx.wait_used(1, Duration::from_secs(5)), "frame not taken");
+    assert!(p.fe.wait_rx(Duration::from_secs(3)), "frame did not arrive");
+    assert_eq!(p.fe.recv().as_deref(), Some(&f[..]));
 }

@@ -99,9 +99,14 @@ pub struct HostileVm {
 impl HostileVm {
     /// Connects to `socket` with fresh 4 MiB guest RAM and the default ring layouts.
     pub fn connect(socket: &Path) -> Result<HostileVm, VmError> {
+        Self::connect_with(socket, GuestRam::new(0, RAM_LEN)?)
+    }
+
+    /// Connects to `socket` with `mem` as guest RAM (at least [`RAM_LEN`] bytes).
+    pub fn connect_with(socket: &Path, mem: GuestRam) -> Result<HostileVm, VmError> {
         Ok(HostileVm {
             conn: step("connect", Conn::connect(socket))?,
-            mem: GuestRam::new(0, RAM_LEN)?,
+            mem,
             rx: Layout::contiguous(RX_RING, QUEUE_SIZE),
             tx: Layout::contiguous(TX_RING, QUEUE_SIZE),
             features: 0,
@@ -212,6 +217,13 @@ impl HostileVm {
         Ok(())
     }
 
+    /// The call (`kick == false`) or kick eventfd this VM gave vpmd for queue
+    /// `index` in [`HostileVm::setup_queue`].
+    pub fn vring_eventfd(&self, index: u32, kick: bool) -> RawFd {
+        let order = [RX, TX].iter().position(|&q| q == index).expect("RX or TX");
+        self.fds[2 * order + usize::from(kick)].as_raw_fd()
+    }
+
     /// SET_VRING_CALL / _KICK / _ERR of queue `index` with `fd` attached.
     pub fn vring_fd(&self, request: u32, index: u32, fd: RawFd) -> Result<(), VmError> {
         let msg = RawMsg::new(request, body::u64(u64::from(index))).with_fds(&[fd]);
@@ -255,7 +267,14 @@ impl HostileVm {
         socket: &Path,
         mem_table: impl FnOnce(&HostileVm) -> Result<(), VmError>,
     ) -> Result<HostileVm, VmError> {
-        let mut vm = HostileVm::connect(socket)?;
+        Self::start_on(HostileVm::connect(socket)?, mem_table)
+    }
+
+    /// [`HostileVm::start_with`] on an already connected VM (with memory of its own).
+    pub fn start_on(
+        mut vm: HostileVm,
+        mem_table: impl FnOnce(&HostileVm) -> Result<(), VmError>,
+    ) -> Result<HostileVm, VmError> {
         vm.negotiate(F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC)?;
         mem_table(&vm)?;
         vm.setup_queue(RX, vm.rx)?;

@@ -55,6 +55,9 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// vpmd stops within this long of SIGTERM, whatever its frontends are doing.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(2);
+
 /// A running vpmd; SIGTERM and cleanup on drop if [`Vpmd::stop`] was not called.
 pub struct Vpmd {
     child: Option<Child>,
@@ -186,18 +189,37 @@ impl Vpmd {
         }
     }
 
-    /// SIGTERM, waits up to 10 s, and returns the exit status (killing it if it hangs).
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// File descriptors the process holds now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// SIGTERM, waits up to [`STOP_DEADLINE`] (vpmd's promise), and returns the exit
+    /// status; fails if it had to be killed. The final counters must be in the log.
     pub fn stop(&mut self) -> ExitStatus {
         let status = self.terminate();
+        let log = self.log();
         let _ = std::fs::remove_dir_all(&self.dir);
-        status.unwrap_or_else(|| panic!("vpmd did not stop on SIGTERM within 10 s"))
+        let status = status.unwrap_or_else(|| {
+            panic!("vpmd did not stop on SIGTERM within {STOP_DEADLINE:?}; log:\n{log}")
+        });
+        assert!(
+            log.contains("final counters:"),
+            "no final counters; log:\n{log}"
+        );
+        status
     }
 
     fn terminate(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         // SAFETY: kill(2) on our own child's pid, not reaped yet.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + STOP_DEADLINE;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);

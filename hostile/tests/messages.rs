@@ -7,24 +7,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use vpmd_bench::frame::{self, Endpoints};
 use vpmd_hostile::mem::GuestRam;
 use vpmd_hostile::msg::{body, req, Conn, RawMsg, FLAG_NEED_REPLY, VERSION_1};
 use vpmd_hostile::ring::Desc;
-use vpmd_hostile::scenario::{Scenario, Sender};
+use vpmd_hostile::scenario::{frame_to_p, h_still_works, Scenario, Sender};
 use vpmd_hostile::vm::{eventfd, HostileVm, F_INDIRECT_DESC, F_MRG_RXBUF, F_VERSION_1, RX, TX};
-use vpmd_hostile::vpmd::{counter, mac};
-
-fn frame_to_p(seq: u64) -> Vec<u8> {
-    let ep = Endpoints {
-        src_mac: mac("h"),
-        dst_mac: mac("p"),
-        ..Endpoints::default()
-    };
-    let mut buf = Vec::new();
-    frame::build(&mut buf, &ep, seq, 128);
-    buf
-}
+use vpmd_hostile::vpmd::counter;
 
 /// A hostile VM on h, negotiated and (unless `no_table`) with its memory table.
 fn negotiated(sc: &Scenario, no_table: bool) -> HostileVm {
@@ -64,20 +52,6 @@ fn raw_closed(sc: &Scenario, what: &str, bytes: &[u8], close_after: bool) {
         c.wait_closed(Duration::from_secs(3)),
         "{what}: connection left open"
     );
-}
-
-/// A well-behaved setup on h works and a frame reaches p.
-fn h_still_works(sc: &Scenario, p: &mut Sender, seq: u64) {
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("well-behaved setup after the attack");
-    sc.vpmd.wait_up(&["h"]);
-    let f = frame_to_p(seq);
-    let (addr, len) = vm.tx_frame(0, &f);
-    let tx = vm.tx_ring();
-    tx.set_desc(0, Desc::new(addr, len, 0, 0));
-    tx.offer(&[0]);
-    assert!(tx.wait_used(1, Duration::from_secs(5)), "frame not taken");
-    assert!(p.fe.wait_rx(Duration::from_secs(3)), "frame did not arrive");
-    assert_eq!(p.fe.recv().as_deref(), Some(&f[..]));
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {

@@ -6,9 +6,10 @@
 //!
 //! One thread accepts; each client is answered by a short-lived thread of its own,
 //! so a client that connects and sends nothing, or reads its answer slowly, never
-//! delays another. What one client can hold is bounded: at most `MAX_CLIENTS` (16)
-//! are served at once (beyond that a client gets `{"error":"busy"}`, written without
-//! waiting, and is closed), a request line is at most `MAX_REQUEST` (256) bytes (a
+//! delays another. What clients can hold is bounded: at most `MAX_CLIENTS` (16)
+//! are served at once, and a client beyond that is served after the *oldest* one is
+//! cut off (its socket shut down): silent clients that pile up push each other out
+//! instead of locking `vpmd stats` out. A request line is at most `MAX_REQUEST` (256) bytes (a
 //! longer one is answered with an error and the connection closed), and the whole
 //! exchange has one deadline (`IO_TIMEOUT`, 2 s), however slowly the client trickles.
 //! [`ControlServer::stop`] waits for the accept thread only: a client thread still
@@ -18,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -33,8 +34,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_REQUEST: usize = 256;
 /// Most clients answered at once.
 const MAX_CLIENTS: usize = 16;
-/// The answer to a client beyond [`MAX_CLIENTS`].
-const BUSY: &[u8] = b"{\"error\":\"busy\"}\n";
 
 /// Control socket errors.
 #[derive(Debug, thiserror::Error)]
@@ -162,24 +161,45 @@ impl Drop for ControlServer {
     }
 }
 
-/// One client slot, given back when the client's thread ends (or never starts).
-struct Slot(Arc<AtomicUsize>);
+/// The clients being answered, oldest first.
+#[derive(Default)]
+struct Clients {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::VecDeque<(u64, UnixStream)>>,
+}
+
+/// One client's place in [`Clients`], given back when its thread ends (or never starts).
+struct Slot {
+    clients: Arc<Clients>,
+    id: u64,
+}
 
 impl Slot {
-    /// Takes a slot unless `limit` are taken.
-    fn take(active: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
-        active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(active.clone()))
+    /// Takes a place for `stream`; with `limit` taken already, the oldest client is
+    /// cut off first (its thread sees the end of its stream and ends at once).
+    fn take(clients: &Arc<Clients>, stream: &UnixStream, limit: usize) -> Slot {
+        let id = clients.next.fetch_add(1, Ordering::Relaxed);
+        let mut open = clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        while open.len() >= limit {
+            if let Some((_, oldest)) = open.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+                log::debug!("control socket: {limit} clients at once; the oldest cut off");
+            }
+        }
+        if let Ok(handle) = stream.try_clone() {
+            open.push_back((id, handle));
+        }
+        Slot {
+            clients: clients.clone(),
+            id,
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -189,14 +209,11 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     limits: Limits,
 ) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::new(Clients::default());
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let Some(slot) = Slot::take(&active, limits.clients) else {
-                    refuse_busy(stream, limits.clients);
-                    continue;
-                };
+                let slot = Slot::take(&clients, &stream, limits.clients);
                 let registry = registry.clone();
                 let spawned = thread::Builder::new()
                     .name("vpmd-control-client".into())
@@ -217,18 +234,6 @@ fn accept_loop(
             }
         }
     }
-}
-
-/// Tells a client beyond the limit to come back later, without ever waiting for it.
-fn refuse_busy(stream: UnixStream, limit: usize) {
-    // Accepted sockets do not inherit the listener's O_NONBLOCK.
-    if stream.set_nonblocking(true).is_ok() {
-        let _ = (&stream).write(BUSY);
-        // Take in the request if it is already here: closing a unix socket with
-        // unread bytes makes the client's read fail (ECONNRESET) after the answer.
-        let _ = (&stream).read(&mut [0u8; MAX_REQUEST]);
-    }
-    log::debug!("control socket: {limit} clients at once already, one more refused as busy");
 }
 
 /// Reads one request line and writes the answer, all before `deadline` has passed
@@ -404,22 +409,19 @@ mod tests {
     }
 
     #[test]
-    fn clients_beyond_the_limit_are_told_busy() {
+    fn clients_beyond_the_limit_push_the_oldest_out() {
         let (path, dir) = socket_path("busy");
         let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
-        let silent: Vec<UnixStream> = (0..PATIENT.clients)
+        let mut silent: Vec<UnixStream> = (0..PATIENT.clients * 3)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
-        // Connections are accepted in order: the silent ones hold every slot first.
-        // A client that sends nothing reads the whole answer and a clean end.
-        let mut extra = UnixStream::connect(&path).unwrap();
-        let mut reply = String::new();
-        extra.read_to_string(&mut reply).unwrap();
-        assert_eq!(reply.as_bytes(), BUSY);
-        // One slot free again: answered.
-        drop(silent.into_iter().next());
-        let answered = (0..100).any(|_| request_stats(&path).is_ok());
-        assert!(answered, "no answer after a slot was given back");
+        // However many silent clients there are, a real request is answered.
+        for _ in 0..3 {
+            assert!(request_stats(&path).is_ok());
+        }
+        // The first ones were cut off: they read the end of their stream.
+        let mut b = [0u8; 1];
+        assert_eq!(silent[0].read(&mut b).unwrap_or(0), 0);
         server.stop();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -127,10 +127,34 @@ fn macvlan_defaults_and_fields() {
 }
 
 #[test]
+fn connection_limits_default_and_parse() {
+    let c = parse(PAIR).unwrap();
+    assert_eq!(
+        c.ports[0].limits,
+        vpmd_backend::conn_limits::ConnLimits::DEFAULT
+    );
+    let c = parse(&PAIR.replace(
+        "mtu = 9000",
+        "mtu = 9000\nmax_memory_mib = 1024\nmax_messages_per_sec = 50",
+    ))
+    .unwrap();
+    assert_eq!(c.ports[1].limits.max_memory, 1 << 30);
+    assert_eq!(c.ports[1].limits.messages_per_sec, 50);
+}
+
+#[test]
 fn errors_name_the_field() {
     let both = format!("{PAIR}\n{MACVLAN}");
     let cases = [
         (PAIR.replace("mtu = 9000", "mtu = 9001"), "port[1].mtu"),
+        (
+            PAIR.replace("mtu = 9000", "mtu = 9000\nmax_memory_mib = 0"),
+            "port[1].max_memory_mib",
+        ),
+        (
+            PAIR.replace("mtu = 9000", "mtu = 9000\nmax_messages_per_sec = 1"),
+            "port[1].max_messages_per_sec",
+        ),
         (
             PAIR.replace("52:54:00:00:00:02", "52:54:00:00:00:01"),
             "port[1].mac",
