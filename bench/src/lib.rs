@@ -46,4 +46,6 @@ mod test_device;
 
 pub use frontend::{DeviceInfo, FrontendError, FrontendOptions, NetFrontend, Stats};
 pub use port::{Port, PortError, PortOptions};
-pub use virtio_net::{format_mac, NetConfig, NetLayout};
+pub use virtio_net::{NetConfig, NetLayout};
+/// The workspace's MAC address type, for the harnesses built on this crate.
+pub use vpmd_uplink::MacAddr;

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vpmd_bench::modes::{self, latency, loopback, rxonly, txonly, xdp_txonly, Global};
 use vpmd_bench::transfer::{spread_sizes, transfer, warm_up, TransferSpec};
-use vpmd_bench::{format_mac, FrontendOptions, NetFrontend};
+use vpmd_bench::{FrontendOptions, MacAddr, NetFrontend};
 
 #[derive(Parser)]
 #[command(
@@ -144,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(c) = f.info().config {
                 println!(
                     "mac {} mtu {} status {:#x}",
-                    format_mac(&c.mac),
+                    MacAddr(c.mac),
                     c.mtu,
                     c.status
                 );

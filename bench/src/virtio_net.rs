@@ -93,14 +93,6 @@ impl NetConfig {
     }
 }
 
-/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +124,10 @@ mod tests {
         c[8] = 1;
         c[10..12].copy_from_slice(&9000u16.to_le_bytes());
         let cfg = NetConfig::parse(&c).unwrap();
-        assert_eq!(format_mac(&cfg.mac), "52:54:00:00:00:02");
+        assert_eq!(
+            vpmd_uplink::MacAddr(cfg.mac).to_string(),
+            "52:54:00:00:00:02"
+        );
         assert_eq!((cfg.status, cfg.max_virtqueue_pairs, cfg.mtu), (1, 1, 9000));
         assert!(NetConfig::parse(&c[..11]).is_none());
     }

@@ -81,7 +81,7 @@ impl Vpmd {
             config.push_str(&format!(
                 "\n[[port]]\nname = \"{name}\"\nsocket = \"{}\"\nmac = \"{}\"\n",
                 dir.join(format!("{name}.sock")).display(),
-                vpmd_bench::format_mac(&mac)
+                vpmd_bench::MacAddr(mac)
             ));
         }
         config

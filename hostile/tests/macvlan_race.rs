@@ -141,7 +141,7 @@ impl Vpmd {
              [[macvlan]]\nuplink = \"{uplink}\"\nqueues = 1\nmode = \"bridge\"\nports = [\"h\"]\n",
             ctl = dir.join("control.sock").display(),
             sock = dir.join("h.sock").display(),
-            mac = vpmd_bench::format_mac(&GENUINE),
+            mac = vpmd_bench::MacAddr(GENUINE),
         );
         let config_path = dir.join("vpmd.toml");
         std::fs::write(&config_path, config).expect("write config");

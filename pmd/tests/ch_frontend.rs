@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{counter, port, serial, Vpmd};
 use vpmd_bench::transfer::{spread_sizes, transfer, TransferSpec};
-use vpmd_bench::{format_mac, FrontendOptions, NetFrontend};
+use vpmd_bench::{FrontendOptions, MacAddr, NetFrontend};
 
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
@@ -47,8 +47,8 @@ ports = ["a", "b"]
         control = dir.join("control.sock").display(),
         a = dir.join("a.sock").display(),
         b = dir.join("b.sock").display(),
-        mac_a = format_mac(&MAC_A),
-        mac_b = format_mac(&MAC_B),
+        mac_a = MacAddr(MAC_A),
+        mac_b = MacAddr(MAC_B),
     )
 }
 
@@ -72,7 +72,7 @@ fn config_space_traffic_both_ways_and_counters() {
             "GET_CONFIG not negotiated: {:?}",
             info.negotiated
         );
-        assert_eq!(f.mac().map(|m| format_mac(&m)), Some(format_mac(&mac)));
+        assert_eq!(f.mac().map(MacAddr), Some(MacAddr(mac)));
         assert_eq!(f.mtu(), Some(mtu));
         assert_eq!(info.layout.hdr_len, 12);
     }

@@ -18,6 +18,8 @@
 //! | [`bpf`] | the `bpf(2)` system call: maps, program load (with the verifier log), test runs, XDP links, program ids |
 //! | [`insn`] | eBPF instruction encoding |
 //! | [`program`] | the hand-assembled XDP programs (MAC filter, passthru), with their listings, and loading them |
+//! | [`mac`] | [`MacAddr`]: the workspace's one MAC address type (parse, print, group bit) |
+//! | [`tsc`] | the CPU's time-stamp counter, the polling threads' and generators' cheap clock |
 //! | [`maps`] | the program's two maps: [`MacTable`] (VM MACs) and [`XskMap`] (RX queue → socket) |
 //! | [`netlink`] | interface lookup; which XDP program an interface runs (`RTM_GETLINK`) |
 //! | [`attach`] | attaching with `BPF_LINK_CREATE` (detached when the process dies), refusing foreign programs |
@@ -75,6 +77,7 @@ pub mod attach;
 pub mod bpf;
 pub mod insn;
 pub mod lone;
+pub mod mac;
 pub mod maps;
 pub mod netlink;
 pub(crate) mod packet_ring;
@@ -93,7 +96,8 @@ pub mod uplink;
 
 pub use attach::{AttachError, AttachMode, AttachPreference, XdpLink};
 pub use lone::open_unattached;
-pub use maps::{format_mac, MacAddr, MacTable, MapError, XskMap};
+pub use mac::{MacAddr, MacParseError};
+pub use maps::{MacTable, MapError, XskMap};
 pub use netlink::{attached_xdp_program, ifindex, AttachedMode, AttachedProgram};
 pub use packet_ring::TapBurst;
 pub use packet_tap::{PacketTap, PacketTapConfig, PacketTapError};

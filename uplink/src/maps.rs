@@ -14,9 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use crate::bpf::{BpfError, BpfMap, MAP_TYPE_HASH, MAP_TYPE_XSKMAP, UPDATE_ANY};
-
-/// An Ethernet MAC address, in wire order.
-pub type MacAddr = [u8; 6];
+use crate::mac::MacAddr;
 
 /// Size of a [`MacTable`] key: the 6 MAC bytes, no padding.
 pub const MAC_KEY_SIZE: u32 = 6;
@@ -30,19 +28,19 @@ pub enum MapError {
         #[source]
         source: BpfError,
     },
-    #[error("adding MAC {} to the MAC table failed", format_mac(mac))]
+    #[error("adding MAC {mac} to the MAC table failed")]
     InsertMac {
         mac: MacAddr,
         #[source]
         source: BpfError,
     },
-    #[error("removing MAC {} from the MAC table failed", format_mac(mac))]
+    #[error("removing MAC {mac} from the MAC table failed")]
     RemoveMac {
         mac: MacAddr,
         #[source]
         source: BpfError,
     },
-    #[error("looking up MAC {} in the MAC table failed", format_mac(mac))]
+    #[error("looking up MAC {mac} in the MAC table failed")]
     LookupMac {
         mac: MacAddr,
         #[source]
@@ -60,12 +58,6 @@ pub enum MapError {
         #[source]
         source: BpfError,
     },
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &MacAddr) -> String {
-    let [a, b, c, d, e, f] = *mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
 /// The VM ports' MAC addresses: frames to these go to AF_XDP instead of the
@@ -90,26 +82,29 @@ impl MacTable {
     /// Adds `mac` (or moves it to `port`): from the next frame on, frames
     /// to `mac` are redirected to AF_XDP. `port` is informational (it shows
     /// in `bpftool map dump`); the program only tests for presence.
-    pub fn insert(&self, mac: MacAddr, port: u32) -> Result<(), MapError> {
+    pub fn insert(&self, mac: impl Into<MacAddr>, port: u32) -> Result<(), MapError> {
+        let mac = mac.into();
         self.map
-            .update(&mac, &port.to_ne_bytes(), UPDATE_ANY)
+            .update(&mac.0, &port.to_ne_bytes(), UPDATE_ANY)
             .map_err(|source| MapError::InsertMac { mac, source })
     }
 
     /// Removes `mac`: frames to it reach the kernel stack again. Returns
     /// whether it was present.
-    pub fn remove(&self, mac: MacAddr) -> Result<bool, MapError> {
+    pub fn remove(&self, mac: impl Into<MacAddr>) -> Result<bool, MapError> {
+        let mac = mac.into();
         self.map
-            .delete(&mac)
+            .delete(&mac.0)
             .map_err(|source| MapError::RemoveMac { mac, source })
     }
 
     /// The port `mac` was added for, if present.
-    pub fn get(&self, mac: MacAddr) -> Result<Option<u32>, MapError> {
+    pub fn get(&self, mac: impl Into<MacAddr>) -> Result<Option<u32>, MapError> {
+        let mac = mac.into();
         let mut port = [0u8; 4];
         let found = self
             .map
-            .lookup(&mac, &mut port)
+            .lookup(&mac.0, &mut port)
             .map_err(|source| MapError::LookupMac { mac, source })?;
         Ok(found.then(|| u32::from_ne_bytes(port)))
     }
@@ -165,18 +160,5 @@ impl XskMap {
 
     pub(crate) fn raw_fd(&self) -> i32 {
         self.map.as_fd().as_raw_fd()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_print_in_colon_notation() {
-        assert_eq!(
-            format_mac(&[0x52, 0x54, 0, 0xab, 1, 0xff]),
-            "52:54:00:ab:01:ff"
-        );
     }
 }

@@ -150,7 +150,7 @@ impl OtherDestinations {
         self.macs
             .iter()
             .map(|(mac, frames)| MacCount {
-                mac: crate::virtio_net::format_mac(mac),
+                mac: vpmd_uplink::MacAddr(*mac).to_string(),
                 frames: *frames,
             })
             .collect()

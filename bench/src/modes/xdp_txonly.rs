@@ -27,7 +27,6 @@ use vpmd_uplink::{BindMode, RingSizes, UmemConfig, UplinkConfig, XskSocket};
 use crate::frame::{self, FrameTemplate};
 use crate::modes::{self, ModeError};
 use crate::pacing::Pacer;
-use crate::virtio_net::format_mac;
 
 /// Transmit chunks in the UMEM (frames in flight at most).
 const CHUNKS: u32 = 4096;
@@ -366,7 +365,7 @@ fn report(
             .iter()
             .zip(per_dst)
             .map(|(d, frames)| DestinationReport {
-                mac: format_mac(&d.mac),
+                mac: vpmd_uplink::MacAddr(d.mac).to_string(),
                 weight: d.weight,
                 frames,
             })

@@ -9,7 +9,6 @@
 mod tests;
 mod validate;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -60,40 +59,8 @@ pub enum ConfigError {
     },
 }
 
-/// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!(
-                "{s:?} is not a MAC address (want six hex bytes like 52:54:00:00:00:01)"
-            ));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            *o = u8::from_str_radix(p, 16)
-                .ok()
-                .filter(|_| p.len() == 2)
-                .ok_or_else(|| format!("{s:?} is not a MAC address (bad byte {p:?})"))?;
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
+/// A port's MAC address: the workspace's one MAC type.
+pub use vpmd_uplink::MacAddr;
 
 /// Socket role of a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -241,7 +208,7 @@ pub struct Port {
     /// Role.
     pub mode: Mode,
     /// MAC.
-    pub mac: Mac,
+    pub mac: MacAddr,
     /// MTU.
     pub mtu: u16,
     /// Socket permission bits.

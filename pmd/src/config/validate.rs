@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::{
-    Config, ConfigError, Host, IdOrName, Mac, Macvlan, MacvlanMode, Mode, Port, RawConfig, RawPort,
-    DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_SLEEP_US, MAX_UPLINK_QUEUES, MIN_MTU,
+    Config, ConfigError, Host, IdOrName, MacAddr, Macvlan, MacvlanMode, Mode, Port, RawConfig,
+    RawPort, DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_SLEEP_US, MAX_UPLINK_QUEUES,
+    MIN_MTU,
 };
 
 /// Builds errors for one file.
@@ -266,8 +267,11 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
                 format!("{} is used by another port", p.socket.display()),
             ));
         }
-        let mac: Mac = p.mac.parse().map_err(|e: String| err.at(f("mac"), e))?;
-        if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        let mac: MacAddr = p
+            .mac
+            .parse()
+            .map_err(|e: vpmd_uplink::MacParseError| err.at(f("mac"), e.to_string()))?;
+        if mac.is_multicast() || mac.is_zero() {
             return Err(err.at(f("mac"), format!("{mac} is not a unicast address")));
         }
         if !macs.insert(mac) {

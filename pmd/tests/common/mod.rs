@@ -48,15 +48,9 @@ pub fn pairs_config(n: usize) -> impl Fn(&std::path::Path) -> String {
             for side in ['a', 'b'] {
                 let m = pair_mac(i, side);
                 c += &format!(
-                    "\n[[port]]\nname = \"p{i}{side}\"\nsocket = \"{}\"\n\
-                     mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"\n",
+                    "\n[[port]]\nname = \"p{i}{side}\"\nsocket = \"{}\"\nmac = \"{}\"\n",
                     dir.join(format!("p{i}{side}.sock")).display(),
-                    m[0],
-                    m[1],
-                    m[2],
-                    m[3],
-                    m[4],
-                    m[5]
+                    vpmd_bench::MacAddr(m)
                 );
             }
             c += &format!("\n[[veth]]\nports = [\"p{i}a\", \"p{i}b\"]\n");

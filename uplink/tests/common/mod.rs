@@ -12,6 +12,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vpmd_uplink::MacAddr;
+
 /// How long a test waits for a frame it expects (a bound on waiting, not a
 /// timing assertion: frames normally arrive in microseconds).
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -126,7 +128,7 @@ impl TestNet {
             "dev",
             &net.ns_if,
             "address",
-            &mac_text(&PEER_MAC),
+            &MacAddr(PEER_MAC).to_string(),
         ]);
         ip(&[
             "-n", &net.ns, "link", "set", "dev", &net.ns_if, "mtu", &mtu, "up",
@@ -146,7 +148,7 @@ impl TestNet {
             "dev",
             &self.host_if,
             "address",
-            &mac_text(&HOST_MAC),
+            &MacAddr(HOST_MAC).to_string(),
         ]);
     }
 
@@ -208,10 +210,6 @@ impl Drop for TestNet {
         let _ = run("ip", &["netns", "del", &self.ns]);
         let _ = run("ip", &["link", "del", "dev", &self.host_if]);
     }
-}
-
-pub fn mac_text(mac: &[u8; 6]) -> String {
-    vpmd_uplink::format_mac(mac)
 }
 
 /// UDP port range of test frames: frames of different sequence numbers

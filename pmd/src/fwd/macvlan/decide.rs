@@ -13,6 +13,8 @@
 //! other frames are dropped as `spoofed`. Unicast to a MAC no VM has, arriving
 //! from the uplink, reaches no VM (the XDP program keeps those for the host).
 
+use vpmd_uplink::MacAddr;
+
 use crate::config::MacvlanMode;
 use crate::counters::DropReason;
 
@@ -23,15 +25,13 @@ pub type MacKey = u64;
 /// The key of a MAC.
 #[inline]
 pub fn mac_key(mac: &[u8; 6]) -> MacKey {
-    let mut b = [0u8; 8];
-    b[2..].copy_from_slice(mac);
-    u64::from_be_bytes(b)
+    MacAddr(*mac).to_u64()
 }
 
 /// Whether a MAC is broadcast or multicast (the group bit).
 #[inline]
 pub fn is_group(mac: &[u8; 6]) -> bool {
-    mac[0] & 1 != 0
+    MacAddr(*mac).is_multicast()
 }
 
 /// Where a frame came from.
