@@ -7,6 +7,10 @@
 //! threads, and the loop waits for the next frontend with fresh backend state.
 //! vpmd accepts or connects the frontend itself and puts a [`relay`] between it and
 //! the daemon, to smooth over a QEMU message order the library rejects.
+//!
+//! Opening the socket ([`PortSocket::open`]) and starting its thread
+//! ([`PortSocket::spawn`]) are two steps, so that vpmd opens every socket while it
+//! may still need privileges and starts threads only once it has dropped them.
 
 use std::fs::DirBuilder;
 use std::net::Shutdown;
@@ -82,7 +86,7 @@ impl SocketAccess {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     /// The listening socket could not be created.
-    #[error("port {port}: cannot listen on {path}: {source}")]
+    #[error("port {port}: cannot listen on {path}")]
     Listen {
         /// Port name.
         port: String,
@@ -93,7 +97,7 @@ pub enum ConnectionError {
         source: vhost::vhost_user::Error,
     },
     /// The socket's permissions, owner or group could not be set.
-    #[error("port {port}: cannot set mode, owner or group of {path}: {source}")]
+    #[error("port {port}: cannot set mode, owner or group of {path}")]
     Permissions {
         /// Port name.
         port: String,
@@ -104,7 +108,7 @@ pub enum ConnectionError {
         source: std::io::Error,
     },
     /// The connection thread could not be started.
-    #[error("port {port}: cannot start its connection thread: {source}")]
+    #[error("port {port}: cannot start its connection thread")]
     Thread {
         /// Port name.
         port: String,
@@ -112,6 +116,16 @@ pub enum ConnectionError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A port's socket opened and not yet served: in the server role the listening
+/// socket exists with its access applied (the step that may need privileges); in the
+/// client role nothing is opened until [`PortSocket::spawn`]'s thread connects.
+/// Dropped unserved, a server socket's file is removed.
+pub struct PortSocket {
+    port: Arc<VirtioNetPort>,
+    path: PathBuf,
+    listener: Option<Listener>,
 }
 
 /// A running connection thread of one port.
@@ -132,15 +146,15 @@ struct Worker {
     log: LogLimiter,
 }
 
-impl Connection {
-    /// Starts serving `port` on `path`. In the server role the socket exists (with
-    /// `access` applied) when this returns.
-    pub fn spawn(
+impl PortSocket {
+    /// Opens `port`'s socket on `path`. In the server role the socket exists (with
+    /// `access` applied) when this returns; no thread is started.
+    pub fn open(
         port: Arc<VirtioNetPort>,
         path: &Path,
         role: Role,
         access: SocketAccess,
-    ) -> Result<Connection, ConnectionError> {
+    ) -> Result<PortSocket, ConnectionError> {
         let listener = match role {
             Role::Server => {
                 let l = Listener::new(path, true).map_err(|source| ConnectionError::Listen {
@@ -159,16 +173,27 @@ impl Connection {
             }
             Role::Client => None,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let current = Arc::new(Mutex::new(None));
-        let name = port.name().to_string();
-        let worker = Worker {
+        Ok(PortSocket {
             port,
             path: path.to_path_buf(),
+            listener,
+        })
+    }
+
+    /// Starts the port's connection thread: it serves frontends on the listening
+    /// socket (server role) or connects to the frontend's (client role).
+    pub fn spawn(self) -> Result<Connection, ConnectionError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
+        let name = self.port.name().to_string();
+        let worker = Worker {
+            port: self.port,
+            path: self.path,
             stop: stop.clone(),
             current: current.clone(),
             log: LogLimiter::guest_errors(),
         };
+        let listener = self.listener;
         let thread = thread::Builder::new()
             .name(format!("vhost-{name}"))
             .spawn(move || match listener {
@@ -182,7 +207,9 @@ impl Connection {
             thread: Some(thread),
         })
     }
+}
 
+impl Connection {
     /// Closes the connection (if any), stops the thread and waits for it.
     /// In the server role the socket file is removed.
     pub fn stop(mut self) {

@@ -42,7 +42,7 @@ pub enum ControlError {
     #[error("control socket {0} is in use by a running vpmd; stop it or set pmd.control_socket")]
     InUse(PathBuf),
     /// The socket could not be created.
-    #[error("cannot listen on control socket {path}: {source}")]
+    #[error("cannot listen on control socket {path}")]
     Bind {
         /// Socket path.
         path: PathBuf,
@@ -51,10 +51,10 @@ pub enum ControlError {
         source: io::Error,
     },
     /// The server thread could not be started.
-    #[error("cannot start the control thread: {0}")]
+    #[error("cannot start the control thread")]
     Thread(#[source] io::Error),
     /// `vpmd stats` could not reach a running vpmd.
-    #[error("cannot reach vpmd on {path} (is it running?): {source}")]
+    #[error("cannot reach vpmd on {path} (is it running?)")]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum ControlError {
         source: io::Error,
     },
     /// The exchange failed half-way.
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}")]
     Io {
         /// Socket path.
         path: PathBuf,
@@ -81,11 +81,28 @@ pub enum ControlError {
     },
 }
 
+/// The control socket bound and not yet answered: [`ControlSocket::bind`] needs
+/// whatever privileges its directory asks for, [`ControlSocket::serve`] none.
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
 /// The running control socket server.
 pub struct ControlServer {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Dropped (the file removed) after the accept thread has stopped.
+    _file: SocketFile,
+}
+
+/// A socket file vpmd created, removed when this is dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// What one client may hold, and how many clients at once.
@@ -102,18 +119,9 @@ const LIMITS: Limits = Limits {
     deadline: IO_TIMEOUT,
 };
 
-impl ControlServer {
-    /// Listens on `path` (removing a stale socket of a vpmd that is gone) and answers
-    /// requests from `registry` in threads of its own.
-    pub fn start(path: &Path, registry: Arc<Registry>) -> Result<ControlServer, ControlError> {
-        Self::start_with(path, registry, LIMITS)
-    }
-
-    fn start_with(
-        path: &Path,
-        registry: Arc<Registry>,
-        limits: Limits,
-    ) -> Result<ControlServer, ControlError> {
+impl ControlSocket {
+    /// Listens on `path` (mode 0600), removing a stale socket of a vpmd that is gone.
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(ControlError::InUse(path.to_path_buf()));
@@ -125,32 +133,63 @@ impl ControlServer {
             source,
         };
         let listener = UnixListener::bind(path).map_err(bind)?;
+        let file = SocketFile(path.to_path_buf());
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
+        Ok(ControlSocket { listener, file })
+    }
+
+    /// Answers requests from `registry` in threads of its own.
+    pub fn serve(self, registry: Arc<Registry>) -> Result<ControlServer, ControlError> {
+        self.serve_with(registry, LIMITS)
+    }
+
+    fn serve_with(
+        self,
+        registry: Arc<Registry>,
+        limits: Limits,
+    ) -> Result<ControlServer, ControlError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let listener = self.listener;
         let thread = thread::Builder::new()
             .name("vpmd-control".into())
             .spawn(move || accept_loop(listener, registry, flag, limits))
             .map_err(ControlError::Thread)?;
         Ok(ControlServer {
-            path: path.to_path_buf(),
             stop,
             thread: Some(thread),
+            _file: self.file,
         })
+    }
+}
+
+impl ControlServer {
+    /// [`ControlSocket::bind`] and [`ControlSocket::serve`] in one.
+    pub fn start(path: &Path, registry: Arc<Registry>) -> Result<ControlServer, ControlError> {
+        ControlSocket::bind(path)?.serve(registry)
+    }
+
+    #[cfg(test)]
+    fn start_with(
+        path: &Path,
+        registry: Arc<Registry>,
+        limits: Limits,
+    ) -> Result<ControlServer, ControlError> {
+        ControlSocket::bind(path)?.serve_with(registry, limits)
     }
 
     /// Stops accepting and removes the socket file. Clients being answered finish
     /// (or reach their deadline) on their own threads.
     pub fn stop(mut self) {
         self.shutdown();
+        // The socket file goes when `self._file` is dropped, right after.
     }
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

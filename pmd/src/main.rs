@@ -57,26 +57,12 @@ fn main() -> ExitCode {
     match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vpmd: {}", error_chain(&e));
+            // The error and each of its causes once: messages do not repeat their
+            // `#[source]`.
+            eprintln!("vpmd: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each cause only when the message before it does not
-/// already say it (vpmd's error messages name their cause themselves).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    let mut last = out.clone();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !last.contains(&c) {
-            out.push_str(": ");
-            out.push_str(&c);
-        }
-        last = c;
-    }
-    out
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -163,11 +149,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(limit) => log::debug!("open files limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
-    let switch = Switch::start(&config)?;
-    // Everything privileged is done: sockets, chown, XDP/AF_XDP. Give it all up, in
-    // every thread, before the first frontend can talk to us.
+    // Everything that may need privileges, and no thread yet: sockets and their
+    // owners, XDP programs, AF_XDP sockets, UMEMs.
+    let opened = Switch::open(&config)?;
+    // Give it all up, on the one thread there is, before the first frontend can talk
+    // to us: the threads started below inherit the emptied sets.
     let dropped = privileges::drop_capabilities(config.keep_capabilities)
-        .context("dropping capabilities after start-up")?;
+        .context("dropping capabilities after opening the sockets and uplinks")?;
     log::info!("{}", dropped.summary());
     log::debug!(
         "privileges: dropped {}",
@@ -179,6 +167,7 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             privileges::names(dropped.not_held)
         );
     }
+    let switch = opened.spawn()?;
     print_usage(&config);
     log::info!(
         "vpmd ready: {} ports, control socket {}",

@@ -1,18 +1,26 @@
 //! A running vpmd: ports, their vhost-user connections, macvlan uplinks, the polling
 //! threads and the control socket, started from a [`Config`] and stopped in the
 //! reverse order.
+//!
+//! Start-up has two phases, so that `main` can drop every privilege between them, on
+//! its one thread: [`Switch::open`] opens everything that may need a capability (the
+//! sockets with their modes and owners, the uplinks with their XDP programs, AF_XDP
+//! sockets, UMEMs and packet taps) and starts no thread; [`Opened::spawn`] starts the
+//! polling, connection, control and watchdog threads, which inherit whatever
+//! privileges are left by then.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vpmd_backend::connection::{Connection, ConnectionError, Role, SocketAccess};
+use vpmd_backend::connection::{Connection, ConnectionError, PortSocket, Role, SocketAccess};
+use vpmd_backend::fault_guard::{self, GuardError};
 use vpmd_backend::port::VirtioNetPort;
-use vpmd_backend::stall_guard::{self, Watchdog};
+use vpmd_backend::stall_guard::{self, StallGuardError, Watchdog};
 
 use crate::config::{Config, Mode};
-use crate::control::{ControlError, ControlServer};
+use crate::control::{ControlError, ControlServer, ControlSocket};
 use crate::counters::{PortCounters, ThreadCounters};
 use crate::fwd::veth::VethStream;
 use crate::fwd::{Stream, VhostEndpoint};
@@ -26,7 +34,7 @@ use vpmd_uplink::Uplink;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A socket's directory could not be created.
-    #[error("cannot create directory {path} for {what}: {source}")]
+    #[error("cannot create directory {path} for {what}")]
     Directory {
         /// The directory.
         path: PathBuf,
@@ -43,7 +51,7 @@ pub enum StartError {
     #[error(transparent)]
     Connection(#[from] ConnectionError),
     /// The control socket's mode, owner or group could not be set.
-    #[error("cannot set mode, owner or group of control socket {path}: {source}")]
+    #[error("cannot set mode, owner or group of control socket {path}")]
     ControlAccess {
         /// The socket.
         path: PathBuf,
@@ -54,11 +62,14 @@ pub enum StartError {
     /// A macvlan's uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkSetupError),
-    /// The watchdog or the SIGBUS guard could not be set up.
-    #[error("cannot set up the guards against hostile frontends: {0}")]
-    Guard(String),
+    /// The SIGBUS guard (guest memory that goes away) could not be set up.
+    #[error("cannot set up the guard against guest memory that goes away")]
+    FaultGuard(#[source] GuardError),
+    /// The watchdog (frontends that block a polling thread) could not be started.
+    #[error("cannot start the watchdog against frontends that block a polling thread")]
+    Watchdog(#[source] StallGuardError),
     /// A polling thread could not be started.
-    #[error("cannot start the polling thread for core {core}: {source}")]
+    #[error("cannot start the polling thread for core {core}")]
     Thread {
         /// Its core.
         core: usize,
@@ -132,9 +143,21 @@ fn assign_streams(cores: &[usize], streams: Vec<Box<dyn Stream>>) -> Vec<Assignm
     out
 }
 
+/// Everything [`Switch::open`] opened, and no thread yet. Dropped unspawned, it
+/// closes it all again (socket files removed, XDP programs detached).
+pub struct Opened {
+    registry: Arc<Registry>,
+    assignments: Vec<(Assignment, Arc<ThreadCounters>)>,
+    idle: IdlePolicy,
+    control: ControlSocket,
+    sockets: Vec<PortSocket>,
+    uplinks: Vec<Uplink>,
+}
+
 impl Switch {
-    /// Starts everything `config` describes. On error, whatever was started is stopped.
-    pub fn start(config: &Config) -> Result<Switch, StartError> {
+    /// Opens everything `config` describes that may need privileges, and starts no
+    /// thread. On error, whatever was opened is closed.
+    pub fn open(config: &Config) -> Result<Opened, StartError> {
         let ports: Vec<Arc<VirtioNetPort>> = config
             .ports
             .iter()
@@ -180,20 +203,8 @@ impl Switch {
             tsc_hz: tsc::measure_hz(Duration::from_millis(50)),
         });
 
-        let mut switch = Switch {
-            registry: registry.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-            connections: Vec::new(),
-            control: None,
-            uplinks,
-            watchdog: None,
-        };
-        vpmd_backend::fault_guard::install().map_err(|e| StartError::Guard(e.to_string()))?;
-        switch.watchdog = Some(stall_guard::start().map_err(|e| StartError::Guard(e.to_string()))?);
-
         ensure_parent(&config.control_socket, "the control socket")?;
-        switch.control = Some(ControlServer::start(&config.control_socket, registry)?);
+        let control = ControlSocket::bind(&config.control_socket)?;
         SocketAccess {
             mode: config.control_socket_mode,
             owner: config.control_socket_owner,
@@ -205,29 +216,7 @@ impl Switch {
             source,
         })?;
 
-        let idle = IdlePolicy {
-            max_sleep: Duration::from_micros(u64::from(config.max_sleep_us)),
-        };
-        for (a, c) in assignments.into_iter().zip(thread_counters) {
-            let names: Vec<&str> = a.streams.iter().map(|s| s.name()).collect();
-            if names.is_empty() {
-                log::info!("pmd thread on core {}: no streams (idle)", a.core);
-            } else {
-                log::info!(
-                    "pmd thread on core {}: streams {}",
-                    a.core,
-                    names.join(", ")
-                );
-            }
-            let t = PmdThread::spawn(a.core, a.streams, idle, switch.stop.clone(), c).map_err(
-                |source| StartError::Thread {
-                    core: a.core,
-                    source,
-                },
-            )?;
-            switch.threads.push(t);
-        }
-
+        let mut sockets = Vec::new();
         for (p, port) in config.ports.iter().zip(&ports) {
             let role = match p.mode {
                 Mode::Server => {
@@ -241,26 +230,34 @@ impl Switch {
                 owner: p.socket_owner,
                 group: p.socket_group,
             };
-            let conn = Connection::spawn(port.clone(), &p.socket, role, access)?;
-            switch.connections.push(conn);
-            match role {
-                Role::Server => log::info!(
-                    "port {}: listening on {} (mac {}, mtu {})",
-                    p.name,
-                    p.socket.display(),
-                    p.mac,
-                    p.mtu
-                ),
-                Role::Client => log::info!(
-                    "port {}: connecting to {} (mac {}, mtu {})",
-                    p.name,
-                    p.socket.display(),
-                    p.mac,
-                    p.mtu
-                ),
-            }
+            sockets.push(PortSocket::open(port.clone(), &p.socket, role, access)?);
+            let doing = match role {
+                Role::Server => "listening on",
+                Role::Client => "connecting to",
+            };
+            log::info!(
+                "port {}: {doing} {} (mac {}, mtu {})",
+                p.name,
+                p.socket.display(),
+                p.mac,
+                p.mtu
+            );
         }
-        Ok(switch)
+        Ok(Opened {
+            registry,
+            assignments: assignments.into_iter().zip(thread_counters).collect(),
+            idle: IdlePolicy {
+                max_sleep: Duration::from_micros(u64::from(config.max_sleep_us)),
+            },
+            control,
+            sockets,
+            uplinks,
+        })
+    }
+
+    /// [`Switch::open`] and [`Opened::spawn`] in one, privileges untouched (for tests).
+    pub fn start(config: &Config) -> Result<Switch, StartError> {
+        Self::open(config)?.spawn()
     }
 
     /// Every counter now.
@@ -291,6 +288,47 @@ impl Switch {
         if let Some(w) = self.watchdog.take() {
             w.stop();
         }
+    }
+}
+
+impl Opened {
+    /// Starts the watchdog, the control thread, the polling threads and one
+    /// connection thread per port. On error, whatever was started is stopped.
+    pub fn spawn(self) -> Result<Switch, StartError> {
+        let mut switch = Switch {
+            registry: self.registry.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            connections: Vec::new(),
+            control: None,
+            uplinks: self.uplinks,
+            watchdog: None,
+        };
+        fault_guard::install().map_err(StartError::FaultGuard)?;
+        switch.watchdog = Some(stall_guard::start().map_err(StartError::Watchdog)?);
+        switch.control = Some(self.control.serve(self.registry)?);
+        for (a, c) in self.assignments {
+            let names: Vec<&str> = a.streams.iter().map(|s| s.name()).collect();
+            if names.is_empty() {
+                log::info!("pmd thread on core {}: no streams (idle)", a.core);
+            } else {
+                log::info!(
+                    "pmd thread on core {}: streams {}",
+                    a.core,
+                    names.join(", ")
+                );
+            }
+            let t = PmdThread::spawn(a.core, a.streams, self.idle, switch.stop.clone(), c)
+                .map_err(|source| StartError::Thread {
+                    core: a.core,
+                    source,
+                })?;
+            switch.threads.push(t);
+        }
+        for socket in self.sockets {
+            switch.connections.push(socket.spawn()?);
+        }
+        Ok(switch)
     }
 }
 

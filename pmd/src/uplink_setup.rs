@@ -32,17 +32,11 @@ pub enum UplinkSetupError {
         /// Configured.
         want: u32,
     },
-    /// AF_XDP or the XDP program could not be set up.
-    #[error("uplink {ifname}: {source}")]
-    Open {
-        /// Interface.
-        ifname: String,
-        /// Cause.
-        #[source]
-        source: Box<UplinkError>,
-    },
+    /// AF_XDP or the XDP program could not be set up (the error names the uplink).
+    #[error(transparent)]
+    Open(Box<UplinkError>),
     /// A VM's MAC could not be added to the program's table.
-    #[error("uplink {ifname}: adding MAC {mac} of port {port}: {source}")]
+    #[error("uplink {ifname}: cannot add MAC {mac} of port {port}")]
     Mac {
         /// Interface.
         ifname: String,
@@ -105,10 +99,7 @@ pub fn open(
         MacvlanMode::Passthru => RedirectPolicy::Passthru,
         _ => RedirectPolicy::MacFilter,
     };
-    let mut uplink = Uplink::open(&cfg).map_err(|source| UplinkSetupError::Open {
-        ifname: ifname.clone(),
-        source: Box::new(source),
-    })?;
+    let mut uplink = Uplink::open(&cfg).map_err(|e| UplinkSetupError::Open(Box::new(e)))?;
     let table = uplink.mac_table();
     for (i, &p) in m.ports.iter().enumerate() {
         table
