@@ -6,7 +6,8 @@
 //! cores, a spinning sender would starve a receiver that waits on its eventfd). A sender that fell
 //! behind (descheduled) catches up by at most [`MAX_BACKLOG`] frames, so a receiver's ring
 //! never sees a flood. [`RunLimit`] says when a run is over (count or duration);
-//! [`Clock`] gives nanoseconds since a start, [`tsc`] the CPU's time-stamp counter.
+//! [`Clock`] gives nanoseconds since a start; the CPU's time-stamp counter is
+//! [`vpmd_uplink::tsc`].
 
 use std::time::{Duration, Instant};
 
@@ -114,20 +115,6 @@ impl Clock {
     #[inline]
     pub fn ns(&self) -> u64 {
         self.0.elapsed().as_nanos() as u64
-    }
-}
-
-/// The time-stamp counter (0 off x86-64).
-#[inline]
-pub fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no preconditions on x86-64.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        0
     }
 }
 

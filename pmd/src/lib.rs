@@ -15,7 +15,7 @@
 //! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
 //! - [`fwd`]: forwarding streams; one engine per file ([`fwd::veth`], [`fwd::macvlan`]).
 //! - [`counters`]: per-port and per-thread counters, flushed once per burst.
-//! - [`tsc`]: the cycle counter; [`ratelimit`]: guest-triggered log lines.
+//! - [`tsc`]: the cycle counter (re-exported from `vpmd-uplink`, shared with the generators); [`ratelimit`]: guest-triggered log lines.
 //!
 //! The vhost-user device itself (rings, descriptor chains, the one frame copy) is the
 //! `vpmd-backend` crate.
@@ -30,5 +30,6 @@ pub mod privileges;
 pub mod ratelimit;
 pub mod stats;
 pub mod switch;
-pub mod tsc;
+/// The time-stamp counter (one module for vpmd and the generators).
+pub use vpmd_uplink::tsc;
 pub mod uplink_setup;

@@ -90,6 +90,7 @@ pub mod rx;
 mod sim;
 pub mod socket;
 pub mod stats;
+pub mod tsc;
 pub mod tx;
 pub mod umem;
 pub mod uplink;

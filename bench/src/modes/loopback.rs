@@ -19,12 +19,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use vpmd_uplink::tsc;
 
 use crate::frame::{Endpoints, FrameTemplate};
 use crate::modes::{self, DeviceArgs, Global, ModeError};
 use crate::net_rx::{RxFrame, RxQueue, MAX_BURST};
 use crate::net_tx::{TxQueue, ZERO_HDR};
-use crate::pacing::{thread_cpu_time, tsc};
+use crate::pacing::thread_cpu_time;
 use crate::pool::BufPool;
 use crate::port::Port;
 
@@ -236,13 +237,13 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
     }
 
     let before = c;
-    let (t0, tsc0, cpu0) = (Instant::now(), tsc(), thread_cpu_time());
+    let (t0, tsc0, cpu0) = (Instant::now(), tsc::now(), thread_cpu_time());
     if !interrupted {
         interrupted = !spin(a, b, &mut pool, &fwd, t0 + args.duration, &mut c);
     }
     let (secs, cycles, cpu) = (
         t0.elapsed().as_secs_f64(),
-        tsc().wrapping_sub(tsc0),
+        tsc::now().wrapping_sub(tsc0),
         (thread_cpu_time() - cpu0).as_secs_f64(),
     );
 
@@ -360,18 +361,18 @@ fn spin(
     let frames = &mut frames[..fwd.burst];
     let reclaim_below = fwd.reclaim_below;
     // One TSC read per step: a step's cycles run from the previous read to its own.
-    let mut t = tsc();
+    let mut t = tsc::now();
     loop {
         for _ in 0..64 {
             // Direction a -> b arrives on b and goes out on a again, and vice versa.
             let moved = forward(&mut b.rx, &mut a.tx, pool, frames, reclaim_below, &mut c[0]);
-            let now = tsc();
+            let now = tsc::now();
             if moved {
                 c[0].busy_cycles += now.wrapping_sub(t);
             }
             t = now;
             let moved2 = forward(&mut a.rx, &mut b.tx, pool, frames, reclaim_below, &mut c[1]);
-            let now = tsc();
+            let now = tsc::now();
             if moved2 {
                 c[1].busy_cycles += now.wrapping_sub(t);
             }
@@ -380,7 +381,7 @@ fn spin(
                 for _ in 0..fwd.idle_pause {
                     std::hint::spin_loop();
                 }
-                t = tsc();
+                t = tsc::now();
             }
         }
         if Instant::now() >= until {

@@ -1,4 +1,6 @@
-//! The CPU's time-stamp counter: the polling threads' cheap clock for cycle accounting.
+//! The CPU's time-stamp counter: the cheap clock of vpmd's polling threads (cycle
+//! accounting) and of the traffic generators. Here because both `vpmd` and `vpmd-bench`
+//! depend on this crate.
 #![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
