@@ -3,7 +3,9 @@
 #
 #   1. installs what the tests need from Debian (QEMU, a guest kernel, busybox,
 #      DPDK, ...; idempotent, needs root and apt)
-#   2. checks formatting and clippy (-D warnings)
+#   2. checks formatting, clippy (-D warnings), the declared rust-version
+#      (scripts/check-msrv.sh) and dependencies' licences, bans and sources
+#      (cargo deny; installed with `cargo install` if missing)
 #   3. builds the workspace (release)
 #   4. cargo test: unit tests, ring tests on mock queues, property tests, the
 #      cloud-hypervisor-shaped frontend against a running vpmd, the hostile-frontend
@@ -34,6 +36,14 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
   cargo fmt --all --check
   step "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets --release -- -D warnings
+  step "rust-version and cargo deny (licences, bans, sources)"
+  scripts/check-msrv.sh
+  if ! command -v cargo-deny >/dev/null; then
+    echo "installing cargo-deny"
+    cargo install cargo-deny --locked
+  fi
+  # The advisories check needs the RustSec database, which cannot be fetched here.
+  cargo deny --offline check licenses bans sources
 fi
 
 step "cargo build --release"
