@@ -33,9 +33,9 @@ pub struct NetDevice {
     port: Arc<VirtioNetPort>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
-    /// Bumped after every memory-table change, so that polling threads reload the
-    /// snapshot only when it changed.
-    mem_generation: Arc<AtomicU64>,
+    /// Bumped after every memory-table change and every ring reset, so that polling
+    /// threads remap (snapshot, translation table, rings) only when it changed.
+    remap_generation: Arc<AtomicU64>,
     published: AtomicBool,
     /// Shared with the relay and the polling threads: set when the connection
     /// must close.
@@ -56,7 +56,7 @@ impl NetDevice {
             port,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
-            mem_generation: Arc::new(AtomicU64::new(1)),
+            remap_generation: Arc::new(AtomicU64::new(1)),
             published: AtomicBool::new(false),
             health: Arc::new(ConnHealth::new()),
             watch: Arc::new(MemoryWatch::default()),
@@ -127,7 +127,7 @@ impl VhostUserBackend for NetDevice {
             self.health.request_close(close_reason::UNGUARDED_MEMORY);
             return Err(io::Error::other(e));
         }
-        self.mem_generation.fetch_add(1, Ordering::Release);
+        self.remap_generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -136,7 +136,7 @@ impl VhostUserBackend for NetDevice {
         // queue that broke a rule until its configuration changes (see
         // `QueueCache::open`); a reset that sets up the very same addresses and
         // base must still count as a change, so bump the generation too.
-        self.mem_generation.fetch_add(1, Ordering::Release);
+        self.remap_generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -168,7 +168,7 @@ impl VhostUserBackend for NetDevice {
             vrings.to_vec(),
             self.mem.clone(),
             self.acked_features.clone(),
-            self.mem_generation.clone(),
+            self.remap_generation.clone(),
             self.health.clone(),
             self.port.faults().clone(),
         );

@@ -2,8 +2,8 @@
 //!
 //! A [`VirtioNetPort`] outlives connections: it has a name, a MAC and an MTU, and,
 //! while a frontend is connected and has started its rings, an [`ActiveRings`].
-//! The connection thread replaces or clears it and bumps the port's generation.
-//! Each polling thread keeps a [`RingCache`]: one acquire load of the generation per
+//! The connection thread replaces or clears it and bumps the port's connection generation.
+//! Each polling thread keeps a [`RingCache`]: one acquire load of that generation per
 //! burst, and only when it changed a lock and an `Arc` clone. A cache holding rings of
 //! a closed connection keeps that connection's memory mapped until its next burst,
 //! so a polling thread never touches an unmapped address.
@@ -119,7 +119,9 @@ pub struct ActiveRings {
     vrings: Vec<Vring>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
-    mem_generation: Arc<AtomicU64>,
+    /// Bumped by the connection thread whenever what the polling threads mapped
+    /// may be stale: a new memory table, or a ring reset (GET_VRING_BASE).
+    remap_generation: Arc<AtomicU64>,
     /// The guest driver has posted RX buffers at least once on this connection.
     rx_posted: AtomicBool,
     health: Arc<ConnHealth>,
@@ -131,7 +133,7 @@ impl ActiveRings {
         vrings: Vec<Vring>,
         mem: GuestMemoryAtomicMmap,
         acked_features: Arc<AtomicU64>,
-        mem_generation: Arc<AtomicU64>,
+        remap_generation: Arc<AtomicU64>,
         health: Arc<ConnHealth>,
         faults: Arc<PortFaults>,
     ) -> Self {
@@ -139,7 +141,7 @@ impl ActiveRings {
             vrings,
             mem,
             acked_features,
-            mem_generation,
+            remap_generation,
             rx_posted: AtomicBool::new(false),
             health,
             faults,
@@ -186,8 +188,8 @@ pub struct VirtioNetPort {
     limits: ConnLimits,
     faults: Arc<PortFaults>,
     active: Mutex<Option<Arc<ActiveRings>>>,
-    /// Bumped (release) after every change of `active`.
-    generation: AtomicU64,
+    /// Bumped (release) after every change of `active`: a connection came or went.
+    connection_generation: AtomicU64,
 }
 
 impl VirtioNetPort {
@@ -200,7 +202,7 @@ impl VirtioNetPort {
             limits: ConnLimits::DEFAULT,
             faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
-            generation: AtomicU64::new(0),
+            connection_generation: AtomicU64::new(0),
         }
     }
 
@@ -253,7 +255,7 @@ impl VirtioNetPort {
 
     pub(crate) fn set_active(&self, rings: Option<Arc<ActiveRings>>) {
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = rings;
-        self.generation.fetch_add(1, Ordering::Release);
+        self.connection_generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -282,7 +284,8 @@ impl Notifier<'static> {
 /// thread's [`QueueCache`] for them.
 #[derive(Default)]
 pub struct RingCache {
-    generation: u64,
+    /// The port's connection generation `rings` was taken at.
+    connection_generation: u64,
     rings: Option<Arc<ActiveRings>>,
     queues: QueueCache,
 }
@@ -291,12 +294,12 @@ impl RingCache {
     /// The port's current rings. Costs one atomic load unless a connection came or went.
     #[inline]
     pub fn rings(&mut self, port: &VirtioNetPort) -> Option<PortView<'_>> {
-        let generation = port.generation.load(Ordering::Acquire);
-        if generation != self.generation {
+        let generation = port.connection_generation.load(Ordering::Acquire);
+        if generation != self.connection_generation {
             // Read the generation before the rings: a change racing with this read
             // bumps it again and the next burst picks the newer rings up.
             self.rings = port.active();
-            self.generation = generation;
+            self.connection_generation = generation;
             self.queues.clear();
         }
         let rings = self.rings.as_deref()?;
@@ -309,7 +312,7 @@ impl RingCache {
     /// Lets go of the cached rings (and the memory they keep mapped).
     pub fn clear(&mut self) {
         self.rings = None;
-        self.generation = 0;
+        self.connection_generation = 0;
         self.queues.clear();
     }
 }
@@ -345,7 +348,7 @@ impl<'c> PortView<'c> {
                 v,
                 index,
                 &self.rings.mem,
-                self.rings.mem_generation.load(Ordering::Acquire),
+                self.rings.remap_generation.load(Ordering::Acquire),
                 Notifier {
                     health: &self.rings.health,
                     faults: &self.rings.faults,

@@ -58,14 +58,14 @@ pub enum QueueError {
 /// Queues a [`QueueCache`] keeps mapped rings for.
 const CACHED_QUEUES: usize = 2;
 
-/// What a queue's ring areas are mapped from: (memory generation, size, desc,
+/// What a queue's ring areas are mapped from: (map epoch, size, desc,
 /// avail, used).
 type RingKey = (u64, u16, u64, u64, u64);
 
 /// A queue's ring areas as last mapped, and what they were mapped from.
 #[derive(Clone, Copy, Default)]
 struct RingSlot {
-    /// (memory generation, size, desc, avail, used); generation 0 never matches.
+    /// (map epoch, size, desc, avail, used); epoch 0 never matches.
     key: (u64, u16, u64, u64, u64),
     ring: Option<SplitRing>,
     /// Set when the queue failed: the key and next available index it failed at.
@@ -79,10 +79,11 @@ pub struct QueueCache {
     /// The snapshot `map` and the slots point into; holding it keeps it mapped.
     mem: Option<Arc<GuestMemoryMmap>>,
     map: MemMap,
-    /// Bumped whenever `mem` changes, invalidating every slot.
-    generation: u64,
-    /// The frontend's memory generation `mem` was loaded at.
-    mem_generation: u64,
+    /// Bumped (locally) whenever `mem` and `map` are rebuilt: part of every slot's
+    /// key, so that a rebuild invalidates every mapped ring at once.
+    map_epoch: u64,
+    /// The connection's remap generation `mem` was loaded at.
+    remap_generation: u64,
     slots: [RingSlot; CACHED_QUEUES],
 }
 
@@ -99,8 +100,8 @@ impl Default for QueueCache {
         QueueCache {
             mem: None,
             map: MemMap::empty(),
-            generation: 0,
-            mem_generation: 0,
+            map_epoch: 0,
+            remap_generation: 0,
             slots: [RingSlot::default(); CACHED_QUEUES],
         }
     }
@@ -115,13 +116,14 @@ impl QueueCache {
         vring: &'a Vring,
         index: usize,
         mem: &GuestMemoryAtomicMmap,
-        mem_generation: u64,
+        remap_generation: u64,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
-        self.open_notifying(vring, index, mem, mem_generation, Notifier::detached())
+        self.open_notifying(vring, index, mem, remap_generation, Notifier::detached())
     }
 
     /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
-    /// `mem_generation` changes whenever `mem` does (0: unknown, always reload).
+    /// `remap_generation` changes whenever `mem` changes or a ring is reset (0:
+    /// unknown, always reload).
     /// `Ok(None)` when the ring is not started or not enabled (the driver is not
     /// ready, or the ring is being stopped). Notifications that cannot be delivered
     /// are reported to `notifier`.
@@ -131,14 +133,15 @@ impl QueueCache {
         vring: &'a Vring,
         index: usize,
         mem: &GuestMemoryAtomicMmap,
-        mem_generation: u64,
+        remap_generation: u64,
         notifier: Notifier<'a>,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
         let state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(None);
         }
-        if mem_generation == 0 || mem_generation != self.mem_generation || self.mem.is_none() {
+        if remap_generation == 0 || remap_generation != self.remap_generation || self.mem.is_none()
+        {
             let snapshot = mem.memory();
             // SAFETY: `snapshot` goes into `self.mem` on the next line and stays there
             // until the map is replaced or the cache is dropped or cleared; the rings
@@ -148,12 +151,12 @@ impl QueueCache {
             let map = unsafe { MemMap::new(&snapshot) };
             self.map = map;
             self.mem = Some(snapshot.into_inner());
-            self.mem_generation = mem_generation;
-            self.generation += 1;
+            self.remap_generation = remap_generation;
+            self.map_epoch += 1;
         }
         let q = state.get_queue();
         let key = (
-            self.generation,
+            self.map_epoch,
             q.size(),
             q.desc_table(),
             q.avail_ring(),
@@ -175,7 +178,7 @@ impl QueueCache {
         let ring = match slot.ring {
             Some(ring) if slot.key == key => ring,
             // SAFETY: the ring is kept in `self.slots` beside `self.mem`, the snapshot
-            // `self.map` points into, and used only under `key`, whose generation
+            // `self.map` points into, and used only under `key`, whose map epoch
             // changes whenever `self.mem` does.
             #[allow(unsafe_code)]
             _ => match unsafe { SplitRing::new(&self.map, key.1, key.2, key.3, key.4) } {
