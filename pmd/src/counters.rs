@@ -10,60 +10,74 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// Why a frame taken from a port was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// The destination port has no running guest driver (a veth peer that is down).
-    PeerDown,
-    /// The destination guest has no free RX buffers.
-    NoRxBuffer,
-    /// The destination guest's RX descriptors or ring are malformed.
-    BadRxDesc,
-    /// The sending guest's TX descriptor chain is malformed.
-    BadTxDesc,
-    /// The frame is longer than the destination's MTU allows.
-    TooBig,
-    /// The frame is shorter than an Ethernet header.
-    Runt,
-    /// A macvlan port sent with a source MAC other than its own.
-    Spoofed,
-    /// The uplink had no free transmit slot or buffer.
-    UplinkBusy,
-    /// No port has the destination MAC (or the only one is the sender).
-    NoDestination,
-}
-
-impl DropReason {
-    /// Every reason, in the order stats print them.
-    pub const ALL: [DropReason; 9] = [
-        DropReason::PeerDown,
-        DropReason::NoRxBuffer,
-        DropReason::BadRxDesc,
-        DropReason::BadTxDesc,
-        DropReason::TooBig,
-        DropReason::Runt,
-        DropReason::Spoofed,
-        DropReason::UplinkBusy,
-        DropReason::NoDestination,
-    ];
-
-    /// The name used in stats and docs.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::PeerDown => "peer_down",
-            DropReason::NoRxBuffer => "no_rx_buffer",
-            DropReason::BadRxDesc => "bad_rx_desc",
-            DropReason::BadTxDesc => "bad_tx_desc",
-            DropReason::TooBig => "too_big",
-            DropReason::Runt => "runt",
-            DropReason::Spoofed => "spoofed",
-            DropReason::UplinkBusy => "uplink_busy",
-            DropReason::NoDestination => "no_destination",
+/// Declares the drop reasons once: the enum, [`DropReason::ALL`], the names (stats text,
+/// the JSON field names of [`DropCounts`], the docs, which a test checks) all come from
+/// this one list.
+macro_rules! drop_reasons {
+    ($( $(#[doc = $doc:literal])+ $variant:ident => $name:ident, )+) => {
+        /// Why a frame taken from a port was not delivered.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum DropReason {
+            $( $(#[doc = $doc])+ $variant, )+
         }
-    }
+
+        impl DropReason {
+            /// Every reason, in the order stats print them.
+            pub const ALL: [DropReason; NUM_DROPS] = [$(DropReason::$variant),+];
+
+            /// The name used in stats, JSON and docs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => stringify!($name),)+
+                }
+            }
+        }
+
+        const NUM_DROPS: usize = [$(stringify!($name)),+].len();
+
+        /// Frames dropped, by reason: one field per [`DropReason`], named as
+        /// [`DropReason::name`].
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct DropCounts {
+            $( $(#[doc = $doc])+ pub $name: u64, )+
+        }
+
+        impl DropCounts {
+            /// From counts indexed by `DropReason as usize`.
+            fn from_array(counts: [u64; NUM_DROPS]) -> Self {
+                let [$($name),+] = counts;
+                DropCounts { $($name),+ }
+            }
+
+            /// `(name, count)` pairs in [`DropReason::ALL`] order.
+            pub fn pairs(&self) -> [(&'static str, u64); NUM_DROPS] {
+                [$((stringify!($name), self.$name)),+]
+            }
+        }
+    };
 }
 
-const NUM_DROPS: usize = DropReason::ALL.len();
+drop_reasons! {
+    /// The destination port has no running guest driver (a veth peer that is down).
+    PeerDown => peer_down,
+    /// The destination guest has no free RX buffers.
+    NoRxBuffer => no_rx_buffer,
+    /// The destination guest's RX descriptors or ring are malformed.
+    BadRxDesc => bad_rx_desc,
+    /// The sending guest's TX descriptor chain is malformed.
+    BadTxDesc => bad_tx_desc,
+    /// The frame is longer than the destination's MTU allows.
+    TooBig => too_big,
+    /// The frame is shorter than an Ethernet header.
+    Runt => runt,
+    /// A macvlan port sent with a source MAC other than its own.
+    Spoofed => spoofed,
+    /// The uplink had no free transmit slot or buffer.
+    UplinkBusy => uplink_busy,
+    /// No port has the destination MAC (or the only one is the sender).
+    NoDestination => no_destination,
+}
 
 /// A burst's figures for one port, added up without atomics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -174,7 +188,6 @@ impl PortCounters {
         for b in self.blocks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             b.add_to(&mut t);
         }
-        let drop = |r: DropReason| t.drops[r as usize];
         PortStats {
             name: name.to_string(),
             kind: kind.to_string(),
@@ -185,17 +198,7 @@ impl PortCounters {
             tx_bytes: t.tx_bytes,
             forwarded: t.forwarded,
             rx_dropped: t.rx_dropped,
-            drops: DropCounts {
-                peer_down: drop(DropReason::PeerDown),
-                no_rx_buffer: drop(DropReason::NoRxBuffer),
-                bad_rx_desc: drop(DropReason::BadRxDesc),
-                bad_tx_desc: drop(DropReason::BadTxDesc),
-                too_big: drop(DropReason::TooBig),
-                runt: drop(DropReason::Runt),
-                spoofed: drop(DropReason::Spoofed),
-                uplink_busy: drop(DropReason::UplinkBusy),
-                no_destination: drop(DropReason::NoDestination),
-            },
+            drops: DropCounts::from_array(t.drops),
             ring_errors: t.ring_errors,
             faults: None,
             uplink: None,
@@ -203,49 +206,10 @@ impl PortCounters {
     }
 }
 
-/// Frames dropped, by reason (names as in [`DropReason::name`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DropCounts {
-    /// See [`DropReason::PeerDown`].
-    pub peer_down: u64,
-    /// See [`DropReason::NoRxBuffer`].
-    pub no_rx_buffer: u64,
-    /// See [`DropReason::BadRxDesc`].
-    pub bad_rx_desc: u64,
-    /// See [`DropReason::BadTxDesc`].
-    pub bad_tx_desc: u64,
-    /// See [`DropReason::TooBig`].
-    pub too_big: u64,
-    /// See [`DropReason::Runt`].
-    pub runt: u64,
-    /// See [`DropReason::Spoofed`].
-    pub spoofed: u64,
-    /// See [`DropReason::UplinkBusy`].
-    pub uplink_busy: u64,
-    /// See [`DropReason::NoDestination`].
-    pub no_destination: u64,
-}
-
 impl DropCounts {
     /// Sum over all reasons.
     pub fn total(&self) -> u64 {
         self.pairs().iter().map(|p| p.1).sum()
-    }
-
-    /// `(name, count)` pairs in [`DropReason::ALL`] order.
-    pub fn pairs(&self) -> [(&'static str, u64); NUM_DROPS] {
-        [
-            ("peer_down", self.peer_down),
-            ("no_rx_buffer", self.no_rx_buffer),
-            ("bad_rx_desc", self.bad_rx_desc),
-            ("bad_tx_desc", self.bad_tx_desc),
-            ("too_big", self.too_big),
-            ("runt", self.runt),
-            ("spoofed", self.spoofed),
-            ("uplink_busy", self.uplink_busy),
-            ("no_destination", self.no_destination),
-        ]
     }
 }
 
@@ -283,46 +247,54 @@ pub struct PortStats {
     pub uplink: Option<crate::stats::UplinkInfo>,
 }
 
-/// A VM port's frontend faults (see `vpmd_backend::port::PortFaults`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaultCounts {
-    /// Connections stopped because their guest memory went away under vpmd.
-    pub mem_faults: u64,
-    /// Connections stopped because a notification to the guest blocked.
-    pub notify_blocked: u64,
-    /// Notifications not delivered: the guest's call eventfd counter was full.
-    pub notify_failed: u64,
-    /// Connections closed for a refused message (fd, memory kind, limits).
-    pub refused: u64,
-    /// Messages a frontend was made to wait for (rate limit).
-    pub throttled: u64,
+/// Declares a VM port's fault counters once: the struct, its JSON field names and the
+/// names stats print. They are `vpmd_backend::port::PortFaults::pairs`'s names (a test
+/// checks the two lists and the docs agree).
+macro_rules! fault_counts {
+    ($( $(#[doc = $doc:literal])+ $name:ident, )+) => {
+        /// A VM port's frontend faults (see `vpmd_backend::port::PortFaults`).
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FaultCounts {
+            $( $(#[doc = $doc])+ pub $name: u64, )+
+        }
+
+        impl FaultCounts {
+            /// The names, in the order stats print them.
+            pub const NAMES: [&'static str; [$(stringify!($name)),+].len()] =
+                [$(stringify!($name)),+];
+
+            /// The port's counters now (by name, whatever order the backend keeps them in).
+            pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {
+                let mut c = FaultCounts::default();
+                for (name, v) in f.pairs() {
+                    match name {
+                        $(stringify!($name) => c.$name = v,)+
+                        _ => {}
+                    }
+                }
+                c
+            }
+
+            /// `(name, count)` pairs, in the order stats print them.
+            pub fn pairs(&self) -> [(&'static str, u64); Self::NAMES.len()] {
+                [$((stringify!($name), self.$name)),+]
+            }
+        }
+    };
 }
 
-impl FaultCounts {
-    /// The port's counters now.
-    pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {
-        let [mem_faults, notify_blocked, notify_failed, refused, throttled] =
-            f.pairs().map(|(_, v)| v);
-        FaultCounts {
-            mem_faults,
-            notify_blocked,
-            notify_failed,
-            refused,
-            throttled,
-        }
-    }
-
-    /// `(name, count)` pairs, in the order stats print them.
-    pub fn pairs(&self) -> [(&'static str, u64); 5] {
-        [
-            ("mem_faults", self.mem_faults),
-            ("notify_blocked", self.notify_blocked),
-            ("notify_failed", self.notify_failed),
-            ("refused", self.refused),
-            ("throttled", self.throttled),
-        ]
-    }
+fault_counts! {
+    /// Connections stopped because their guest memory went away under vpmd.
+    mem_faults,
+    /// Connections stopped because a notification to the guest blocked.
+    notify_blocked,
+    /// Notifications not delivered: the guest's call eventfd counter was full.
+    notify_failed,
+    /// Connections closed for a refused message (fd, memory kind, limits).
+    refused,
+    /// Messages a frontend was made to wait for (rate limit).
+    throttled,
 }
 
 /// Live counters of one polling thread (single writer: the thread itself).
@@ -413,5 +385,46 @@ mod tests {
         let pairs: Vec<_> = d.pairs().iter().map(|p| p.0).collect();
         assert_eq!(names, pairs);
         assert_eq!(d.pairs()[DropReason::TooBig as usize].1, 7);
+    }
+
+    #[test]
+    fn fault_names_are_the_backends() {
+        let backend = vpmd_backend::port::PortFaults::new().pairs().map(|p| p.0);
+        assert_eq!(FaultCounts::NAMES, backend);
+        let f = vpmd_backend::port::PortFaults::new();
+        f.throttled.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(FaultCounts::of(&f).throttled, 2);
+    }
+
+    #[test]
+    fn json_field_names_are_the_names() {
+        let v = serde_json::to_value(DropCounts::default()).unwrap();
+        let json: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        let mut json = json;
+        json.sort();
+        assert_eq!(json, names);
+        let v = serde_json::to_value(FaultCounts::default()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), FaultCounts::NAMES.len());
+        for n in FaultCounts::NAMES {
+            assert!(v.get(n).is_some(), "{n}");
+        }
+    }
+
+    /// docs/interfaces.md lists every counter name vpmd reports, so the docs cannot drift.
+    #[test]
+    fn the_docs_name_every_counter() {
+        let doc = include_str!("../../docs/interfaces.md");
+        let names = DropReason::ALL
+            .iter()
+            .map(|r| r.name())
+            .chain(FaultCounts::NAMES);
+        for n in names {
+            assert!(
+                doc.contains(&format!("\"{n}\"")),
+                "docs/interfaces.md does not mention counter {n:?}"
+            );
+        }
     }
 }
