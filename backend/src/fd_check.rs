@@ -20,17 +20,15 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const SET_VRING_ERR: u32 = 14;
-const ADD_MEM_REG: u32 = 37;
+use vhost::vhost_user::message::FrontendReq;
+
 /// `statfs.f_type` of tmpfs (and of memfds).
 const TMPFS_MAGIC: libc::__fsword_t = 0x0102_1994;
 /// `statfs.f_type` of hugetlbfs.
 const HUGETLBFS_MAGIC: libc::__fsword_t = 0x9584_58f6;
-/// SET_VRING_KICK/CALL/ERR body bit: no fd attached.
-const VRING_NOFD: u64 = 0x100;
+/// SET_VRING_KICK/CALL/ERR body bit: no fd attached (the `vhost` crate has no name
+/// for it).
+pub(crate) const VRING_NOFD: u64 = 0x100;
 /// Size of one `VhostUserMemoryRegion`.
 const REGION_LEN: usize = 32;
 
@@ -79,8 +77,8 @@ pub enum FdError {
 /// `request` and body `body`. Messages whose fds vpmd does not use, or whose fd
 /// count is wrong (the library refuses those), pass unchanged.
 pub fn check_message_fds(request: u32, body: &[u8], fds: &[OwnedFd]) -> Result<(), FdError> {
-    match request {
-        SET_MEM_TABLE => {
+    match FrontendReq::try_from(request) {
+        Ok(FrontendReq::SET_MEM_TABLE) => {
             let count = body
                 .get(0..4)
                 .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
@@ -95,11 +93,13 @@ pub fn check_message_fds(request: u32, body: &[u8], fds: &[OwnedFd]) -> Result<(
             }
             Ok(())
         }
-        ADD_MEM_REG => match (fds, body.get(8..8 + REGION_LEN)) {
+        Ok(FrontendReq::ADD_MEM_REG) => match (fds, body.get(8..8 + REGION_LEN)) {
             ([fd], Some(region)) => check_region(0, region, fd.as_raw_fd()),
             _ => Ok(()),
         },
-        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => {
+        Ok(
+            FrontendReq::SET_VRING_KICK | FrontendReq::SET_VRING_CALL | FrontendReq::SET_VRING_ERR,
+        ) => {
             let nofd = body
                 .get(0..8)
                 .is_some_and(|b| u64::from_le_bytes(b.try_into().unwrap()) & VRING_NOFD != 0);
@@ -210,6 +210,10 @@ fn check_eventfd(fd: RawFd) -> Result<(), FdError> {
 mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
+
+    const SET_MEM_TABLE: u32 = FrontendReq::SET_MEM_TABLE as u32;
+    const SET_VRING_KICK: u32 = FrontendReq::SET_VRING_KICK as u32;
+    const SET_VRING_CALL: u32 = FrontendReq::SET_VRING_CALL as u32;
 
     fn owned(fd: RawFd) -> OwnedFd {
         assert!(fd >= 0, "{}", io::Error::last_os_error());

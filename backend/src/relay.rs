@@ -46,30 +46,25 @@ use std::time::{Duration, Instant};
 
 use crate::conn_limits::{ConnLimits, LimitError, MessageRate, RegionBook};
 use crate::fault_guard::{self, MemoryWatch};
+use crate::fd_check::VRING_NOFD;
 use crate::guest_mem::MAX_REGIONS;
 use crate::port::{close_reason, ConnHealth, VirtioNetPort};
 
-use vhost::vhost_user::message::{VhostUserVirtioFeatures, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
+};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const HEADER_LEN: usize = 12;
-const SET_FEATURES: u32 = 2;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_ERR: u32 = 14;
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const SET_VRING_ENABLE: u32 = 18;
-const GET_MAX_MEM_SLOTS: u32 = 36;
-const ADD_MEM_REG: u32 = 37;
-const REM_MEM_REG: u32 = 38;
-/// SET_VRING_KICK/CALL/ERR body bit: no fd attached.
-const VRING_NOFD: u64 = 0x100;
 /// How often a quiet connection's health is looked at.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// Header flags of protocol version 1 (the crate names the version field's mask,
+/// `VhostUserHeaderFlag::VERSION`, not the value).
 const VERSION_1: u32 = 0x1;
-const FLAG_REPLY: u32 = 0x4;
-const FLAG_NEED_REPLY: u32 = 0x8;
-const REPLY_ACK: u64 = 1 << 3;
+const FLAG_REPLY: u32 = VhostUserHeaderFlag::REPLY.bits();
+const FLAG_NEED_REPLY: u32 = VhostUserHeaderFlag::NEED_REPLY.bits();
+const REPLY_ACK: u64 = VhostUserProtocolFeatures::REPLY_ACK.bits();
 /// Most queues a held-back enable is remembered for (vhost-user's index limit).
 const MAX_QUEUES: usize = 256;
 
@@ -186,7 +181,7 @@ impl Message {
         body.extend_from_slice(&index.to_le_bytes());
         body.extend_from_slice(&num.to_le_bytes());
         Message {
-            header: header(SET_VRING_ENABLE, VERSION_1, 8),
+            header: header(FrontendReq::SET_VRING_ENABLE.into(), VERSION_1, 8),
             body,
             fds: Vec::new(),
         }
@@ -321,33 +316,33 @@ fn relay_one(
     crate::fd_check::check_message_fds(request, &msg.body, &msg.fds)
         .map_err(|source| RelayError::BadFd { request, source })?;
     let limit = |source| RelayError::Limit { request, source };
-    match request {
-        SET_MEM_TABLE => st
+    match FrontendReq::try_from(request) {
+        Ok(FrontendReq::SET_MEM_TABLE) => st
             .book
             .replace(table_regions(&msg.body), limits)
             .map_err(limit)?,
-        ADD_MEM_REG => {
+        Ok(FrontendReq::ADD_MEM_REG) => {
             if let Some((gpa, size)) = region_at(&msg.body, 8) {
                 st.book.add(gpa, size, limits).map_err(limit)?;
             }
         }
-        REM_MEM_REG => {
+        Ok(FrontendReq::REM_MEM_REG) => {
             if let Some((gpa, size)) = region_at(&msg.body, 8) {
                 st.book.remove(gpa, size);
             }
         }
-        GET_MAX_MEM_SLOTS => {
+        Ok(FrontendReq::GET_MAX_MEM_SLOTS) => {
             // The library would say 509; vpmd translates at most MAX_REGIONS.
-            return reply_u64(frontend, GET_MAX_MEM_SLOTS, MAX_REGIONS as u64);
+            return reply_u64(frontend, request, MAX_REGIONS as u64);
         }
-        SET_VRING_KICK | SET_VRING_ERR => {
+        Ok(FrontendReq::SET_VRING_KICK | FrontendReq::SET_VRING_ERR) => {
             let nofd = msg.body_u64().is_some_and(|b| b & VRING_NOFD != 0);
             if !nofd && msg.fds.len() == 1 {
                 // Dropping the frontend's fd lets go of it (a replaced kick fd too).
                 msg.fds = vec![private_eventfd()?];
             }
         }
-        SET_PROTOCOL_FEATURES => {
+        Ok(FrontendReq::SET_PROTOCOL_FEATURES) => {
             let offered = crate::features::protocol_features().bits();
             let acked = msg.body_u64().unwrap_or(0);
             if acked & !offered != 0 {
@@ -359,20 +354,20 @@ fn relay_one(
             }
             st.reply_ack = acked & offered & REPLY_ACK != 0;
         }
-        SET_VRING_ENABLE if !st.protocol_acked => {
+        Ok(FrontendReq::SET_VRING_ENABLE) if !st.protocol_acked => {
             if let Some((index, num)) = msg.body_vring_state() {
                 if (index as usize) < MAX_QUEUES {
                     st.held.retain(|&(i, _)| i != index);
                     st.held.push((index, num));
                 }
                 if st.reply_ack && msg.flags() & FLAG_NEED_REPLY != 0 {
-                    reply_u64(frontend, SET_VRING_ENABLE, 0)?;
+                    reply_u64(frontend, request, 0)?;
                 }
                 log::debug!("relay: SET_VRING_ENABLE {index}={num} before SET_FEATURES: held");
                 return Ok(());
             }
         }
-        SET_FEATURES => {
+        Ok(FrontendReq::SET_FEATURES) => {
             let acked = msg.body_u64().unwrap_or(0);
             write_message(backend, &msg)?;
             if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
@@ -491,6 +486,10 @@ fn pump(frontend: &UnixStream, backend: &UnixStream, ctx: &RelayContext) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SET_FEATURES: u32 = FrontendReq::SET_FEATURES as u32;
+    const SET_PROTOCOL_FEATURES: u32 = FrontendReq::SET_PROTOCOL_FEATURES as u32;
+    const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
 
     fn msg(request: u32, flags: u32, body: &[u8]) -> Vec<u8> {
         let mut m = header(request, flags, body.len() as u32).to_vec();

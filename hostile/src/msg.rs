@@ -12,39 +12,56 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Header flag: protocol version 1.
+use vhost::vhost_user::message::VhostUserHeaderFlag;
+
+/// Header flag: protocol version 1 (the `vhost` crate names the version field's mask,
+/// `VhostUserHeaderFlag::VERSION`, not the value).
 pub const VERSION_1: u32 = 0x1;
 /// Header flag: this is a reply.
-pub const FLAG_REPLY: u32 = 0x4;
+pub const FLAG_REPLY: u32 = VhostUserHeaderFlag::REPLY.bits();
 /// Header flag: the frontend wants an ack (REPLY_ACK).
-pub const FLAG_NEED_REPLY: u32 = 0x8;
-/// Bit of a SET_VRING_KICK/CALL/ERR body: no fd attached.
+pub const FLAG_NEED_REPLY: u32 = VhostUserHeaderFlag::NEED_REPLY.bits();
+/// Bit of a SET_VRING_KICK/CALL/ERR body: no fd attached (no name for it in `vhost`).
 pub const VRING_NOFD: u64 = 0x100;
 
-/// Frontend request codes (vhost-user spec, "Front-end message types").
+/// Frontend request codes as the `u32` on the wire, taken from the `vhost` crate's
+/// [`FrontendReq`] (a raw message may carry any code, so the field stays a `u32`).
 pub mod req {
-    pub const GET_FEATURES: u32 = 1;
-    pub const SET_FEATURES: u32 = 2;
-    pub const SET_OWNER: u32 = 3;
-    pub const RESET_OWNER: u32 = 4;
-    pub const SET_MEM_TABLE: u32 = 5;
-    pub const SET_LOG_BASE: u32 = 6;
-    pub const SET_VRING_NUM: u32 = 8;
-    pub const SET_VRING_ADDR: u32 = 9;
-    pub const SET_VRING_BASE: u32 = 10;
-    pub const GET_VRING_BASE: u32 = 11;
-    pub const SET_VRING_KICK: u32 = 12;
-    pub const SET_VRING_CALL: u32 = 13;
-    pub const SET_VRING_ERR: u32 = 14;
-    pub const GET_PROTOCOL_FEATURES: u32 = 15;
-    pub const SET_PROTOCOL_FEATURES: u32 = 16;
-    pub const GET_QUEUE_NUM: u32 = 17;
-    pub const SET_VRING_ENABLE: u32 = 18;
-    pub const SEND_RARP: u32 = 19;
-    pub const GET_CONFIG: u32 = 24;
-    pub const GET_MAX_MEM_SLOTS: u32 = 36;
-    pub const ADD_MEM_REG: u32 = 37;
-    pub const REM_MEM_REG: u32 = 38;
+    use vhost::vhost_user::message::FrontendReq;
+
+    macro_rules! codes {
+        ($($name:ident),+ $(,)?) => {
+            $(
+                #[doc = concat!("`", stringify!($name), "`.")]
+                pub const $name: u32 = FrontendReq::$name as u32;
+            )+
+        };
+    }
+
+    codes!(
+        GET_FEATURES,
+        SET_FEATURES,
+        SET_OWNER,
+        RESET_OWNER,
+        SET_MEM_TABLE,
+        SET_LOG_BASE,
+        SET_VRING_NUM,
+        SET_VRING_ADDR,
+        SET_VRING_BASE,
+        GET_VRING_BASE,
+        SET_VRING_KICK,
+        SET_VRING_CALL,
+        SET_VRING_ERR,
+        GET_PROTOCOL_FEATURES,
+        SET_PROTOCOL_FEATURES,
+        GET_QUEUE_NUM,
+        SET_VRING_ENABLE,
+        SEND_RARP,
+        GET_CONFIG,
+        GET_MAX_MEM_SLOTS,
+        ADD_MEM_REG,
+        REM_MEM_REG,
+    );
 }
 
 /// One message as bytes on the wire plus fds.

@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+
 use crate::mem::{GuestRam, MemError};
 use crate::msg::{body, req, Conn, MsgError, RawMsg};
 use crate::ring::{Layout, Ring};
@@ -24,9 +26,9 @@ pub const F_INDIRECT_DESC: u64 = 1 << 28;
 /// `VIRTIO_RING_F_EVENT_IDX`.
 pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
-pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// Protocol feature REPLY_ACK.
-pub const PF_REPLY_ACK: u64 = 1 << 3;
+pub const PF_REPLY_ACK: u64 = VhostUserProtocolFeatures::REPLY_ACK.bits();
 
 /// Queue index of RX.
 pub const RX: u32 = 0;
