@@ -9,7 +9,7 @@
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
 //! - [`control`]: the control socket behind `vpmd stats`.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
-//! - [`privileges`]: capabilities dropped by every thread after start-up; socket owners.
+//! - [`privileges`]: capabilities dropped once, before any thread starts; socket owners.
 //!
 //! Data path (the polling threads):
 //! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
