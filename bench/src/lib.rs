@@ -22,6 +22,7 @@
 //! - [`pacing`]: rate limiting, run limits (count, duration) and clocks.
 //! - [`transfer`]: send numbered frames one way and check they all arrive, in order.
 //! - [`stats_doc`]: reading `vpmd stats --json` documents (ports, counters, drops).
+//! - [`vpmd`]: the one harness that starts `vpmd` for tests ([`vpmd::Vpmd`]).
 //! - [`modes`]: the benchmark engines, one per file: txonly, rxonly, loopback, latency.
 
 pub mod connection;
@@ -40,6 +41,7 @@ pub mod split_queue;
 pub mod stats_doc;
 pub mod transfer;
 pub mod virtio_net;
+pub mod vpmd;
 
 #[cfg(test)]
 mod test_device;

@@ -20,16 +20,15 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use vpmd_hostile::ring::Desc;
 use vpmd_hostile::vm::{HostileVm, HDR_LEN, QUEUE_SIZE};
-use vpmd_hostile::vpmd::{binary, counter};
+use vpmd_hostile::vpmd::{counter, Vpmd};
 
 /// The macvlan port's MAC: the only source the namespace may see.
 const GENUINE: [u8; 6] = [0x52, 0x54, 0, 0, 3, 1];
@@ -123,78 +122,19 @@ impl Drop for Net {
     }
 }
 
-/// vpmd with one bridge-mode macvlan port `h` on `uplink`; killed on drop.
-struct Vpmd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Vpmd {
-    fn start(uplink: &str) -> Vpmd {
-        let dir = std::env::temp_dir().join(format!("vpmd-macvlan-race.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+/// vpmd with one bridge-mode macvlan port `h` on `uplink`.
+fn start_vpmd(uplink: &str) -> Vpmd {
+    Vpmd::start("macvlan-race", |dir| {
         let core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-        let config = format!(
+        format!(
             "[pmd]\ncores = [{core}]\ncontrol_socket = \"{ctl}\"\n\n\
              [[port]]\nname = \"h\"\nsocket = \"{sock}\"\nmac = \"{mac}\"\n\n\
              [[macvlan]]\nuplink = \"{uplink}\"\nqueues = 1\nmode = \"bridge\"\nports = [\"h\"]\n",
             ctl = dir.join("control.sock").display(),
             sock = dir.join("h.sock").display(),
             mac = vpmd_bench::MacAddr(GENUINE),
-        );
-        let config_path = dir.join("vpmd.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = File::create(dir.join("vpmd.log")).expect("log file");
-        let child = Command::new(binary())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn vpmd");
-        let mut v = Vpmd { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(v.path("h.sock").exists() && v.path("control.sock").exists()) {
-            assert!(
-                v.child.try_wait().expect("wait").is_none(),
-                "vpmd exited during start-up; log:\n{}",
-                v.log()
-            );
-            assert!(Instant::now() < deadline, "vpmd not ready:\n{}", v.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        v
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("vpmd.log")).unwrap_or_default()
-    }
-
-    fn stats(&self) -> Value {
-        let out = Command::new(binary())
-            .args(["stats", "--json", "--control"])
-            .arg(self.path("control.sock"))
-            .output()
-            .expect("vpmd stats");
-        assert!(out.status.success(), "vpmd stats failed:\n{}", self.log());
-        serde_json::from_slice(&out.stdout).expect("stats JSON")
-    }
-}
-
-impl Drop for Vpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+        )
+    })
 }
 
 /// An AF_PACKET socket for [`ETHERTYPE`] frames on interface `dev` of namespace `ns`.
@@ -302,14 +242,14 @@ fn receive(sock: OwnedFd, done: Arc<AtomicBool>) -> (u64, u64) {
 #[test]
 fn rewritten_source_mac_never_leaves_the_uplink() {
     let net = Net::new();
-    let vpmd = Vpmd::start(&net.uplink);
+    let vpmd = start_vpmd(&net.uplink);
     let sock = packet_socket(&net.ns, &net.peer).expect("packet socket in the namespace");
     let done = Arc::new(AtomicBool::new(false));
     let receiver = {
         let done = done.clone();
         std::thread::spawn(move || receive(sock, done))
     };
-    let vm = HostileVm::start(&vpmd.path("h.sock")).expect("hostile frontend");
+    let vm = HostileVm::start(&vpmd.socket("h")).expect("hostile frontend");
 
     // IN_FLIGHT TX buffers, each one descriptor: header + broadcast frame.
     let mut frame = vec![0u8; FRAME_LEN];
