@@ -31,7 +31,7 @@ pub const DRIVER_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtoco
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     /// The socket did not accept a connection in time.
-    #[error("connecting to {path}: {source}")]
+    #[error("connecting to {path}")]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -40,10 +40,10 @@ pub enum ConnError {
         source: io::Error,
     },
     /// Setting the reply timeout on the socket failed.
-    #[error("setting the socket timeout: {0}")]
+    #[error("setting the socket timeout")]
     Timeout(#[source] io::Error),
     /// A vhost-user request failed or was refused.
-    #[error("{step}: {source}")]
+    #[error("{step}")]
     Request {
         /// The message.
         step: &'static str,
@@ -63,7 +63,7 @@ pub enum ConnError {
     #[error("GET_CONFIG returned {0} bytes")]
     ShortConfig(usize),
     /// The memory regions could not be described.
-    #[error("SET_MEM_TABLE: {0}")]
+    #[error("SET_MEM_TABLE")]
     Memory(#[source] MemError),
 }
 

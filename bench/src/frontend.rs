@@ -93,10 +93,10 @@ impl FrontendOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
     /// Guest memory could not be created.
-    #[error("guest memory: {0}")]
+    #[error("guest memory")]
     Memory(#[from] MemError),
     /// The buffer pool could not be created.
-    #[error("buffer pool: {0}")]
+    #[error("buffer pool")]
     Pool(#[from] PoolError),
     /// Connecting or setting up the device failed.
     #[error(transparent)]

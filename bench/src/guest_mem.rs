@@ -27,10 +27,10 @@ pub const HUGE_PAGE: usize = 2 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
     /// memfd_create failed.
-    #[error("memfd_create: {0}")]
+    #[error("memfd_create")]
     Memfd(#[source] io::Error),
     /// Sizing the memfd failed.
-    #[error("sizing the memfd to {size} bytes: {source}")]
+    #[error("sizing the memfd to {size} bytes")]
     Truncate {
         /// Requested size.
         size: usize,
@@ -39,7 +39,7 @@ pub enum MemError {
         source: io::Error,
     },
     /// vm-memory could not map the memfd.
-    #[error("mapping guest memory: {0}")]
+    #[error("mapping guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
     /// The bump allocator ran out of guest memory.
     #[error("guest memory exhausted: {wanted} bytes wanted, {left} left")]
@@ -50,7 +50,7 @@ pub enum MemError {
         left: u64,
     },
     /// vhost could not describe a region for SET_MEM_TABLE.
-    #[error("describing a region for SET_MEM_TABLE: {0}")]
+    #[error("describing a region for SET_MEM_TABLE")]
     Region(#[source] vhost::Error),
 }
 

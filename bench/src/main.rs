@@ -100,26 +100,12 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vpmd-bench: {}", chain(&e));
+            // The error and each of its causes once: messages do not repeat their
+            // `#[source]`.
+            eprintln!("vpmd-bench: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, leaving out causes a message already quotes (most of
-/// this crate's messages include their source).
-fn chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

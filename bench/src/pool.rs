@@ -37,7 +37,7 @@ pub enum PoolError {
         size: u32,
     },
     /// Not enough guest memory.
-    #[error("allocating {count} buffers of {size} bytes: {source}")]
+    #[error("allocating {count} buffers of {size} bytes")]
     Alloc {
         /// Buffers asked for.
         count: u32,

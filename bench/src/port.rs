@@ -63,7 +63,7 @@ impl PortOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// A queue could not be laid out.
-    #[error("queue {index}: {source}")]
+    #[error("queue {index}")]
     Queue {
         /// Queue index.
         index: usize,
@@ -72,7 +72,7 @@ pub enum PortError {
         source: QueueError,
     },
     /// A vhost-user step failed.
-    #[error("vhost-user {}: {source}", .socket.display())]
+    #[error("vhost-user {}", .socket.display())]
     Vhost {
         /// Socket path.
         socket: PathBuf,

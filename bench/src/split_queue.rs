@@ -47,13 +47,13 @@ pub enum QueueError {
     #[error("queue size {0} must be a power of two in 1..=32768")]
     BadSize(u16),
     /// Not enough guest memory for the rings.
-    #[error("allocating the rings: {0}")]
+    #[error("allocating the rings")]
     Alloc(#[source] MemError),
     /// A ring address has no host mapping (cannot happen for memory we allocated).
     #[error("ring address {0:#x} is outside guest memory")]
     Unmapped(u64),
     /// Creating the kick or call eventfd failed.
-    #[error("creating an eventfd: {0}")]
+    #[error("creating an eventfd")]
     EventFd(#[source] io::Error),
 }
 

@@ -76,11 +76,12 @@ pub struct TransferReport {
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// A received frame was damaged.
-    #[error("frame #{index}: {error}")]
+    #[error("frame #{index}")]
     Damaged {
         /// Position in the expected order.
         index: u64,
         /// What was wrong.
+        #[source]
         error: FrameError,
     },
     /// A frame arrived out of order (or one was lost).

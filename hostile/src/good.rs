@@ -58,7 +58,8 @@ impl GoodTraffic {
         let stop2 = stop.clone();
         let handle = std::thread::spawn(move || {
             let connect = |s| {
-                NetFrontend::connect(&FrontendOptions::new(s)).map_err(|e| format!("connect: {e}"))
+                NetFrontend::connect(&FrontendOptions::new(s))
+                    .map_err(|e| format!("connect: {:#}", anyhow::Error::from(e)))
             };
             let mut g1 = connect(a)?;
             let mut g2 = connect(b)?;
@@ -91,8 +92,13 @@ impl GoodTraffic {
                 elapsed: Duration::ZERO,
             };
             loop {
-                let r = transfer(&mut g1, &mut g2, &spec)
-                    .map_err(|e| format!("good transfer, round {}: {e}", report.rounds))?;
+                let r = transfer(&mut g1, &mut g2, &spec).map_err(|e| {
+                    format!(
+                        "good transfer, round {}: {:#}",
+                        report.rounds,
+                        anyhow::Error::from(e)
+                    )
+                })?;
                 report.frames += r.frames;
                 report.bytes += r.bytes;
                 report.rounds += 1;

@@ -21,7 +21,7 @@ pub const VA_OFFSET: u64 = 0x7f00_0000_0000;
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
     /// memfd_create, ftruncate or mmap failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// The call.
         what: &'static str,

@@ -194,7 +194,7 @@ impl Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum MsgError {
     /// The socket failed.
-    #[error("socket: {0}")]
+    #[error("socket")]
     Io(#[from] io::Error),
     /// vpmd closed the connection.
     #[error("vpmd closed the connection")]

@@ -158,7 +158,7 @@ impl Sender {
     /// Connects to `p` and waits until vpmd has it up.
     pub fn connect(vpmd: &Vpmd) -> Sender {
         let fe = NetFrontend::connect(&FrontendOptions::new(vpmd.socket("p")))
-            .unwrap_or_else(|e| panic!("p: {e}"));
+            .unwrap_or_else(|e| panic!("p: {:#}", anyhow::Error::from(e)));
         vpmd.wait_up(&["p"]);
         Sender {
             fe,

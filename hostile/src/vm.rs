@@ -54,7 +54,7 @@ pub enum VmError {
     #[error(transparent)]
     Mem(#[from] MemError),
     /// A vhost-user step failed.
-    #[error("{step}: {source}")]
+    #[error("{step}")]
     Step {
         /// The message.
         step: &'static str,
@@ -63,7 +63,7 @@ pub enum VmError {
         source: MsgError,
     },
     /// eventfd(2) failed.
-    #[error("eventfd: {0}")]
+    #[error("eventfd")]
     EventFd(#[source] io::Error),
 }
 

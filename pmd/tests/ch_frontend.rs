@@ -90,12 +90,12 @@ fn config_space_traffic_both_ways_and_counters() {
         idle_timeout: Duration::from_secs(5),
     };
     let bytes = spec.total_bytes();
-    let r =
-        transfer(&mut a, &mut b, &spec).unwrap_or_else(|e| panic!("a -> b: {e}\n{}", vpmd.stats()));
+    let r = transfer(&mut a, &mut b, &spec)
+        .unwrap_or_else(|e| panic!("a -> b: {:#}\n{}", anyhow::Error::from(e), vpmd.stats()));
     assert_eq!((r.frames, r.bytes), (n, bytes));
     (spec.dst, spec.src, spec.first_seq) = (MAC_A, MAC_B, 1 << 32);
-    let r =
-        transfer(&mut b, &mut a, &spec).unwrap_or_else(|e| panic!("b -> a: {e}\n{}", vpmd.stats()));
+    let r = transfer(&mut b, &mut a, &spec)
+        .unwrap_or_else(|e| panic!("b -> a: {:#}\n{}", anyhow::Error::from(e), vpmd.stats()));
     assert_eq!((r.frames, r.bytes), (n, bytes));
     for f in [&mut a, &mut b] {
         assert!(
@@ -153,7 +153,8 @@ fn frame_larger_than_one_rx_buffer_arrives_whole() {
         window: 16,
         idle_timeout: Duration::from_secs(5),
     };
-    transfer(&mut a, &mut b, &spec).unwrap_or_else(|e| panic!("a -> b: {e}\n{}", vpmd.stats()));
+    transfer(&mut a, &mut b, &spec)
+        .unwrap_or_else(|e| panic!("a -> b: {:#}\n{}", anyhow::Error::from(e), vpmd.stats()));
     let s = b.stats();
     assert_eq!(s.rx.merged, merged_each_round * 10, "{s:?}");
     assert_eq!((s.bad_used, s.rx.malformed), (0, 0), "{s:?}");

@@ -277,8 +277,13 @@ fn a_guest_that_never_refills_rx_slows_no_other_port() {
         window: 128,
         idle_timeout: Duration::from_secs(10),
     };
-    let without = transfer(&mut c0, &mut c1, &spec)
-        .unwrap_or_else(|e| panic!("p1a -> p1b without the stuck guest: {e}\n{}", vpmd.stats()));
+    let without = transfer(&mut c0, &mut c1, &spec).unwrap_or_else(|e| {
+        panic!(
+            "p1a -> p1b without the stuck guest: {:#}\n{}",
+            anyhow::Error::from(e),
+            vpmd.stats()
+        )
+    });
     assert_eq!(without.frames, CHECKED);
 
     let stuck = connect(vpmd.socket("p0a"));
@@ -292,8 +297,13 @@ fn a_guest_that_never_refills_rx_slows_no_other_port() {
     let stuck_rx = counter(&s, "p0a", "rx_packets");
 
     spec.first_seq = CHECKED;
-    let with = transfer(&mut c0, &mut c1, &spec)
-        .unwrap_or_else(|e| panic!("p1a -> p1b with the stuck guest: {e}\n{}", vpmd.stats()));
+    let with = transfer(&mut c0, &mut c1, &spec).unwrap_or_else(|e| {
+        panic!(
+            "p1a -> p1b with the stuck guest: {:#}\n{}",
+            anyhow::Error::from(e),
+            vpmd.stats()
+        )
+    });
     assert_eq!(with.frames, CHECKED);
 
     // The stuck guest got what its ring held and nothing since; the flood is dropped

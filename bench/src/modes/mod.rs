@@ -106,19 +106,19 @@ impl TrafficArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ModeError {
     /// Guest memory could not be created.
-    #[error("guest memory: {0}")]
+    #[error("guest memory")]
     Memory(#[from] MemError),
     /// The buffer pool could not be created.
-    #[error("buffer pool: {0}")]
+    #[error("buffer pool")]
     Pool(#[from] PoolError),
     /// A device could not be connected or set up.
     #[error(transparent)]
     Port(#[from] PortError),
     /// The frame options are invalid.
-    #[error("frame: {0}")]
+    #[error("frame")]
     Frame(#[from] FrameError),
     /// Pinning to a core failed.
-    #[error("pinning to core {core}: {source}")]
+    #[error("pinning to core {core}")]
     Pin {
         /// The core.
         core: usize,

@@ -30,7 +30,7 @@ pub const MAX_SLEEP_US: u32 = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         /// Config file.
         file: PathBuf,
@@ -39,7 +39,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML of the expected shape.
-    #[error("{file}: {source}")]
+    #[error("{file}")]
     Parse {
         /// Config file.
         file: PathBuf,

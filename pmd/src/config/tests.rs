@@ -12,7 +12,8 @@ fn host() -> Host {
 }
 
 fn parse(text: &str) -> Result<Config, String> {
-    Config::parse_for(text, "t.toml", &host()).map_err(|e| e.to_string())
+    // As vpmd prints it: the error and its causes, once each.
+    Config::parse_for(text, "t.toml", &host()).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
 const PAIR: &str = r#"
