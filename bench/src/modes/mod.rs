@@ -251,17 +251,12 @@ pub fn connect_all(
     Ok(ports)
 }
 
-/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff` (as [`vpmd_uplink::MacAddr`] does) into the
+/// bytes a frame carries.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}': bad byte '{p}'"))?;
-    }
-    Ok(mac)
+    s.parse::<vpmd_uplink::MacAddr>()
+        .map(vpmd_uplink::MacAddr::octets)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses a frame size in 60..=9000.
