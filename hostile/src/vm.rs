@@ -12,19 +12,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use crate::mem::{GuestRam, MemError};
 use crate::msg::{body, req, Conn, MsgError, RawMsg};
 use crate::ring::{Layout, Ring};
 
 /// `VIRTIO_F_VERSION_1`.
-pub const F_VERSION_1: u64 = 1 << 32;
+pub const F_VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 /// `VIRTIO_NET_F_MRG_RXBUF`.
-pub const F_MRG_RXBUF: u64 = 1 << 15;
+pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 /// `VIRTIO_RING_F_INDIRECT_DESC`.
-pub const F_INDIRECT_DESC: u64 = 1 << 28;
+pub const F_INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
 /// `VIRTIO_RING_F_EVENT_IDX`.
-pub const F_EVENT_IDX: u64 = 1 << 29;
+pub const F_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 pub const F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// Protocol feature REPLY_ACK.
