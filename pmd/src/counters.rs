@@ -10,9 +10,39 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// Declares the drop reasons once: the enum, [`DropReason::ALL`], the names (stats text,
-/// the JSON field names of [`DropCounts`], the docs, which a test checks) all come from
-/// this one list.
+/// A struct of named `u64` counters, declared once: the field names are the names
+/// stats print, the JSON field names (serde) and [`NAMES`](DropCounts::NAMES).
+macro_rules! named_counters {
+    ($(#[$meta:meta])* pub struct $ty:ident { $( $(#[doc = $doc:literal])+ $name:ident, )+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            $( $(#[doc = $doc])+ pub $name: u64, )+
+        }
+
+        impl $ty {
+            /// The counters' names, in the order stats print them.
+            pub const NAMES: [&'static str; [$(stringify!($name)),+].len()] =
+                [$(stringify!($name)),+];
+
+            /// From counts in [`Self::NAMES`] order.
+            pub fn from_array(counts: [u64; Self::NAMES.len()]) -> Self {
+                let [$($name),+] = counts;
+                $ty { $($name),+ }
+            }
+
+            /// `(name, count)` pairs, in [`Self::NAMES`] order.
+            pub fn pairs(&self) -> [(&'static str, u64); Self::NAMES.len()] {
+                [$((stringify!($name), self.$name)),+]
+            }
+        }
+    };
+}
+
+/// Declares the drop reasons once: the enum, [`DropReason::ALL`] and the names (stats
+/// text, the JSON field names of [`DropCounts`], the docs, which a test checks) all
+/// come from this one list.
 macro_rules! drop_reasons {
     ($( $(#[doc = $doc:literal])+ $variant:ident => $name:ident, )+) => {
         /// Why a frame taken from a port was not delivered.
@@ -27,32 +57,15 @@ macro_rules! drop_reasons {
 
             /// The name used in stats, JSON and docs.
             pub const fn name(self) -> &'static str {
-                match self {
-                    $(DropReason::$variant => stringify!($name),)+
-                }
+                DropCounts::NAMES[self as usize]
             }
         }
 
-        const NUM_DROPS: usize = [$(stringify!($name)),+].len();
-
-        /// Frames dropped, by reason: one field per [`DropReason`], named as
-        /// [`DropReason::name`].
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct DropCounts {
-            $( $(#[doc = $doc])+ pub $name: u64, )+
-        }
-
-        impl DropCounts {
-            /// From counts indexed by `DropReason as usize`.
-            fn from_array(counts: [u64; NUM_DROPS]) -> Self {
-                let [$($name),+] = counts;
-                DropCounts { $($name),+ }
-            }
-
-            /// `(name, count)` pairs in [`DropReason::ALL`] order.
-            pub fn pairs(&self) -> [(&'static str, u64); NUM_DROPS] {
-                [$((stringify!($name), self.$name)),+]
+        named_counters! {
+            /// Frames dropped, by reason: one field per [`DropReason`], named as
+            /// [`DropReason::name`].
+            pub struct DropCounts {
+                $( $(#[doc = $doc])+ $name, )+
             }
         }
     };
@@ -78,6 +91,8 @@ drop_reasons! {
     /// No port has the destination MAC (or the only one is the sender).
     NoDestination => no_destination,
 }
+
+const NUM_DROPS: usize = DropCounts::NAMES.len();
 
 /// A burst's figures for one port, added up without atomics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -247,54 +262,34 @@ pub struct PortStats {
     pub uplink: Option<crate::stats::UplinkInfo>,
 }
 
-/// Declares a VM port's fault counters once: the struct, its JSON field names and the
-/// names stats print. They are `vpmd_backend::port::PortFaults::pairs`'s names (a test
-/// checks the two lists and the docs agree).
-macro_rules! fault_counts {
-    ($( $(#[doc = $doc:literal])+ $name:ident, )+) => {
-        /// A VM port's frontend faults (see `vpmd_backend::port::PortFaults`).
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct FaultCounts {
-            $( $(#[doc = $doc])+ pub $name: u64, )+
-        }
-
-        impl FaultCounts {
-            /// The names, in the order stats print them.
-            pub const NAMES: [&'static str; [$(stringify!($name)),+].len()] =
-                [$(stringify!($name)),+];
-
-            /// The port's counters now (by name, whatever order the backend keeps them in).
-            pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {
-                let mut c = FaultCounts::default();
-                for (name, v) in f.pairs() {
-                    match name {
-                        $(stringify!($name) => c.$name = v,)+
-                        _ => {}
-                    }
-                }
-                c
-            }
-
-            /// `(name, count)` pairs, in the order stats print them.
-            pub fn pairs(&self) -> [(&'static str, u64); Self::NAMES.len()] {
-                [$((stringify!($name), self.$name)),+]
-            }
-        }
-    };
+named_counters! {
+    /// A VM port's frontend faults: `vpmd_backend::port::PortFaults`, by the names of its
+    /// `pairs` (a test checks the two lists agree).
+    pub struct FaultCounts {
+        /// Connections stopped because their guest memory went away under vpmd.
+        mem_faults,
+        /// Connections stopped because a notification to the guest blocked.
+        notify_blocked,
+        /// Notifications not delivered: the guest's call eventfd counter was full.
+        notify_failed,
+        /// Connections closed for a refused message (fd, memory kind, limits).
+        refused,
+        /// Messages a frontend was made to wait for (rate limit).
+        throttled,
+    }
 }
 
-fault_counts! {
-    /// Connections stopped because their guest memory went away under vpmd.
-    mem_faults,
-    /// Connections stopped because a notification to the guest blocked.
-    notify_blocked,
-    /// Notifications not delivered: the guest's call eventfd counter was full.
-    notify_failed,
-    /// Connections closed for a refused message (fd, memory kind, limits).
-    refused,
-    /// Messages a frontend was made to wait for (rate limit).
-    throttled,
+impl FaultCounts {
+    /// The port's counters now (by name, whatever order the backend keeps them in).
+    pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {
+        let mut counts = [0; Self::NAMES.len()];
+        for (name, v) in f.pairs() {
+            if let Some(i) = Self::NAMES.iter().position(|n| *n == name) {
+                counts[i] = v;
+            }
+        }
+        Self::from_array(counts)
+    }
 }
 
 /// Live counters of one polling thread (single writer: the thread itself).
@@ -382,6 +377,7 @@ mod tests {
             ..Default::default()
         };
         let names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(DropReason::ALL.len(), NUM_DROPS);
         let pairs: Vec<_> = d.pairs().iter().map(|p| p.0).collect();
         assert_eq!(names, pairs);
         assert_eq!(d.pairs()[DropReason::TooBig as usize].1, 7);
