@@ -30,6 +30,7 @@ use crate::device::{new_guest_memory, NetDevice};
 use crate::port::VirtioNetPort;
 use crate::ratelimit::LogLimiter;
 use crate::relay;
+use crate::report::Chain;
 
 /// How often waiting loops look at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -278,7 +279,7 @@ impl Worker {
             );
         }
         if let Err(e) = crate::fault_guard::install() {
-            log::error!("port {name}: {e}: refusing the frontend");
+            log::error!("port {name}: {}: refusing the frontend", Chain(&e));
             return;
         }
         for (what, r) in [
@@ -333,8 +334,9 @@ impl Worker {
                 if let Ok(Err(e)) = relay.join() {
                     if let Some(held_back) = self.log.allow() {
                         log::warn!(
-                            "port {name}: vhost-user connection closed: {e} \
-                             ({held_back} similar messages held back)"
+                            "port {name}: vhost-user connection closed: {} \
+                             ({held_back} similar messages held back)",
+                            Chain(&e)
                         );
                     }
                 }

@@ -69,7 +69,7 @@ pub enum FdError {
     #[error("vring fd is not an eventfd ({0})")]
     NotEventFd(String),
     /// fstat or fcntl failed on an fd.
-    #[error("checking an fd: {0}")]
+    #[error("checking an fd")]
     Sys(#[source] io::Error),
 }
 

@@ -12,6 +12,7 @@
 //! - [`fault_guard`]: guest memory that goes away under vpmd (SIGBUS) made harmless.
 //! - [`stall_guard`]: a polling thread blocked on a frontend's eventfd is interrupted.
 //! - [`ratelimit`]: log lines a guest can trigger, at most a few per interval.
+//! - [`report`]: an error and its causes in one log line.
 //!
 //! Data path (called by polling threads, one burst at a time):
 //! - [`virtqueue`]: one burst on one queue: lock, map, pop, push used, publish once, notify once.
@@ -34,6 +35,7 @@ pub mod net;
 pub mod port;
 pub mod ratelimit;
 pub mod relay;
+pub mod report;
 pub mod seglist;
 pub mod split_ring;
 pub mod stall_guard;

@@ -72,13 +72,13 @@ const MAX_QUEUES: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// Reading from or writing to a socket failed.
-    #[error("socket: {0}")]
+    #[error("socket")]
     Io(#[from] io::Error),
     /// Receiving a message's fds failed.
-    #[error("receiving fds: {0}")]
+    #[error("receiving fds")]
     Fds(#[source] vmm_sys_util::errno::Error),
     /// A message carries an fd vpmd refuses to use.
-    #[error("message {request}: {source}")]
+    #[error("message {request}")]
     BadFd {
         /// Request code.
         request: u32,
@@ -95,7 +95,7 @@ pub enum RelayError {
         size: u32,
     },
     /// A memory-table change past the port's limits.
-    #[error("message {request}: {source}")]
+    #[error("message {request}")]
     Limit {
         /// Request code.
         request: u32,
@@ -104,7 +104,7 @@ pub enum RelayError {
         source: LimitError,
     },
     /// A private eventfd could not be made.
-    #[error("creating an eventfd: {0}")]
+    #[error("creating an eventfd")]
     EventFd(#[source] io::Error),
     /// The guest memory went away under vpmd (truncated, hole punched).
     #[error("guest memory went away under vpmd (the file behind a region was truncated or had a hole punched); connection stopped")]
