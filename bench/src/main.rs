@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use vpmd_bench::modes::{self, latency, loopback, rxonly, txonly, xdp_txonly, Global};
+use vpmd_bench::modes::{self, latency, loopback, ring_loop, rxonly, txonly, xdp_txonly, Global};
 use vpmd_bench::transfer::{spread_sizes, transfer, warm_up, TransferSpec};
 use vpmd_bench::{FrontendOptions, MacAddr, NetFrontend};
 
@@ -52,6 +52,9 @@ enum Cmd {
     /// Inject a burst on two ports, then forward each port's RX to the other's TX
     /// without copying (testpmd `start tx_first` + io forwarding); Mpps per direction.
     Loopback(loopback::LoopbackArgs),
+    /// The backend alone: TX rings filled once and republished, RX buffers given back,
+    /// only indexes moved (the frontend costs next to nothing); the backend's capacity.
+    RingLoop(ring_loop::RingLoopArgs),
     /// Timestamped frames from A to B at a fixed rate: p50/p99/p99.9/max in microseconds.
     Latency(latency::LatencyArgs),
     /// Generate test frames on a kernel interface through AF_XDP (e.g. the namespace end
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Txonly(a) => print(cli.json, &txonly::run(&a, &g).context("txonly")?),
         Cmd::Rxonly(a) => print(cli.json, &rxonly::run(&a, &g).context("rxonly")?),
         Cmd::Loopback(a) => print(cli.json, &loopback::run(&a, &g).context("loopback")?),
+        Cmd::RingLoop(a) => print(cli.json, &ring_loop::run(&a, &g).context("ring-loop")?),
         Cmd::Latency(a) => print(cli.json, &latency::run(&a, &g).context("latency")?),
         Cmd::XdpTxonly(a) => print(cli.json, &xdp_txonly::run(&a).context("xdp-txonly")?),
         Cmd::Probe { socket } => {

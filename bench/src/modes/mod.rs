@@ -2,6 +2,7 @@
 //! - [`txonly`]: a packet generator on one port.
 //! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).
 //! - [`loopback`]: two ports, a burst injected, then zero-copy io forwarding between them.
+//! - [`ring_loop`]: two ports, rings filled once, only indexes moved: the backend alone.
 //! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
 //! - [`xdp_txonly`]: a packet generator on a kernel interface (AF_XDP), for macvlan uplinks.
 //!
@@ -11,6 +12,7 @@
 
 pub mod latency;
 pub mod loopback;
+pub mod ring_loop;
 pub mod rxonly;
 pub mod txonly;
 pub mod xdp_txonly;
