@@ -8,6 +8,8 @@
 #                       flows in_port=1,actions=output:2 and back
 #   frontends  testpmd     DPDK net_virtio_user ports, io forwarding, start tx_first 32
 #              vpmd-bench  vpmd-bench loopback (zero-copy io forwarding, 32 bursts injected)
+#              ring-loop   vpmd-bench ring-loop: the backend alone (rings filled once, only
+#                          indexes moved; its own table, with its busy share, drops, steal)
 #   sizes      64 256 1024 1518 bytes (Ethernet frame without FCS, as testpmd --txpkts)
 #
 # Contenders alternate round by round (backend order rotates every round); the
@@ -28,7 +30,7 @@
 #   --duration S          seconds measured per run (default 5)
 #   --warmup S            seconds forwarded before measuring (default 1)
 #   --backends "..."      subset of "testpmd vpmd ovs"
-#   --frontends "..."     subset of "testpmd vpmd-bench"
+#   --frontends "..."     subset of "testpmd vpmd-bench ring-loop"
 #   --out DIR             where results go (default bench/results)
 #   --no-build            use target/release binaries as they are
 #   --keep-work           keep the work dir (logs, configs)
@@ -41,7 +43,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$REPO/scripts/bench-lib.sh"
 
 ROUNDS=3 MAX_ROUNDS=5 SIZES="64 256 1024 1518" DURATION=5 WARMUP=1
-BACKENDS="testpmd vpmd ovs" FRONTENDS="testpmd vpmd-bench" OUT=$REPO/bench/results
+BACKENDS="testpmd vpmd ovs" FRONTENDS="testpmd vpmd-bench ring-loop" OUT=$REPO/bench/results
 BUILD=1 QUICK=0 SPREAD_WIDE=0.15
 while (($#)); do
   case $1 in
@@ -276,6 +278,33 @@ measure() {
   local back=$1 front=$2 size=$3 round=$4 res cost no_config=()
   [[ $back == vpmd ]] || no_config=(--no-config)
   case $front in
+    ring-loop)
+      local huge=()
+      ((BENCH_HUGE)) && huge=(--huge)
+      local cmd=("$VPMD_BENCH" "${no_config[@]}" ring-loop "$SOCK_A" "$SOCK_B" --size "$size"
+        --duration "$DURATION" --warmup "$WARMUP" --core $FRONT_CORE "${huge[@]}" --json)
+      note ring-loop "${cmd[*]}"
+      "${cmd[@]}" >"$W/front.json" 2>"$W/front.err" &
+      local fp=$!
+      bl_register "$fp"
+      sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.4 }')"
+      cost_begin "$back"
+      local rc=0
+      wait "$fp" || rc=$?
+      cost=$(cost_end "$back")
+      if ((rc != 0)) || ! jq -e . "$W/front.json" >/dev/null 2>&1; then
+        bl_log "vpmd-bench ring-loop failed ($rc): $(tail -n 3 "$W/front.err")"
+        return 1
+      fi
+      res=$(jq -c '{mpps_ab: .directions[0].mpps, mpps_ba: .directions[1].mpps,
+                    gbps_ab: .directions[0].gbps, gbps_ba: .directions[1].gbps,
+                    seconds, front_cpu_share: .frontend.cpu_share,
+                    front_cycles_per_frame: .frontend.busy_cycles_per_frame,
+                    front_busy_share: .frontend.busy_share, front_stalled_share: .frontend.stalled_share,
+                    frames_per_burst: ((.directions[0].rx_per_burst + .directions[1].rx_per_burst) / 2),
+                    backend_drops, checks_bad: (.checks.rx_bad + .checks.tx_out_of_order),
+                    steal_s: .steal.seconds}' "$W/front.json")
+      ;;
     vpmd-bench)
       local huge=()
       ((BENCH_HUGE)) && huge=(--huge)
@@ -418,7 +447,7 @@ run_backend_round() {
     done
   done
   backend_stop "$back"
-  NOTED[$back]=1 NOTED[testpmd-front]=1 NOTED[vpmd-bench]=1
+  NOTED[$back]=1 NOTED[testpmd-front]=1 NOTED[vpmd-bench]=1 NOTED[ring-loop]=1
 }
 
 # ---------------------------------------------------------------- rounds
@@ -462,7 +491,7 @@ jq -n --argjson machine "$(bl_machine_json)" \
     '{sizes: ($sizes | split(" ") | map(select(. != "") | tonumber)), rounds: $rounds, max_rounds: $max,
       duration_s: ($d | tonumber), warmup_s: ($w | tonumber), backends: ($b | split(" ")),
       frontends: ($f | split(" ")), vpmd_bench_hugepages: ($huge == 1)}')" \
-  --argjson cmds "$(for k in testpmd vpmd ovs testpmd-front vpmd-bench; do
+  --argjson cmds "$(for k in testpmd vpmd ovs testpmd-front vpmd-bench ring-loop; do
       jq -n --arg k "$k" --rawfile v <(cat "$W/cmd.$k" 2>/dev/null) '{($k): ($v | rtrimstr("\n") | split("\n"))}'
     done | jq -s add)" \
   --argjson perf "$PERF" \
@@ -471,7 +500,8 @@ jq -n --argjson machine "$(bl_machine_json)" \
     config: $cfg, perf_counters: ($perf == 1),
     vpmd_rss_kib_excluding_guest: ([$m[] | .backend_rss_kib_excluding_guest | select(. != null)] | max),
     commands: {backend_testpmd: $cmds.testpmd, backend_vpmd: $cmds.vpmd, backend_ovs: $cmds.ovs,
-               frontend_testpmd: $cmds["testpmd-front"], frontend_vpmd_bench: $cmds["vpmd-bench"]},
+               frontend_testpmd: $cmds["testpmd-front"], frontend_vpmd_bench: $cmds["vpmd-bench"],
+               frontend_ring_loop: $cmds["ring-loop"]},
     reference_mpps: {testpmd: {"64": 7.71, "256": 6.13, "1024": 2.62, "1518": 4.51},
                      ovs: {"64": 8.13, "256": 5.16, "1024": 3.00, "1518": 3.72}},
     measurements: $m}' >"$W/raw.json"

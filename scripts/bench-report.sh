@@ -10,7 +10,9 @@
 # directions), min and max, the number of rounds, and the median of the
 # backend's CPU cycles per frame on its polling core. Ratios vpmd/testpmd and
 # vpmd/OVS are ratios of those medians; the targets (not tests) are vpmd >= 1.0x
-# the faster of testpmd and OVS at 64 B and >= 1.3x at 1024 and 1518 B.
+# the faster of testpmd and OVS at 64 B and >= 1.3x at 1024 and 1518 B; with the
+# ring-loop frontend (the backend alone, issue 11) >= 2.0x at 64 and 1518 B and
+# >= 1.5x at 256 and 1024 B.
 set -euo pipefail
 
 RAW=${1:?usage: bench-report.sh RAW.json OUT_BASENAME}
@@ -21,7 +23,9 @@ jq '
     elif length % 2 == 1 then .[length / 2 | floor]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r3: if . == null then null else . * 1000 | round / 1000 end;
-  def target($s): if $s == 64 then 1.0 elif ($s == 1024 or $s == 1518) then 1.3 else null end;
+  def target($f; $s): if $f == "ring-loop" then
+      (if ($s == 64 or $s == 1518) then 2.0 elif ($s == 256 or $s == 1024) then 1.5 else null end)
+    elif $s == 64 then 1.0 elif ($s == 1024 or $s == 1518) then 1.3 else null end;
   . as $raw
   | [.measurements | group_by([.frontend, .size, .backend])[]
      | {frontend: .[0].frontend, size: .[0].size, backend: .[0].backend, rounds: length,
@@ -34,7 +38,13 @@ jq '
         cycles_source: (map(.cycles_source) | unique | join(",")),
         front_cpu_share: (map(.front_cpu_share | select(. != null)) | median | r3),
         front_cycles_per_frame: (map(.front_cycles_per_frame | select(. != null)) | median
-                                 | if . == null then null else . * 10 | round / 10 end)}] as $cells
+                                 | if . == null then null else . * 10 | round / 10 end),
+        front_busy_share: (map(.front_busy_share | select(. != null)) | median | r3),
+        frames_per_burst: (map(.frames_per_burst | select(. != null)) | median
+                           | if . == null then null else . * 10 | round / 10 end),
+        backend_drops: (map(.backend_drops | select(. != null)) | median),
+        checks_bad: (map(.checks_bad | select(. != null)) | add),
+        steal_s_max: (map(.steal_s | select(. != null)) | max)}] as $cells
   | [$cells | group_by([.frontend, .size])[]
      | (map({key: .backend, value: .}) | from_entries) as $b
      | {frontend: .[0].frontend, size: .[0].size, backends: $b,
@@ -42,7 +52,7 @@ jq '
                             then $b.vpmd.mpps / $b.testpmd.mpps | r3 else null end),
         vpmd_over_ovs: (if $b.vpmd.mpps and $b.ovs.mpps and $b.ovs.mpps > 0
                         then $b.vpmd.mpps / $b.ovs.mpps | r3 else null end),
-        target: target(.[0].size)}
+        target: target(.[0].frontend; .[0].size)}
      | ([.backends.testpmd.mpps, .backends.ovs.mpps] | map(select(. != null)) | max) as $best
      | . + {vpmd_over_best: (if .backends.vpmd.mpps and $best and $best > 0
                               then .backends.vpmd.mpps / $best | r3 else null end)}
@@ -60,7 +70,8 @@ jq -r '
       | $p[:($p | length) - $d] + "." + $p[($p | length) - $d:] end;
   def x: if . == null then "–" else (f(2) + "×") end;
   def name: {testpmd: "DPDK testpmd (net_virtio_user, io fwd, start tx_first 32)",
-             "vpmd-bench": "vpmd-bench loopback (zero-copy io fwd, 32 bursts injected)"}[.] // .;
+             "vpmd-bench": "vpmd-bench loopback (zero-copy io fwd, 32 bursts injected)",
+             "ring-loop": "vpmd-bench ring-loop (the backend alone: rings filled once, only indexes moved)"}[.] // .;
   . as $r
   | "# Loopback throughput: vpmd vs DPDK testpmd vs OVS-DPDK\n",
     "\(.date)\(if .quick then " — **quick mode** (1 round, smoke test)" else "" end)\n",
@@ -83,10 +94,22 @@ jq -r '
     "| Size (B) | Frontend | testpmd | vpmd | OVS | frontend busy cycles/frame (with testpmd / vpmd / OVS) | frontend CPU share |",
     "|---:|---|---:|---:|---:|---|---|",
     ( .summary | sort_by(.size, .frontend)[]
-      | "| \(.size) | \(.frontend) | \(.backends.testpmd.cycles_per_frame | f(1)) | \(.backends.vpmd.cycles_per_frame | f(1)) | \(.backends.ovs.cycles_per_frame | f(1)) | \([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cycles_per_frame | f(1)) end) | join(" / ")) | \(if .frontend == "vpmd-bench" then ([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cpu_share | f(2)) end) | join(" / ")) else "–" end) |"),
+      | "| \(.size) | \(.frontend) | \(.backends.testpmd.cycles_per_frame | f(1)) | \(.backends.vpmd.cycles_per_frame | f(1)) | \(.backends.ovs.cycles_per_frame | f(1)) | \([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cycles_per_frame | f(1)) end) | join(" / ")) | \(if .frontend == "vpmd-bench" or .frontend == "ring-loop" then ([.backends.testpmd, .backends.vpmd, .backends.ovs] | map(if . == null then "–" else (.front_cpu_share | f(2)) end) | join(" / ")) else "–" end) |"),
     "",
     "The busy cycles of a frontend count only forwarding steps that moved frames (testpmd: `record-core-cycles` on the frontend; vpmd-bench: its TSC accounting); their inverse is the most that frontend could forward on its core. The CPU share is the CPU time the vpmd-bench frontend got over wall time: below 1.00 the machine was loaded.",
     "",
+    ( .summary | map(select(.frontend == "ring-loop")) | select(length > 0)
+      | "## ring-loop: the backend alone (medians; testpmd / vpmd / OVS)\n",
+        "Frames per second here are what the backend delivered with a frontend that only moves ring indexes; the frontend busy share (cycles of its polls that moved something / all cycles) must stay well below 1, or the frontend, not the backend, set the rate. Drops: TX descriptors the backend took minus frames it delivered, after a drain. Steal: the most seconds stolen from all CPUs in one measurement. Bad: sampled frames or TX completions that failed their check (sum).\n",
+        "| Size (B) | frontend busy share | frames per burst | backend drops | steal (s, max) | bad samples |",
+        "|---:|---|---|---|---|---|",
+        ( sort_by(.size)[] | . as $b0
+          | "| \(.size) | " + ([["front_busy_share", 2], ["frames_per_burst", 1], ["backend_drops", 0], ["steal_s_max", 2], ["checks_bad", 0]]
+              | map(.[0] as $k | .[1] as $d
+                    | [$b0.backends.testpmd, $b0.backends.vpmd, $b0.backends.ovs]
+                    | map(if . == null then "–" else (.[$k] | f($d)) end) | join(" / "))
+              | join(" | ")) + " |"),
+        "" ),
     "## vpmd memory\n",
     "Resident memory of vpmd excluding guest mappings (sum of Rss in /proc/PID/smaps over mappings that are not memfd or hugetlbfs guest memory), the largest seen at the end of a measurement, frontend connected: \(if .vpmd_rss_kib_excluding_guest then "\(.vpmd_rss_kib_excluding_guest) KiB (\(.vpmd_rss_kib_excluding_guest / 1024 | f(1)) MiB)" else "not measured" end).\n",
     "## Spread (Mpps per direction: min – median – max, rounds)\n",
@@ -113,7 +136,8 @@ jq -r '
     "## Commands (as run, first round; sockets in the work dir of the run)\n",
     ( [["Backend testpmd", .commands.backend_testpmd], ["Backend vpmd", .commands.backend_vpmd],
        ["Backend OVS", .commands.backend_ovs], ["Frontend testpmd", .commands.frontend_testpmd],
-       ["Frontend vpmd-bench", .commands.frontend_vpmd_bench]][]
+       ["Frontend vpmd-bench", .commands.frontend_vpmd_bench],
+       ["Frontend ring-loop", .commands.frontend_ring_loop]][]
       | select(.[1] != null and (.[1] | length) > 0)
       | "\(.[0]):\n```\n\(.[1] | join("\n"))\n```\n"),
     "Every measurement (both directions, load average, cycle source) is in the JSON file next to this one."
