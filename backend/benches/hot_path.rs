@@ -120,7 +120,7 @@ fn bench_burst(c: &mut Criterion) {
                 }
                 assert_eq!(rq.pending(), 0);
                 // dropping both publishes their used entries
-            })
+            });
         });
     }
     g.finish();
@@ -156,7 +156,7 @@ fn bench_chain_walk(c: &mut Criterion) {
             b.iter(|| {
                 chain::walk(&ring, &map, black_box(head), false, 0, &mut out).unwrap();
                 assert_eq!(out.segs().len(), segs);
-            })
+            });
         });
     }
     g.finish();
@@ -182,7 +182,7 @@ fn bench_copy(c: &mut Criterion) {
                 let (mut dp, mut sp) = (Cursor::default(), Cursor::default());
                 let n = seglist::copy(&dst, &mut dp, &src, &mut sp, black_box(len as u32));
                 assert_eq!(n as usize, len);
-            })
+            });
         });
     }
     g.finish();

@@ -218,7 +218,7 @@ impl Connection {
         if let Some(s) = self
             .current
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         {
             let _ = s.shutdown(Shutdown::Both);
@@ -310,7 +310,10 @@ impl Worker {
             return;
         }
         {
-            let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cur = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match frontend.try_clone() {
                 Ok(c) => *cur = Some(c),
                 Err(e) => log::warn!("port {name}: cannot keep a handle to stop it: {e}"),
@@ -350,7 +353,7 @@ impl Worker {
         };
         self.current
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         dev.unpublish();
         // Dropping the daemon joins its vring worker thread; the polling threads let
@@ -446,7 +449,7 @@ fn hung_up(s: &UnixStream) -> bool {
     let n = unsafe {
         libc::recv(
             s.as_raw_fd(),
-            (&mut b as *mut u8).cast(),
+            (&raw mut b).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
@@ -464,7 +467,7 @@ fn wait_readable(listener: &Listener, stop: &AtomicBool) -> bool {
     };
     while !stop.load(Ordering::Acquire) {
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
+        let n = unsafe { libc::poll(&raw mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
         if n > 0 {
             return true;
         }

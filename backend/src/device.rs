@@ -149,7 +149,7 @@ impl VhostUserBackend for NetDevice {
             new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
         self.lent_exit_fds
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }

@@ -82,12 +82,12 @@ pub fn install() -> Result<(), GuardError> {
         new.sa_sigaction = on_sigbus as *const () as usize;
         new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         // SAFETY: `new.sa_mask` is a valid sigset to initialise.
-        unsafe { libc::sigemptyset(&mut new.sa_mask) };
+        unsafe { libc::sigemptyset(&raw mut new.sa_mask) };
         // SAFETY: as above.
         let old = Box::into_raw(Box::new(unsafe { std::mem::zeroed::<libc::sigaction>() }));
         // SAFETY: `new` is a fully initialised action whose handler has the
         // SA_SIGINFO signature; `old` points at writable storage for the old one.
-        if unsafe { libc::sigaction(libc::SIGBUS, &new, old) } != 0 {
+        if unsafe { libc::sigaction(libc::SIGBUS, &raw const new, old) } != 0 {
             result = Err(GuardError::Install(io::Error::last_os_error()));
             // SAFETY: `old` came from Box::into_raw above and was not published.
             drop(unsafe { Box::from_raw(old) });
@@ -123,7 +123,9 @@ pub fn register(owner: u64, start: usize, len: usize) -> Result<(), GuardError> 
     if len == 0 {
         return Ok(());
     }
-    let _w = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _w = WRITERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let live = |s: &Slot| s.len.load(Ordering::Relaxed) != 0;
     if TABLE.iter().any(|s| {
         live(s)
@@ -143,7 +145,9 @@ pub fn register(owner: u64, start: usize, len: usize) -> Result<(), GuardError> 
 
 /// Releases `owner`'s slots whose range `keep` does not return true for.
 fn release_where(owner: u64, keep: impl Fn(usize, usize) -> bool) {
-    let _w = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _w = WRITERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for s in &TABLE {
         let len = s.len.load(Ordering::Relaxed);
         if len != 0
@@ -227,7 +231,7 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
             unsafe {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+                libc::sigaction(libc::SIGBUS, &raw const dfl, std::ptr::null_mut());
             }
         }
     }
@@ -265,7 +269,10 @@ impl MemoryWatch {
         for r in mem.iter() {
             register(self.owner, r.as_ptr() as usize, r.len() as usize)?;
         }
-        let mut snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut snaps = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         snaps.push(Arc::downgrade(&mem));
         drop(mem);
         Self::sweep(self.owner, &mut snaps);
@@ -294,7 +301,10 @@ impl MemoryWatch {
     pub fn release(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut snaps = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             Self::sweep(self.owner, &mut snaps);
             if snaps.is_empty() || Instant::now() >= deadline {
                 if !snaps.is_empty() {

@@ -119,7 +119,7 @@ fn check_region(index: usize, region: &[u8], fd: RawFd) -> Result<(), FdError> {
     // SAFETY: `st` is a plain C struct that fstat fills; all-zero is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open (owned by the message) and `st` is a valid out-pointer.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
         return Err(FdError::Sys(io::Error::last_os_error()));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -131,7 +131,7 @@ fn check_region(index: usize, region: &[u8], fd: RawFd) -> Result<(), FdError> {
     // SAFETY: all-zero is a valid statfs for fstatfs to fill.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open and `fs` is a valid out-pointer.
-    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+    if unsafe { libc::fstatfs(fd, &raw mut fs) } != 0 {
         return Err(FdError::Sys(io::Error::last_os_error()));
     }
     let fs_type = fs.f_type;
@@ -146,7 +146,7 @@ fn check_region(index: usize, region: &[u8], fd: RawFd) -> Result<(), FdError> {
     // get shorter after the check.
     seal_against_shrinking(fd);
     // SAFETY: as for the first fstat.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
         return Err(FdError::Sys(io::Error::last_os_error()));
     }
     let file_len = st.st_size as u64;
@@ -271,7 +271,7 @@ mod tests {
         let fd = OwnedFd::from(file);
         let mut fs: libc::statfs = unsafe_zeroed_statfs();
         // SAFETY: valid fd and out-pointer.
-        assert_eq!(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) }, 0);
+        assert_eq!(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut fs) }, 0);
         let err = check_message_fds(
             SET_MEM_TABLE,
             &table(&[(1 << 20, 0)]),

@@ -137,7 +137,7 @@ impl HostBuf {
         // is mapped writable by the type's invariant, and the source is a Rust slice
         // of at least `n` bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), n as usize)
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), n as usize);
         };
         n
     }
@@ -154,7 +154,7 @@ impl HostBuf {
         // mapped by the type's invariant, and the destination is a Rust slice of at
         // least `n` bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.add(off as usize), out.as_mut_ptr(), n as usize)
+            std::ptr::copy_nonoverlapping(self.ptr.add(off as usize), out.as_mut_ptr(), n as usize);
         };
         n
     }

@@ -112,7 +112,7 @@ pub fn deliver_rx_frame(
         let dst = if first { &mut s.first } else { &mut s.next };
         if let Err(e) = q.chain(head, true, dst) {
             // Return every chain taken for this frame, the bad one last, empty.
-            for &(h, _) in s.used.iter() {
+            for &(h, _) in &s.used {
                 q.push_used(h, 0);
             }
             q.push_used(head, 0);
@@ -156,7 +156,7 @@ pub fn deliver_rx_frame(
     if layout.hdr_len > NUM_BUFFERS_OFFSET && n > 1 {
         s.first.write_array_at(NUM_BUFFERS_OFFSET, &n.to_le_bytes());
     }
-    for &(h, l) in s.used.iter() {
+    for &(h, l) in &s.used {
         q.push_used(h, l);
     }
     Ok(())

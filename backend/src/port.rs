@@ -243,7 +243,7 @@ impl VirtioNetPort {
     pub fn active(&self) -> Option<Arc<ActiveRings>> {
         self.active
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -254,7 +254,10 @@ impl VirtioNetPort {
     }
 
     pub(crate) fn set_active(&self, rings: Option<Arc<ActiveRings>>) {
-        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = rings;
+        *self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rings;
         self.connection_generation.fetch_add(1, Ordering::Release);
     }
 }

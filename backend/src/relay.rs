@@ -255,7 +255,7 @@ fn write_message(sock: &UnixStream, msg: &Message) -> Result<(), RelayError> {
     let mut data = Vec::with_capacity(HEADER_LEN + msg.body.len());
     data.extend_from_slice(&msg.header);
     data.extend_from_slice(&msg.body);
-    let fds: Vec<RawFd> = msg.fds.iter().map(|f| f.as_raw_fd()).collect();
+    let fds: Vec<RawFd> = msg.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let sent = if fds.is_empty() {
         0
     } else {

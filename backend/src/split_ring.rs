@@ -149,7 +149,7 @@ impl SplitRing {
         // base is at least 2-byte aligned (checked in `new`) and the offset is even,
         // so the pointer is aligned for an AtomicU16, and it is mapped while the ring
         // is used (`new`'s contract), which covers the borrow of `buf` returned.
-        unsafe { &*(buf.as_ptr().add(off as usize) as *const AtomicU16) }
+        unsafe { &*buf.as_ptr().add(off as usize).cast::<AtomicU16>() }
     }
 
     /// `avail.idx`, with acquire ordering so that the entries it covers are visible.
@@ -244,7 +244,7 @@ pub fn prefetch(p: *const u8) {
     // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address, and
     // changes no memory; SSE is part of the x86_64 baseline.
     unsafe {
-        core::arch::x86_64::_mm_prefetch(p.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0)
+        core::arch::x86_64::_mm_prefetch(p.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0);
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

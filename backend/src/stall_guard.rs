@@ -74,7 +74,8 @@ fn install() -> Result<(), StallGuardError> {
         // No SA_RESTART: an interrupted write must return EINTR, not sleep again.
         sa.sa_flags = 0;
         // SAFETY: `sa` is fully initialised; the old action is not needed.
-        if unsafe { libc::sigaction(interrupt_signal(), &sa, std::ptr::null_mut()) } != 0 {
+        if unsafe { libc::sigaction(interrupt_signal(), &raw const sa, std::ptr::null_mut()) } != 0
+        {
             result = Err(StallGuardError::Install(io::Error::last_os_error()));
         }
     });
@@ -97,7 +98,7 @@ pub fn register() -> Result<Registration, StallGuardError> {
     });
     THREADS
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(slot.clone());
     CURRENT.with(|c| *c.borrow_mut() = Some(slot.clone()));
     Ok(Registration { slot })
@@ -117,7 +118,7 @@ impl Drop for Registration {
         // never signalled again, so it may exit.
         THREADS
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|s| !Arc::ptr_eq(s, &self.slot));
     }
 }
@@ -157,7 +158,7 @@ pub fn signal_eventfd(fd: std::os::fd::RawFd) -> io::Result<()> {
     let watched = Watched::enter();
     // SAFETY: writes 8 bytes from a local u64; `fd` is open (caller's contract), and
     // a wrong kind of fd can at worst fail the write.
-    let n = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    let n = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
     drop(watched);
     if n == 8 {
         Ok(())
@@ -194,7 +195,9 @@ fn watch(stop: &AtomicBool) {
     let mut seen: Vec<(usize, u64)> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         thread::sleep(PERIOD);
-        let threads = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        let threads = THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut now = Vec::with_capacity(threads.len());
         for s in threads.iter() {
             let key = Arc::as_ptr(s) as usize;
@@ -248,7 +251,7 @@ mod tests {
             assert!(fd >= 0);
             let max = u64::MAX - 1;
             // SAFETY: writes 8 bytes from a local u64 to our own fd.
-            let n = unsafe { libc::write(fd, (&max as *const u64).cast(), 8) };
+            let n = unsafe { libc::write(fd, (&raw const max).cast(), 8) };
             assert_eq!(n, 8);
             // This write blocks (the counter is saturated) until interrupted.
             let err = signal_eventfd(fd).unwrap_err();

@@ -65,7 +65,7 @@ impl Pacer {
             }
             let left = at - now;
             if left > SLEEP_ABOVE {
-                std::thread::sleep(left - SLEEP_ABOVE / 2);
+                std::thread::sleep(left.checked_sub(SLEEP_ABOVE / 2).unwrap());
             } else {
                 std::hint::spin_loop();
             }
@@ -125,7 +125,7 @@ pub fn thread_cpu_time() -> Duration {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write; the clock id is a constant.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 

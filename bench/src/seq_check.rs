@@ -207,7 +207,7 @@ mod tests {
         let mut t = SeqTracker::new(0);
         for (i, mut f) in frames(&[0, 1, 2, 3]).into_iter().enumerate() {
             if i == 2 {
-                crate::frame::corrupt(&mut f);
+                frame::corrupt(&mut f);
             }
             let _ = t.observe(&f);
         }

@@ -383,7 +383,7 @@ impl SplitQueue {
                 revents: 0,
             };
             // SAFETY: `pfd` is a valid pollfd for the duration of the call; count is 1.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            unsafe { libc::poll(&raw mut pfd, 1, ms) };
             let _ = self.call.read();
         };
         self.suppress_interrupts();

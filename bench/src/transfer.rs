@@ -151,14 +151,14 @@ pub fn transfer(
                         expected: spec.first_seq + index,
                         got: p.seq,
                         len: f.len(),
-                    })
+                    });
                 }
                 Ok(p) if p.len != spec.size(index) => {
                     err = Some(TransferError::WrongSize {
                         seq: p.seq,
                         expected: spec.size(index),
                         got: p.len,
-                    })
+                    });
                 }
                 Ok(p) => {
                     received += 1;

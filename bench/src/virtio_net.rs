@@ -25,7 +25,7 @@ pub const DRIVER_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
 
 /// Bytes of config space read with GET_CONFIG: the whole `struct virtio_net_config`, as
 /// cloud-hypervisor reads it.
-pub const CONFIG_LEN: usize = std::mem::size_of::<virtio_net_config>();
+pub const CONFIG_LEN: usize = size_of::<virtio_net_config>();
 // NetConfig::parse needs everything up to `mtu`.
 const _: () = assert!(CONFIG_LEN >= 12);
 

@@ -131,7 +131,7 @@ impl Vpmd {
 
     /// File descriptors the process holds now.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, Iterator::count)
     }
 
     /// `vpmd stats --json`, parsed.

@@ -24,7 +24,9 @@ use vpmd_bench::{FrontendOptions, NetFrontend};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];

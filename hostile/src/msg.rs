@@ -343,7 +343,7 @@ fn closed(e: io::Error) -> MsgError {
 
 /// sendmsg(2) of `data` with `fds` as SCM_RIGHTS; returns the bytes sent.
 fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
-    let fd_bytes = std::mem::size_of_val(fds);
+    let fd_bytes = size_of_val(fds);
     // SAFETY: CMSG_SPACE only computes a size from its argument.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
     let mut cmsg_buf = vec![0u64; space.div_ceil(8)];
@@ -353,7 +353,7 @@ fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<us
     };
     // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
+    mh.msg_iov = &raw mut iov;
     mh.msg_iovlen = 1;
     mh.msg_control = cmsg_buf.as_mut_ptr().cast();
     mh.msg_controllen = space;
@@ -361,7 +361,7 @@ fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<us
     // header carrying `fds.len()` descriptors (CMSG_SPACE), so CMSG_FIRSTHDR is
     // non-null and CMSG_DATA has room for `fd_bytes` bytes; `fds` is a live slice.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(&mh);
+        let c = libc::CMSG_FIRSTHDR(&raw const mh);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as usize;
@@ -369,7 +369,7 @@ fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<us
     }
     // SAFETY: `mh` and everything it points at (iov, data, control buffer) are alive
     // for the call; sendmsg only reads them.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &raw const mh, libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -37,7 +37,9 @@ pub struct Scenario {
 impl Scenario {
     /// Starts vpmd and the well-behaved transfer.
     pub fn start(name: &str) -> Scenario {
-        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let vpmd = crate::vpmd::start(name);
         let good = GoodTraffic::start(&vpmd);
         Scenario {

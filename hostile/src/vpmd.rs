@@ -33,7 +33,7 @@ pub fn mac(name: &str) -> [u8; 6] {
 /// Starts vpmd with the two-pair config in a fresh temp dir named after `test`.
 pub fn start(test: &str) -> Vpmd {
     Vpmd::start(&format!("hostile-{test}"), |dir| {
-        let core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let core = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
         let mut config = format!(
             "[pmd]\ncores = [{core}]\ncontrol_socket = \"{}\"\n",
             dir.join("control.sock").display()

@@ -47,7 +47,7 @@ fn set_blocking(fd: RawFd) {
 
 fn eventfd_write(fd: RawFd, v: u64) -> isize {
     // SAFETY: writes 8 bytes from a local u64.
-    unsafe { libc::write(fd, (&v as *const u64).cast(), 8) }
+    unsafe { libc::write(fd, (&raw const v).cast(), 8) }
 }
 
 /// Waits until vpmd has counted `name` on h at least once; returns the stats.
@@ -379,7 +379,7 @@ fn connections_carrying_as_many_fds_as_they_can_do_not_exhaust_vpmd() {
     let fds_before = sc.vpmd.open_fds();
     let mut conns = Vec::new();
     let evs: Vec<_> = (0..8).map(|_| eventfd().expect("eventfd")).collect();
-    let raw: Vec<RawFd> = evs.iter().map(|e| e.as_raw_fd()).collect();
+    let raw: Vec<RawFd> = evs.iter().map(AsRawFd::as_raw_fd).collect();
     for _ in 0..100 {
         let Ok(c) = vpmd_hostile::msg::Conn::connect(&sc.vpmd.socket("h")) else {
             break;

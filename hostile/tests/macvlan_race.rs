@@ -125,7 +125,7 @@ impl Drop for Net {
 /// vpmd with one bridge-mode macvlan port `h` on `uplink`.
 fn start_vpmd(uplink: &str) -> Vpmd {
     Vpmd::start("macvlan-race", |dir| {
-        let core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let core = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
         format!(
             "[pmd]\ncores = [{core}]\ncontrol_socket = \"{ctl}\"\n\n\
              [[port]]\nname = \"h\"\nsocket = \"{sock}\"\nmac = \"{mac}\"\n\n\
@@ -171,8 +171,8 @@ fn packet_socket(ns: &str, dev: &str) -> io::Result<OwnedFd> {
             let r = unsafe {
                 libc::bind(
                     fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
                 )
             };
             if r != 0 {
@@ -185,8 +185,8 @@ fn packet_socket(ns: &str, dev: &str) -> io::Result<OwnedFd> {
                     fd.as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as u32,
+                    (&raw const size).cast(),
+                    size_of::<libc::c_int>() as u32,
                 )
             };
             Ok(fd)
@@ -209,8 +209,8 @@ fn receive(sock: OwnedFd, done: Arc<AtomicBool>) -> (u64, u64) {
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as u32,
         )
     };
     let (mut genuine, mut forged) = (0u64, 0u64);

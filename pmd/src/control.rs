@@ -218,7 +218,10 @@ impl Slot {
     /// cut off first (its thread sees the end of its stream and ends at once).
     fn take(clients: &Arc<Clients>, stream: &UnixStream, limit: usize) -> Slot {
         let id = clients.next.fetch_add(1, Ordering::Relaxed);
-        let mut open = clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = clients
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while open.len() >= limit {
             if let Some((_, oldest)) = open.pop_front() {
                 let _ = oldest.shutdown(std::net::Shutdown::Both);
@@ -237,7 +240,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self
+            .clients
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.retain(|(id, _)| *id != self.id);
     }
 }

@@ -192,7 +192,7 @@ impl PortCounters {
         let block = Arc::new(CounterBlock::default());
         self.blocks
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(block.clone());
         block
     }
@@ -200,7 +200,12 @@ impl PortCounters {
     /// A snapshot, for stats: the sum over every block.
     pub fn snapshot(&self, name: &str, kind: &str, up: bool) -> PortStats {
         let mut t = PortTally::default();
-        for b in self.blocks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for b in self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             b.add_to(&mut t);
         }
         PortStats {
@@ -395,7 +400,12 @@ mod tests {
     #[test]
     fn json_field_names_are_the_names() {
         let v = serde_json::to_value(DropCounts::default()).unwrap();
-        let json: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let json: Vec<&str> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(std::string::String::as_str)
+            .collect();
         let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
         names.sort();
         let mut json = json;

@@ -193,7 +193,7 @@ fn raise_open_files_limit() -> std::io::Result<u64> {
     };
     // SAFETY: getrlimit writes one `rlimit` through the pointer, which points at a
     // live local of that type for the whole call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
@@ -202,7 +202,7 @@ fn raise_open_files_limit() -> std::io::Result<u64> {
             rlim_max: lim.rlim_max,
         };
         // SAFETY: setrlimit only reads the `rlimit` behind the pointer, a live local.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         lim = raised;

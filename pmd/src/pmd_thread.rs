@@ -146,7 +146,7 @@ fn run(
     let mut last = tsc::now();
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0u64;
-        for s in streams.iter_mut() {
+        for s in &mut streams {
             moved += u64::from(s.poll(&mut scratch));
         }
         match backoff.after_poll(moved) {

@@ -236,10 +236,10 @@ pub fn user_id(name: &str) -> io::Result<Option<u32>> {
         let rc = unsafe {
             libc::getpwnam_r(
                 cname.as_ptr(),
-                &mut pw,
+                &raw mut pw,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut res,
+                &raw mut res,
             )
         };
         (rc, (!res.is_null()).then_some(pw.pw_uid))
@@ -257,10 +257,10 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
         let rc = unsafe {
             libc::getgrnam_r(
                 cname.as_ptr(),
-                &mut gr,
+                &raw mut gr,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut res,
+                &raw mut res,
             )
         };
         (rc, (!res.is_null()).then_some(gr.gr_gid))

@@ -146,7 +146,7 @@ impl Snapshot {
             if p.ring_errors != 0 {
                 let _ = write!(extra, "  ring_errors={}", p.ring_errors);
             }
-            for (name, v) in p.faults.iter().flat_map(|f| f.pairs()) {
+            for (name, v) in p.faults.iter().flat_map(FaultCounts::pairs) {
                 if v != 0 {
                     let _ = write!(extra, "  {name}={v}");
                 }

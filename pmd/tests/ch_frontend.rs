@@ -21,7 +21,7 @@ const MTU_B: u16 = 9000;
 
 /// Two server ports `a` (MTU 1500) and `b` (MTU 9000) forming a veth pair.
 fn config(dir: &Path) -> String {
-    let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let last_core = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
     format!(
         r#"[pmd]
 cores = [{last_core}]

@@ -116,7 +116,7 @@ fn three_pairs_never_see_each_others_frames() {
                 e.sent += 1;
             }
         }
-        for e in ends.iter_mut() {
+        for e in &mut ends {
             let want = (round + 1) * WINDOW;
             let deadline = Instant::now() + Duration::from_secs(10);
             while e.received < want {

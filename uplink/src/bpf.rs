@@ -131,8 +131,8 @@ unsafe fn sys_bpf<A>(cmd: u32, attr: &mut A) -> io::Result<i64> {
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut A,
+            libc::c_long::from(cmd),
+            std::ptr::from_mut::<A>(attr),
             size_of::<A>() as libc::c_uint,
         )
     };
@@ -422,7 +422,7 @@ pub fn prog_test_run(
     };
     if let Some(ctx) = ctx {
         attr.ctx_size_in = size_of::<XdpMd>() as u32;
-        attr.ctx_in = ctx as *const XdpMd as u64;
+        attr.ctx_in = std::ptr::from_ref::<XdpMd>(ctx) as u64;
     }
     // SAFETY: data_in and ctx_in point to data_size_in / ctx_size_in
     // readable bytes borrowed for the call; no output buffers are given.
@@ -455,7 +455,7 @@ pub fn prog_id(prog: BorrowedFd<'_>) -> Result<u32, BpfError> {
     let mut attr = ObjInfoAttr {
         bpf_fd: prog.as_raw_fd() as u32,
         info_len: size_of::<ProgInfoHead>() as u32,
-        info: &mut info as *mut ProgInfoHead as u64,
+        info: &raw mut info as u64,
     };
     // SAFETY: info points to info_len writable bytes that outlive the call.
     unsafe { sys_bpf(cmd::OBJ_GET_INFO_BY_FD, &mut attr) }

@@ -153,7 +153,7 @@ impl RtnetlinkSocket {
                 request.as_ptr().cast(),
                 request.len(),
                 0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
+                (&raw const kernel).cast(),
                 size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };

@@ -61,8 +61,7 @@ const fn align(x: usize) -> usize {
 }
 
 /// `TPACKET2_HDRLEN`: the header and the `sockaddr_ll` after it.
-pub(crate) const HDR_LEN: usize =
-    align(std::mem::size_of::<tpacket2_hdr>()) + std::mem::size_of::<libc::sockaddr_ll>();
+pub(crate) const HDR_LEN: usize = align(size_of::<tpacket2_hdr>()) + size_of::<libc::sockaddr_ll>();
 /// `PACKET_RESERVE`: headroom the kernel leaves before each frame.
 pub(crate) const RESERVE: usize = VLAN_HLEN;
 /// Where the kernel puts an Ethernet frame's first byte in a slot
@@ -397,7 +396,7 @@ mod tests {
 
     #[test]
     fn header_layout_matches_the_kernel() {
-        assert_eq!(std::mem::size_of::<tpacket2_hdr>(), 32);
+        assert_eq!(size_of::<tpacket2_hdr>(), 32);
         assert_eq!(HDR_LEN, libc::TPACKET2_HDRLEN);
         assert_eq!(MAC_OFFSET, 70);
     }

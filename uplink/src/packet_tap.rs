@@ -288,8 +288,8 @@ impl PacketTap {
                 self.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
-                (&mut stats as *mut libc::tpacket_stats).cast(),
-                &mut len,
+                (&raw mut stats).cast(),
+                &raw mut len,
             )
         };
         if ret != 0 {
@@ -359,7 +359,7 @@ fn bind(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
     let ret = unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
+            (&raw const addr).cast(),
             size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
@@ -380,7 +380,7 @@ macro_rules! as_bytes {
     ($($t:ty),*) => {$(
         impl AsBytes for $t {
             fn as_bytes(&self) -> (*const libc::c_void, libc::socklen_t) {
-                ((self as *const Self).cast(), size_of::<Self>() as libc::socklen_t)
+                (std::ptr::from_ref::<Self>(self).cast(), size_of::<Self>() as libc::socklen_t)
             }
         }
     )*};

@@ -136,7 +136,7 @@ pub fn mac_filter_listing(mac_table_fd: i32, xsk_map_fd: i32) -> [Insn; 28] {
         /* 14 */ macs,
         /* 15 */ macs_hi,
         /* 16 */ I::mov64_reg(R2, R10),
-        /* 17 */ I::add64_imm(R2, KEY as i32),
+        /* 17 */ I::add64_imm(R2, i32::from(KEY)),
         /* 18 */ I::call(helper::MAP_LOOKUP_ELEM),
         /* 19 */ I::jeq_imm(R0, 0, to(19, PASS)),
         /* 20 */ xsks, // redirect:

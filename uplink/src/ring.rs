@@ -98,7 +98,7 @@ impl<T: Copy> RingView<T> {
         size: u32,
     ) -> io::Result<Self> {
         assert!(size.is_power_of_two(), "ring sizes are powers of two");
-        let len = offsets.desc as usize + size as usize * std::mem::size_of::<T>();
+        let len = offsets.desc as usize + size as usize * size_of::<T>();
         let memory = RingMemory::map_socket(fd, pgoff, len)?;
         Self::new(memory, offsets, size)
     }
@@ -106,13 +106,13 @@ impl<T: Copy> RingView<T> {
     fn new(memory: RingMemory, offsets: &libc::xdp_ring_offset, size: u32) -> io::Result<Self> {
         let invalid =
             || io::Error::new(io::ErrorKind::InvalidData, "ring offsets outside the ring");
-        let end = offsets.desc as usize + size as usize * std::mem::size_of::<T>();
+        let end = offsets.desc as usize + size as usize * size_of::<T>();
         let words = [offsets.producer, offsets.consumer, offsets.flags];
         if end > memory.len
             || words
                 .iter()
                 .any(|&w| w as usize + 4 > memory.len || !w.is_multiple_of(4))
-            || !(offsets.desc as usize).is_multiple_of(std::mem::align_of::<T>())
+            || !(offsets.desc as usize).is_multiple_of(align_of::<T>())
         {
             return Err(invalid());
         }
@@ -210,7 +210,7 @@ impl<T: Copy> ProducerRing<T> {
         unsafe {
             self.view
                 .slot(self.cached_prod.wrapping_add(i))
-                .write(value)
+                .write(value);
         }
     }
 

@@ -92,7 +92,7 @@ pub fn run(listing: &[Insn], input: &Input<'_>) -> Result<u64, String> {
             .get(pc)
             .ok_or(format!("fell off the program at {pc}"))?;
         let (dst, src) = (i.dst() as usize, i.src() as usize);
-        let imm = i.imm as i64 as u64;
+        let imm = i64::from(i.imm) as u64;
         let size = |code: u8| match code & 0x18 {
             0x00 => 4,
             0x08 => 2,
@@ -110,10 +110,10 @@ pub fn run(listing: &[Insn], input: &Input<'_>) -> Result<u64, String> {
                 next = pc + 2;
             }
             code if code & 0xe7 == 0x61 => {
-                reg[dst] = mem.load(reg[src].wrapping_add(i.off as i64 as u64), size(code))?
+                reg[dst] = mem.load(reg[src].wrapping_add(i64::from(i.off) as u64), size(code))?;
             }
             code if code & 0xe7 == 0x63 => mem.store(
-                reg[dst].wrapping_add(i.off as i64 as u64),
+                reg[dst].wrapping_add(i64::from(i.off) as u64),
                 size(code),
                 reg[src],
             )?,

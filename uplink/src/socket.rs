@@ -274,7 +274,7 @@ impl XskSocket {
 
     /// See [`XskTransmitter::flush`].
     pub fn flush_tx(&mut self) {
-        self.transmitter.flush()
+        self.transmitter.flush();
     }
 
     pub fn receiver(&mut self) -> &mut XskReceiver {
@@ -343,7 +343,7 @@ fn bind(fd: BorrowedFd<'_>, setup: &SocketSetup<'_>) -> Result<BindMode, SocketE
         let ret = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_xdp).cast(),
+                (&raw const addr).cast(),
                 size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
             )
         };
@@ -367,7 +367,7 @@ fn bind(fd: BorrowedFd<'_>, setup: &SocketSetup<'_>) -> Result<BindMode, SocketE
         )?,
         (None, BindPreference::CopyOnly) => bind_as(libc::XDP_COPY | wakeup, 0, "copy")?,
         (None, BindPreference::ZeroCopyOnly) => {
-            bind_as(libc::XDP_ZEROCOPY | wakeup, 0, "zero-copy")?
+            bind_as(libc::XDP_ZEROCOPY | wakeup, 0, "zero-copy")?;
         }
         (None, BindPreference::ZeroCopyThenCopy) => {
             if let Err(zc) = bind_as(libc::XDP_ZEROCOPY | wakeup, 0, "zero-copy") {
@@ -399,7 +399,7 @@ trait OptionValue {
 impl OptionValue for u32 {
     fn as_bytes(&self) -> (*const libc::c_void, libc::socklen_t) {
         (
-            (self as *const u32).cast(),
+            std::ptr::from_ref::<u32>(self).cast(),
             size_of::<u32>() as libc::socklen_t,
         )
     }
@@ -408,7 +408,7 @@ impl OptionValue for u32 {
 impl OptionValue for libc::xdp_umem_reg {
     fn as_bytes(&self) -> (*const libc::c_void, libc::socklen_t) {
         (
-            (self as *const Self).cast(),
+            std::ptr::from_ref::<Self>(self).cast(),
             size_of::<Self>() as libc::socklen_t,
         )
     }
@@ -443,7 +443,7 @@ fn get_option<T: PlainOption>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Resu
             libc::SOL_XDP,
             name,
             value.as_mut_ptr().cast(),
-            &mut len,
+            &raw mut len,
         )
     };
     if ret != 0 {

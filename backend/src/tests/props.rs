@@ -167,7 +167,7 @@ proptest! {
         prop_assert_eq!(got.err(), want.as_ref().err().copied());
         if let Ok(bufs) = want {
             prop_assert_eq!(out.segs().len(), bufs.len());
-            prop_assert_eq!(out.total() as u64, bufs.iter().map(|b| u64::from(b.1)).sum::<u64>());
+            prop_assert_eq!(u64::from(out.total()), bufs.iter().map(|b| u64::from(b.1)).sum::<u64>());
             for (seg, &(addr, len)) in out.segs().iter().zip(&bufs) {
                 // The host range is the guest range, inside one region's mapping.
                 let r = mem.find_region(GuestAddress(addr)).unwrap();

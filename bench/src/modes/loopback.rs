@@ -244,7 +244,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
     let (secs, cycles, cpu) = (
         t0.elapsed().as_secs_f64(),
         tsc::now().wrapping_sub(tsc0),
-        (thread_cpu_time() - cpu0).as_secs_f64(),
+        thread_cpu_time().checked_sub(cpu0).unwrap().as_secs_f64(),
     );
 
     let dir = |i: usize, from, to| {

@@ -180,7 +180,7 @@ pub fn pin(core: Option<usize>) -> Result<(), ModeError> {
     // SAFETY: `core < CPU_SETSIZE`, so the bit lies inside `set`.
     unsafe { libc::CPU_SET(core, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
     if rc != 0 {
         return Err(ModeError::Pin {
             core,

@@ -740,7 +740,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
     let (secs, cycles, cpu, steal1) = (
         t0.elapsed().as_secs_f64(),
         tsc::now().wrapping_sub(tsc0),
-        (thread_cpu_time() - cpu0).as_secs_f64(),
+        thread_cpu_time().checked_sub(cpu0).unwrap().as_secs_f64(),
         read_steal(),
     );
     let during = c;

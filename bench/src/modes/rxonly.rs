@@ -231,7 +231,10 @@ pub fn run(args: &RxOnlyArgs, g: &Global) -> Result<RxOnlyReport, ModeError> {
         if args.spin {
             std::hint::spin_loop();
         } else {
-            let mut nap = (timeout - waited).min(Duration::from_millis(100));
+            let mut nap = timeout
+                .checked_sub(waited)
+                .unwrap()
+                .min(Duration::from_millis(100));
             if let Some(d) = limit.duration {
                 nap = nap.min(d.saturating_sub(now - start));
             }

@@ -233,7 +233,7 @@ fn thread_rusage() -> (Duration, Duration) {
     // SAFETY: a zeroed rusage is a valid value to overwrite.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid rusage to write; RUSAGE_THREAD is this thread.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &raw mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
@@ -328,7 +328,11 @@ pub fn run(args: &XdpTxOnlyArgs) -> Result<XdpTxOnlyReport, ModeError> {
         &dsts,
         per_dst,
         (last - start).as_secs_f64(),
-        ((user1 - user0), (sys1 - sys0), wall),
+        (
+            user1.checked_sub(user0).unwrap(),
+            sys1.checked_sub(sys0).unwrap(),
+            wall,
+        ),
         interrupted,
     ))
 }

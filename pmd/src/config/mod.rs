@@ -298,7 +298,7 @@ impl Host {
     /// This machine.
     pub fn this() -> Host {
         Host {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             interface_exists: |name| {
                 !name.is_empty()
                     && !name.contains('/')

@@ -16,7 +16,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Holds the one-vpmd-at-a-time lock for a test.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// MAC of port `p<pair><side>` in [`pairs_config`]: 52:54:00:00:<pair>:0a / 0b.
@@ -35,7 +37,7 @@ pub fn pair_mac(pair: usize, side: char) -> [u8; 6] {
 /// last core.
 pub fn pairs_config(n: usize) -> impl Fn(&std::path::Path) -> String {
     move |dir| {
-        let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let last_core = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
         let mut c = format!(
             "[pmd]\ncores = [{last_core}]\ncontrol_socket = \"{}\"\n",
             dir.join("control.sock").display()

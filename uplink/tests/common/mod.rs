@@ -301,8 +301,8 @@ impl PacketSocket {
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUFFORCE,
-                (&rcvbuf as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                (&raw const rcvbuf).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         // SAFETY: sockaddr_ll is plain data; zeroes are valid.
@@ -314,8 +314,8 @@ impl PacketSocket {
         let ret = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if ret != 0 {
@@ -367,13 +367,13 @@ impl PacketSocket {
                 revents: 0,
             };
             // SAFETY: pfd is one valid pollfd.
-            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+            let ready = unsafe { libc::poll(&raw mut pfd, 1, left.as_millis() as libc::c_int) };
             if ready <= 0 {
                 return None;
             }
             // SAFETY: sockaddr_ll is plain data; zeroes are valid.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            let mut from_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
             // SAFETY: buf and from are writable for the lengths passed.
             let n = unsafe {
                 libc::recvfrom(
@@ -381,8 +381,8 @@ impl PacketSocket {
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut from_len,
+                    (&raw mut from).cast(),
+                    &raw mut from_len,
                 )
             };
             if n < 0 {
