@@ -5,6 +5,7 @@
 //! a bump allocator once, at setup; the data path never allocates guest memory. The
 //! memfd may be backed by 2 MiB hugepages (like a VM with `hugepages=on`), which spares
 //! the backend TLB misses on buffers; it then needs free hugepages.
+#![allow(unsafe_code)] // memfd_create and mmap of the frontend's guest memory; raw access into it.
 
 use std::ffi::CStr;
 use std::fs::File;

@@ -24,6 +24,7 @@
 //! - [`stats_doc`]: reading `vpmd stats --json` documents (ports, counters, drops).
 //! - [`vpmd`]: the one harness that starts `vpmd` for tests ([`vpmd::Vpmd`]).
 //! - [`modes`]: the benchmark engines, one per file: txonly, rxonly, loopback, latency.
+#![deny(unsafe_code)]
 
 pub mod connection;
 pub mod frame;

@@ -6,6 +6,7 @@
 //! ports (the throughput test), `latency` histogram over two ports, `xdp-txonly` generator
 //! on a kernel interface (AF_XDP, for macvlan uplinks); plus `probe` (what a
 //! device negotiates) and `pair` (a checked transfer from A to B).
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

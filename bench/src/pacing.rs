@@ -8,6 +8,7 @@
 //! never sees a flood. [`RunLimit`] says when a run is over (count or duration);
 //! [`Clock`] gives nanoseconds since a start; the CPU's time-stamp counter is
 //! [`vpmd_uplink::tsc`].
+#![allow(unsafe_code)] // clock_gettime for thread CPU time.
 
 use std::time::{Duration, Instant};
 

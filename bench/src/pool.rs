@@ -12,6 +12,7 @@
 //! - slots are an odd number of cache lines apart, so the same offset of successive
 //!   buffers falls in different cache sets (with a power-of-two stride, the first line
 //!   of every buffer would compete for the same one or two sets of L1 and L2).
+#![allow(unsafe_code)] // raw stores into the buffers of the frontend's guest memory.
 
 use std::ptr::NonNull;
 

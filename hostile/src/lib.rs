@@ -11,6 +11,7 @@
 //! - [`scenario`]: vpmd + good transfer + the checks every attack ends with.
 //!
 //! The tests in `tests/` start a vpmd each, so they run one at a time.
+#![deny(unsafe_code)]
 
 pub mod good;
 pub mod mem;

@@ -9,6 +9,7 @@
 //! Here: what they share: device options ([`DeviceArgs`]), the generators' traffic options
 //! ([`TrafficArgs`]), guest memory and pool setup,
 //! CPU pinning, the stop flag set by SIGINT/SIGTERM, and rate formatting.
+#![allow(unsafe_code)] // signal(2) for SIGINT/SIGTERM, sched_setaffinity(2).
 
 pub mod latency;
 pub mod loopback;

@@ -17,6 +17,7 @@
 //! Reports frames sent per destination, Mpps, and the CPU time of the sending thread (user
 //! and system: in copy mode the system part is the kernel's transmit, the veth, the
 //! receiver's XDP program and its copy, all run inside the `sendto` kick).
+#![allow(unsafe_code)] // getrusage(2) for the generator thread's own CPU time.
 
 use std::fmt;
 use std::time::{Duration, Instant};
