@@ -26,7 +26,7 @@
 //! frontend stops republishing and drains, so `taken - received` per direction is what
 //! the backend dropped.
 
-#![allow(unsafe_code)]
+#![allow(unsafe_code)] // ring indexes, used elements and descriptors read in place in our guest memory.
 
 use std::fmt;
 use std::path::PathBuf;
