@@ -58,15 +58,15 @@ pub enum QueueError {
 /// Queues a [`QueueCache`] keeps mapped rings for.
 const CACHED_QUEUES: usize = 2;
 
-/// What a queue's ring areas are mapped from: (map epoch, size, desc,
+/// What a queue's ring areas are mapped from, in the current snapshot: (size, desc,
 /// avail, used).
-type RingKey = (u64, u16, u64, u64, u64);
+type RingKey = (u16, u64, u64, u64);
 
 /// A queue's ring areas as last mapped, and what they were mapped from.
 #[derive(Clone, Copy, Default)]
 struct RingSlot {
-    /// (map epoch, size, desc, avail, used); epoch 0 never matches.
-    key: (u64, u16, u64, u64, u64),
+    /// (size, desc, avail, used); meaningful only while `ring` is set.
+    key: RingKey,
     ring: Option<SplitRing>,
     /// Set when the queue failed: the key and next available index it failed at.
     /// Any change of either (new memory table, ring moved or resized, new base,
@@ -79,10 +79,8 @@ pub struct QueueCache {
     /// The snapshot `map` and the slots point into; holding it keeps it mapped.
     mem: Option<Arc<GuestMemoryMmap>>,
     map: MemMap,
-    /// Bumped (locally) whenever `mem` and `map` are rebuilt: part of every slot's
-    /// key, so that a rebuild invalidates every mapped ring at once.
-    map_epoch: u64,
-    /// The connection's remap generation `mem` was loaded at.
+    /// The connection's remap generation `mem` was loaded at. When it moves, the
+    /// snapshot, the map and every slot are rebuilt together.
     remap_generation: u64,
     slots: [RingSlot; CACHED_QUEUES],
 }
@@ -100,7 +98,6 @@ impl Default for QueueCache {
         QueueCache {
             mem: None,
             map: MemMap::empty(),
-            map_epoch: 0,
             remap_generation: 0,
             slots: [RingSlot::default(); CACHED_QUEUES],
         }
@@ -152,11 +149,12 @@ impl QueueCache {
             self.map = map;
             self.mem = Some(snapshot.into_inner());
             self.remap_generation = remap_generation;
-            self.map_epoch += 1;
+            // Rings mapped through the old map, and queues stopped under it, are
+            // mapped (and tried) afresh.
+            self.slots = [RingSlot::default(); CACHED_QUEUES];
         }
         let q = state.get_queue();
         let key = (
-            self.map_epoch,
             q.size(),
             q.desc_table(),
             q.avail_ring(),
@@ -168,7 +166,7 @@ impl QueueCache {
             // SAFETY: the ring lives only in the VirtQueue returned, which borrows
             // this cache, and so `self.mem`, the snapshot `self.map` points into.
             #[allow(unsafe_code)]
-            let ring = unsafe { SplitRing::new(&self.map, key.1, key.2, key.3, key.4) }?;
+            let ring = unsafe { SplitRing::new(&self.map, key.0, key.1, key.2, key.3) }?;
             return VirtQueue::start(state, &self.map, ring, notifier);
         };
         if slot.stopped == Some((key, next_avail)) {
@@ -178,10 +176,10 @@ impl QueueCache {
         let ring = match slot.ring {
             Some(ring) if slot.key == key => ring,
             // SAFETY: the ring is kept in `self.slots` beside `self.mem`, the snapshot
-            // `self.map` points into, and used only under `key`, whose map epoch
-            // changes whenever `self.mem` does.
+            // `self.map` points into, and every slot is cleared whenever `self.mem`
+            // is replaced.
             #[allow(unsafe_code)]
-            _ => match unsafe { SplitRing::new(&self.map, key.1, key.2, key.3, key.4) } {
+            _ => match unsafe { SplitRing::new(&self.map, key.0, key.1, key.2, key.3) } {
                 Ok(ring) => {
                     *slot = RingSlot {
                         key,
