@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Compares vhost-user switches on this machine, each with exactly one polling
 # core (core 1), driven by the same loopback frontends on the other core (0):
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Helpers for scripts/bench-compare.sh and scripts/bench-macvlan.sh (sourced,
 # not run): logging, a registry
 # of the processes we start (killed on exit, interrupt or failure, never one we

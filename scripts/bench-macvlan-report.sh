@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Turns the raw results of scripts/bench-macvlan.sh (machine, commands, every
 # measurement) into OUT.json (raw + summary) and OUT.md (tables). Can be rerun
 # on a kept raw file.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Macvlan benchmark: frames between a kernel interface (the uplink, one end of a
 # veth pair) and VM ports, vpmd's macvlan mode against DPDK testpmd forwarding
 # between net_af_xdp and net_vhost, side by side in one run.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Checks that the workspace's rust-version is true: no locked dependency needs a
 # newer rustc (cargo metadata's rust_version of every package), and every crate of
 # ours inherits it. Our own code is checked against it by clippy's

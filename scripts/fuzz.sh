@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Bounded coverage-guided fuzzing of vpmd's guest-facing parsers (fuzz/, cargo-fuzz
 # layout, libFuzzer through libfuzzer-sys):
 #   chain_walk       one data-path burst over a fuzzed ring and guest memory

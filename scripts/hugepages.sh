@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Makes sure DPDK (testpmd, OVS-DPDK) has 2 MiB hugepages to run with.
 # Idempotent: safe to run before every test or benchmark.
 #

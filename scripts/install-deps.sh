@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Installs the Debian packages the system tests need (QEMU guests, DPDK as a
 # reference backend, helpers). Idempotent: does nothing when everything is
 # already installed, and runs `apt-get update` only when something is missing.

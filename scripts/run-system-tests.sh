@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Runs every system test (tests/system/*.sh except lib.sh), each as its own
 # bash process with a time limit, prints PASS/FAIL per test and ends with the
 # line "N passed, N failed". Exit status 1 if any test failed.

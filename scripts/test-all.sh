@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Runs every vpmd test, as CI does (.ci/run runs exactly this script).
 #
 #   1. installs what the tests need from Debian (QEMU, a guest kernel, busybox,
@@ -38,6 +39,7 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
   cargo clippy --workspace --all-targets --release -- -D warnings
   step "rust-version and cargo deny (licences, bans, sources)"
   scripts/check-msrv.sh
+  scripts/check-spdx.sh
   if ! command -v cargo-deny >/dev/null; then
     echo "installing cargo-deny"
     cargo install cargo-deny --locked

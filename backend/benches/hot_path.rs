@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Microbenchmarks of the data path, to judge a change in seconds:
 //! `cargo bench -p vpmd-backend` (about 40 s), or add a filter such as `burst`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Descriptor chain walking (virtio 1.x 2.7.5 and 2.7.5.3), hardened against hostile guests.
 //!
 //! [`walk`] follows a chain from its head, through at most one indirect table, and

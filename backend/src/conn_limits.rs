@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What one frontend connection may make vpmd hold or do: memory regions, mapped
 //! bytes, and messages per second.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The vhost-user socket of one port, in either role, across reconnects.
 //!
 //! One thread per port. In the server role it owns the listening socket and serves

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The vhost-user backend of one connection: features, config space, and handing
 //! the rings to the polling threads.
 //!

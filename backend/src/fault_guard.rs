@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Guest memory that goes away under vpmd: the SIGBUS it raises is caught and made
 //! harmless, and the connection that owned the memory is told.
 //!

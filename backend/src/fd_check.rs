@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Checks of the file descriptors a frontend sends, before vhost-user-backend uses them.
 //!
 //! The library maps whatever a memory region names and writes to whatever fd a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The virtio and vhost-user features vpmd offers, and the device config space.
 //!
 //! Offered: VERSION_1, MAC, MTU, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, IN_ORDER and

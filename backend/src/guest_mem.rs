@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Guest-physical to host address translation for the data path.
 //!
 //! A [`MemMap`] is built from a memory snapshot: a handful of `(guest base, length,

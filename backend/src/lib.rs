@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd's vhost-user virtio-net device.
 //!
 //! Control plane (vhost-user protocol, one thread per port):

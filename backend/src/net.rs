@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-net frame semantics on top of [`VirtQueue`]: taking a frame from a TX
 //! chain and delivering one into RX buffers (virtio 1.x, 5.1.6).
 //!

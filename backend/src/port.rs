@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A vhost-user virtio-net port as the polling threads see it.
 //!
 //! A [`VirtioNetPort`] outlives connections: it has a name, a MAC and an MTU, and,

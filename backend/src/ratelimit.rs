@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Rate limiting for log lines a guest can trigger.
 //!
 //! A hostile or broken guest can make the same error happen millions of times a

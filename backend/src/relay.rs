@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A message-aware relay between a vhost-user frontend and vhost-user-backend.
 //!
 //! Why it exists: QEMU's virtio-net sends `SET_VRING_ENABLE` as soon as the guest

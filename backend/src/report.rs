@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Errors in log lines: the whole chain, printed once.
 //!
 //! Every error type here carries its cause only as `#[source]`, never repeated in

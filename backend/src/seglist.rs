@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A frame's buffers as a fixed-size list of host segments, and the one copy routine.
 //!
 //! A [`SegList`] holds the translated buffers of one descriptor chain. It lives in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Raw access to one split virtqueue's three areas (virtio 1.x, 2.7).
 //!
 //! The descriptor table, available ring and used ring are translated once per burst

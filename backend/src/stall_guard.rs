@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! No polling thread stays blocked in a system call on a file a frontend controls.
 //!
 //! A guest notification is an 8-byte `write` to the frontend's call eventfd. vpmd

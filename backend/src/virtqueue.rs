@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One burst on one virtqueue, DPDK-style.
 //!
 //! A polling thread keeps a [`QueueCache`] per connection it polls: the guest memory

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The vhost-user control messages, one function per setup step, in the order
 //! cloud-hypervisor's vhost-user-net sends them.
 //!

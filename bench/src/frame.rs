@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Self-checking test frames: Ethernet / IPv4 / UDP, carrying a sequence number, the frame
 //! length, a send timestamp and a checksum in the UDP payload.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`NetFrontend`]: one virtio-net device with its own guest memory and buffers, and a
 //! frame-at-a-time API (copy in, borrow out) for checked transfers and tests. The
 //! benchmark modes drive [`Port`]s over shared memory directly instead.

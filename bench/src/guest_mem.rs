@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver's "guest RAM": one memfd mapped shared, wrapped as vm-memory guest memory.
 //!
 //! A vhost-user backend can only reach memory it can map, so the rings and every buffer

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A latency histogram: log-linear buckets (32 per power of two, so a value is known to
 //! within about 3 %), exact minimum, maximum and mean, and percentiles.
 

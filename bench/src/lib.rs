@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd-bench: a vhost-user virtio-net *driver* (the VM side, like DPDK's virtio-user)
 //! and the traffic tools built on it: a packet generator, a checking sink, a zero-copy
 //! loopback forwarder and a latency meter, to test and benchmark vpmd and its peers.

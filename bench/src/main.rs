@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd-bench: drive vhost-user virtio-net ports from the VM side, to test and benchmark
 //! vhost-user switches (vpmd, DPDK's net_vhost in testpmd, OVS-DPDK).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Receive: pool buffers posted to the RX ring, frames taken back from the used ring.
 //!
 //! Every RX chain is one pool buffer. Two ways to receive:

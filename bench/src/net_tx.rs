@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Transmit: pool buffers holding a virtio-net header and a frame, one descriptor each;
 //! one publish (and at most one kick) per burst.
 //!

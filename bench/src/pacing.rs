@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Rate limiting, run limits and clocks for the traffic modes.
 //!
 //! [`Pacer`] keeps an average rate: the caller sends what is due, in bursts of at most its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`BufPool`]: fixed-size frame buffers in guest memory, like a DPDK mempool.
 //!
 //! Buffers are named by index; a free stack (LIFO, so recently used and cache-warm buffers

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`Port`]: one virtio-net device driven over vhost-user, the way a VM's driver drives it
 //! through cloud-hypervisor: one RX and one TX queue over guest memory that several ports
 //! of the same "VM" may share, with frame buffers from a shared [`BufPool`].

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Receiver-side accounting of test frames: what arrived intact, corrupted or not at all,
 //! in order or not.
 //!

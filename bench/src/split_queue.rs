@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver side of one split virtqueue (virtio 1.x, 2.7): rings, free list, notifications.
 //!
 //! Every chain is one descriptor naming one buffer of a [`crate::pool::BufPool`]; the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Reading `vpmd stats --json` documents in tests and harnesses: a port's entry, one of
 //! its counters, the sum of its drops. Each panics with the whole document when what is
 //! asked for is missing, so a failing test shows what vpmd reported.

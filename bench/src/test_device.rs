@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A minimal device side of a split ring, for unit tests of the driver code.
 //!
 //! It reads the avail ring and descriptors the driver wrote and writes used entries,

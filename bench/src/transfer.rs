@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Checked transfers: send numbered test frames from one device, expect exactly them, in
 //! order and intact, on another.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-net definitions the driver needs: feature bits, the per-frame header, the
 //! config space (virtio 1.x, 5.1).
 

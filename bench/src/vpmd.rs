@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The one harness that starts `vpmd` for tests (pmd's integration tests, the hostile
 //! suite): a directory of its own with the config, log and sockets; `vpmd stats
 //! --json`; SIGTERM, reap and clean up on drop, however the test ends.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver against a reference backend: DPDK's net_vhost in testpmd, io forwarding
 //! between two vhost-user ports. Frames sent on frontend A must come out of frontend B and
 //! the reverse, exactly, in order.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Fuzz target: one burst of vpmd's data path on a ring a guest controls completely.
 //!
 //! The input is a small header (queue size, where the three ring areas are, the

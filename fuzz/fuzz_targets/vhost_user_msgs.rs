@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Fuzz target: a frontend that sends anything over a port's vhost-user socket.
 //!
 //! The input is a list of chunks; each is written to the socket as is, optionally

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The well-behaved pair: a checked transfer g1 -> g2 (vpmd-bench frontends) that runs
 //! in rounds for as long as an attack lasts.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd-hostile: a vhost-user frontend that behaves like a hostile VM, and the
 //! harness its tests use to attack a running `vpmd` while well-behaved traffic flows.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The hostile VM's "guest RAM": a memfd mapped shared, written byte by byte.
 //!
 //! Like vpmd-bench's guest memory (and QEMU's `memory-backend-memfd`), but without any

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Raw vhost-user messages and a connection that sends them.
 //!
 //! Nothing here checks what it sends: a [`RawMsg`] is a 12-byte header (request,

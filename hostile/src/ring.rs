@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver side of a split virtqueue, with no rule enforced.
 //!
 //! [`Ring`] writes descriptors, available-ring entries and `avail.idx` directly into

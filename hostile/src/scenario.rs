@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One attack scenario: a vpmd of its own, the well-behaved transfer on pair 1 while
 //! the attack runs, and the checks every scenario ends with.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`HostileVm`]: one vhost-user frontend with its own memory and rings, set up step
 //! by step so that a test can replace any step with a malformed one.
 //!

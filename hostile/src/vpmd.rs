@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A `vpmd run` of a test's own: two veth pairs in a temp dir, stats, log, clean stop.
 //!
 //! Pair 1 (`g1`, `g2`) carries the well-behaved checked transfer; pair 2 (`h`, `p`)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Attacks through what a frontend shares besides ring contents: the files behind
 //! its memory regions, its eventfds, how much it asks vpmd to map and hold, bytes
 //! it rewrites while vpmd works on them, and the control socket. Each runs while

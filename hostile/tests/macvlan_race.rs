@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A macvlan port's guest rewrites its frames' source MAC while vpmd forwards them.
 //!
 //! vpmd runs a bridge-mode macvlan on one end of a veth; the other end sits in a

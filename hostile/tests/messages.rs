@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Hostile vhost-user messages on port `h`'s socket while pair 1 carries a checked
 //! transfer: malformed, oversized, unknown, with wrong or bad fds, regions that
 //! overlap or lie, rings before memory, a memory table swapped under traffic, a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Hostile TX rings: descriptors and chains that break every rule, offered on port
 //! `h` while pair 1 carries a checked transfer.
 //!

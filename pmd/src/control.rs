@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The control socket: how `vpmd stats` reaches the running instance.
 //!
 //! A unix stream socket (mode 0600). The client sends one request line, the server

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Per-port and per-thread counters, shared between polling threads and `vpmd stats`.
 //!
 //! Polling threads add up a burst's figures in a plain [`PortTally`] and flush it once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd: a vhost-user poll-mode virtual switch for VMs.
 //!
 //! `main` parses the command line, [`config`] turns TOML into a validated [`config::Config`],

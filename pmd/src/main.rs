@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `vpmd` command: `run` the switch, or read a running one's `stats`.
 #![deny(unsafe_code)]
 

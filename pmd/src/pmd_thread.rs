@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A polling thread: pinned to one core, it polls its streams round-robin until told
 //! to stop, and accounts its time in TSC cycles (busy: polls that moved frames; idle:
 //! polls that moved none), as OVS's `dpif-netdev/pmd-stats-show` does.

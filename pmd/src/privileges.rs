@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Least privilege: what vpmd may still do once it runs, and who may reach its sockets.
 //!
 //! Start-up may need capabilities: creating sockets in a directory only root may write

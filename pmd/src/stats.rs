@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What `vpmd stats` shows: a [`Snapshot`] of every port and polling thread, as JSON
 //! (the contract in docs/interfaces.md) or as a table for people.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A running vpmd: ports, their vhost-user connections, macvlan uplinks, the polling
 //! threads and the control socket, started from a [`Config`] and stopped in the
 //! reverse order.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Opening a macvlan's uplink at start-up and building its shards (one stream per
 //! AF_XDP queue), with errors an operator can act on.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd driven the way cloud-hypervisor drives a vhost-user-net backend: a Rust frontend
 //! (vpmd-bench) per port, memfd guest memory, cloud-hypervisor's message order.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Isolation between ports: no frame of one veth pair ever reaches another pair, and a
 //! guest that stops taking RX buffers costs only its own peer's frames.
 //!

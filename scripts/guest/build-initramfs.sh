@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds a tiny test guest: OUTDIR/vmlinuz (Debian's linux-image-amd64 kernel)
 # and OUTDIR/initramfs.gz (busybox-static + the virtio-net modules + our /init).
 # No disk image: the guest lives in RAM and reports over the serial console.

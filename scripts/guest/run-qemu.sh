@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Starts one test guest under QEMU (TCG) in the background, with one
 # virtio-net device on a vhost-user socket, and returns at once.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: the macvlan benchmark's pieces, briefly, against vpmd's macvlan.
 #
 #   vpmd-bench xdp-txonly (namespace, AF_XDP on out0) --veth--> uplink

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: every vpmd-bench mode, run briefly against a real backend, with
 # its report checked.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: DPDK's virtio-user PMD (dpdk-testpmd) as a real vhost-user
 # frontend of vpmd's veth pair.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Fault test: frontends killed with SIGKILL in the middle of bursts.
 #
 #   vpmd-bench txonly (full speed) ==p0a== vpmd ==p0b== vpmd-bench rxonly

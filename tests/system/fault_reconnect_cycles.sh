@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Fault test: 100 connect/disconnect cycles of one port while another pair
 # carries traffic; nothing accumulates in vpmd.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Fault test: vpmd itself is killed (SIGKILL) while two real QEMU guests ping
 # each other through it, and restarted. Its ports are in the client role (QEMU
 # listens with server=on), so the new vpmd connects to the QEMUs that are still

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: macvlan mode with real Linux guests (QEMU/TCG).
 #
 # A network namespace made here is the outside world: a veth pair, one end

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: vpmd in the client role (QEMU listens with server=on, vpmd
 # connects). Guest a's QEMU starts before vpmd, guest b's after it (vpmd must
 # retry until b's socket appears). Both ping each other with 0% loss and the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # System test: two real Linux guests (QEMU/TCG) on a vpmd veth pair, vpmd in
 # the server role (it listens, QEMU connects). Each guest pings the other
 # (0% loss both ways); vpmd's per-port counters must equal what the guests'

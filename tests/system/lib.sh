@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Shared helpers for the system tests (sourced, not run). Each test gets a work
 # dir under /tmp; every process a test starts is registered and killed by the
 # EXIT trap, pass or fail, and its sockets are removed.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Least privilege: socket ownership, vpmd without root, capabilities dropped
 # after start-up (README "Privileges").
 #

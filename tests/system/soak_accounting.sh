@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Soak test (bounded, SOAK_SECONDS, default 150): nothing lost, all accounted.
 #
 #   vpmd-bench loopback (full speed, 64 B) ==p0a== vpmd ==p0b== (same process)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Attaching the XDP program to the uplink with `BPF_LINK_CREATE`.
 //!
 //! A BPF link, unlike the netlink `IFLA_XDP_FD` attach, belongs to its file

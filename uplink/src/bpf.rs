@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `bpf(2)` system call, for the handful of commands the uplink needs:
 //! map create / update / delete / lookup, program load (with the verifier
 //! log on failure), `BPF_PROG_TEST_RUN`, `BPF_LINK_CREATE` for XDP and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! eBPF instruction encoding: just the instructions the uplink's programs
 //! use, as constructors that read like the assembly in the listings
 //! (see `Documentation/bpf/standardization/instruction-set.rst`).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! AF_XDP uplink for vpmd's macvlan mode: everything between one kernel
 //! network interface and the polling threads, with no compiler at build or
 //! run time (no clang, libbpf or aya: the XDP program is hand-assembled and

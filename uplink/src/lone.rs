@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A lone AF_XDP socket: one queue of an interface, a UMEM of its own, and no
 //! XDP program. Nothing is ever redirected to it, so it receives nothing; it
 //! is for transmitting, e.g. a traffic generator inside a namespace feeding

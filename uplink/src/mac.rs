@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`MacAddr`]: an Ethernet MAC address, parsed from and printed as `aa:bb:cc:dd:ee:ff`.
 //!
 //! The one MAC type of the workspace (config, the MAC table, the traffic generators,

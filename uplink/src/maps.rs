@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Typed views of the two maps the XDP program reads.
 //!
 //! - [`MacTable`]: hash map from a VM port's MAC address to its port number.

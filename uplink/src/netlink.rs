@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Interface lookup, and the one rtnetlink query the uplink needs: which
 //! XDP program, if any, is attached to an interface (`RTM_GETLINK`, nested
 //! attribute `IFLA_XDP`) — the same answer `ip -d link show` prints.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The group tap's receive ring: an AF_PACKET `PACKET_RX_RING` in
 //! `TPACKET_V2` format (kernel `Documentation/networking/packet_mmap.rst`),
 //! mapped once and then read with no system call per frame and none while

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The group tap: a copy of every broadcast and multicast frame the uplink
 //! receives, for the polling threads to hand to every VM port.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The XDP programs, hand-assembled, and loading them with their maps.
 //!
 //! # MAC filter (macvlan bridge/VEPA/private modes)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The AF_XDP rings: single-producer / single-consumer queues in memory
 //! shared with the kernel. Each socket has four:
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The receive half of an AF_XDP socket: RX ring + fill ring.
 //!
 //! A burst ([`XskReceiver::receive_burst`]) hands the caller up to N frames

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A user-space interpreter for the eBPF instructions this crate emits, for
 //! tests only: it runs the XDP listings on inputs that the kernel's
 //! `BPF_PROG_TEST_RUN` refuses (it wants at least an Ethernet header, 14

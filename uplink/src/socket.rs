@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Creating and binding AF_XDP sockets, one per RX queue, all on one UMEM.
 //!
 //! The first socket registers the UMEM (`XDP_UMEM_REG`) and is bound first,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Counters: the socket's own ([`RxCounters`], [`TxCounters`]), kept in
 //! plain integers by the one thread that owns each half of a socket, and the
 //! kernel's ([`XdpStatistics`], read with a system call on request).

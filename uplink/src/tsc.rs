@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The CPU's time-stamp counter: the cheap clock of vpmd's polling threads (cycle
 //! accounting) and of the traffic generators. Here because both `vpmd` and `vpmd-bench`
 //! depend on this crate.

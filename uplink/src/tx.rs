@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The transmit half of an AF_XDP socket: TX ring + completion ring.
 //!
 //! A burst ([`XskTransmitter::transmit_burst`]) first takes back, in one

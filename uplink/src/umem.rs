@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The UMEM: one anonymous memory area, cut into equal chunks, that the
 //! kernel and the AF_XDP sockets share. Every frame the uplink receives or
 //! transmits lives in one chunk.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One uplink, put together: the XDP program and its maps, attached to the
 //! interface, one AF_XDP socket per configured RX queue on one UMEM, and
 //! (MAC filter) the group tap for broadcast and multicast.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Broadcast and multicast with the MAC-filter program attached: the host's
 //! own stack on the uplink keeps working (ARP, ping), and the group tap
 //! gives the VMs a copy of every group frame the uplink receives, and of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The uplink on a real veth pair: each test builds its own namespace and
 //! veth pair (see `common`), attaches on the host end, binds AF_XDP on it
 //! and sends raw frames from inside the namespace.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver side of the tests: guest memory, split rings laid out in it, and the
 //! `Vring` the device code sees, pointed at those rings.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of the data path on rings a mock driver fills in real guest memory.
 //!
 //! Every test drives the code the polling threads run: `VirtQueue::open` on a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Interrupts: at most one per burst, only when the burst used something, and only
 //! when the driver asked (used_event with EVENT_IDX, avail.flags without).
 #![allow(unsafe_code)] // HostBuf views of test-owned frames.

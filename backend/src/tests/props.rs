@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Property tests of the pieces a guest steers: chain walking over arbitrary
 //! descriptor tables (never a panic, never a byte outside guest memory, Ok exactly
 //! for well-formed chains), segment copies between arbitrary layouts, and

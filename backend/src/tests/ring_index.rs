@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Ring indices and placement: 16-bit wrap-around, avail.idx sanity, bad ring
 //! areas, rings that are not running, and kick suppression.
 #![allow(unsafe_code)] // Views of test-owned memory: HostBuf, MemMap and SplitRing constructors.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! RX delivery: one frame over several RX chains (MRG_RXBUF) or one chain of
 //! several buffers (without), the header by features, and the error paths: not
 //! enough buffers (nothing consumed), a first buffer too small for the header, a

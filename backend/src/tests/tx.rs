@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! TX chains: frames over several buffers, split headers, header length by
 //! features, indirect tables, and every malformed form being reported.
 

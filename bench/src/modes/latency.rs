@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `latency`: timestamped frames from port A to port B at a fixed rate; a histogram of
 //! the one-way time through the backend.
 //!

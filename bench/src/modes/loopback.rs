@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `loopback`: testpmd's `start tx_first N` then io forwarding, over two ports.
 //!
 //! A burst of frames is injected on each port's TX ring; from then on whatever arrives on

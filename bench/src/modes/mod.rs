@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The benchmark engines, one per file, like testpmd's forwarding engines:
 //! - [`txonly`]: a packet generator on one port.
 //! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `ring-loop`: a benchmark of the backend alone. The frontend's own cost per frame is
 //! close to nothing, so the backend's polling core is the bottleneck and the frames per
 //! second it moves are its capacity.

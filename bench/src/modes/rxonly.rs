@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `rxonly`: a checking sink on one port (testpmd's rxonly engine, plus checks).
 //!
 //! Every frame is checked in place in guest memory ([`SeqTracker`]): sequence numbers,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `txonly`: a packet generator on one port (testpmd's txonly engine).
 //!
 //! Frames are written straight into pool buffers from a [`FrameTemplate`] (copy, flow

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `xdp-txonly`: a packet generator on a kernel interface, through an AF_XDP socket
 //! (pktgen's job, which this kernel lacks; testpmd txonly on `net_af_xdp` does the same).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Unit tests of the split-ring driver against the fake device.
 
 use super::*;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vpmd's configuration: TOML in, a validated [`Config`] out.
 //!
 //! - this file: the file's shape (serde, `deny_unknown_fields`) and the validated types;

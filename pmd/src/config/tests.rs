@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Config parsing and validation: the shapes that work, and every error naming its field.
 
 use super::*;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Checks a parsed file and builds the [`Config`]: every error names the file, the
 //! field (`port[1].mac`, `macvlan[0].uplink`) and what is wrong.
 

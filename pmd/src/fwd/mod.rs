@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Forwarding: what a polling thread does with frames, one burst at a time.
 //!
 //! A [`Stream`] is DPDK testpmd's forwarding stream: a source queue, where its frames

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The veth engine: frames sent by one port of a pair are received by the other.
 //!
 //! One burst: open the source's TX queue (one read of `avail.idx`); if it has frames,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What pmd's integration tests share: the one vpmd harness (`vpmd_bench::vpmd`), a
 //! lock so one vpmd runs at a time, the veth-pairs config and the accounting check.
 #![allow(dead_code, unused_imports)] // Each test binary uses its own subset.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Test bench for the uplink: a network namespace with one end of a veth
 //! pair, the other end ("host end") in the test's own namespace for the
 //! uplink to attach to; raw AF_PACKET sockets on either end; test frames.

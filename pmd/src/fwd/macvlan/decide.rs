@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Where a macvlan frame goes: the whole forwarding decision, with no rings in sight.
 //!
 //! Modelled on Linux's macvlan (`macvlan_handle_frame`, `macvlan_queue_xmit`):

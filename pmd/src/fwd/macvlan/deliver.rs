@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The delivery half of a macvlan burst: classified frames into VM receive queues,
 //! one destination at a time, and out of the uplink.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A VM's frame with its Ethernet header read out of guest memory exactly once.
 //!
 //! A guest can rewrite its TX buffers while vpmd forwards them (a second vCPU, or

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The macvlan engine: VM ports hanging off one kernel interface (the uplink), read
 //! and written through AF_XDP, as Linux's macvlan hangs its devices off a lower one.
 //!
