@@ -155,12 +155,7 @@ impl QueueCache {
             self.slots = [RingSlot::default(); CACHED_QUEUES];
         }
         let q = state.get_queue();
-        let key = (
-            q.size(),
-            q.desc_table(),
-            q.avail_ring(),
-            q.used_ring(),
-        );
+        let key = (q.size(), q.desc_table(), q.avail_ring(), q.used_ring());
         let next_avail = q.next_avail();
         let Some(slot) = self.slots.get_mut(index) else {
             // Not a cached queue: map it for this burst only.
