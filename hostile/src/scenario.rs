@@ -219,6 +219,11 @@ pub fn frame_to_p(seq: u64) -> Vec<u8> {
 pub fn h_still_works(sc: &Scenario, p: &mut Sender, seq: u64) {
     let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("well-behaved setup after the attack");
     sc.vpmd.wait_up(&["h"]);
+    send_one_h_to_p(&vm, p, seq);
+}
+
+/// h (a fresh VM: its TX ring unused so far) sends one frame; it reaches p intact.
+pub fn send_one_h_to_p(vm: &HostileVm, p: &mut Sender, seq: u64) {
     let f = frame_to_p(seq);
     let (addr, len) = vm.tx_frame(0, &f);
     let tx = vm.tx_ring();

@@ -15,7 +15,7 @@ use serde_json::Value;
 use vpmd_hostile::mem::GuestRam;
 use vpmd_hostile::msg::{body, req, RawMsg};
 use vpmd_hostile::ring::{Desc, INDIRECT, NEXT, WRITE};
-use vpmd_hostile::scenario::{frame_to_p, h_still_works, Scenario, Sender};
+use vpmd_hostile::scenario::{frame_to_p, h_still_works, send_one_h_to_p, Scenario, Sender};
 use vpmd_hostile::vm::{eventfd, HostileVm, F_VERSION_1, RAM_LEN, RX, TX};
 use vpmd_hostile::vpmd::port;
 
@@ -277,14 +277,7 @@ fn a_replaced_kick_fd_is_let_go_of_and_the_old_one_written_and_made_blocking_har
         "vpmd holds on to replaced kick fds: {fds_before} -> {fds_after}"
     );
     // h still sends.
-    let f = frame_to_p(7);
-    let (addr, len) = vm.tx_frame(0, &f);
-    let tx = vm.tx_ring();
-    tx.set_desc(0, Desc::new(addr, len, 0, 0));
-    tx.offer(&[0]);
-    assert!(tx.wait_used(1, Duration::from_secs(5)), "frame not taken");
-    assert!(p.fe.wait_rx(Duration::from_secs(3)), "frame did not arrive");
-    assert_eq!(p.fe.recv().as_deref(), Some(&f[..]));
+    send_one_h_to_p(&vm, &mut p, 7);
     drop(vm);
     sc.finish(|_| {});
 }
