@@ -352,7 +352,7 @@ impl<'c> PortView<'c> {
                 v,
                 index,
                 &self.rings.mem,
-                self.rings.remap_generation.load(Ordering::Acquire),
+                &self.rings.remap_generation,
                 Notifier {
                     health: &self.rings.health,
                     faults: &self.rings.faults,

@@ -17,7 +17,7 @@
 //! from the next burst on; the cache holds the old snapshot (so it stays mapped)
 //! until then.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::RwLockWriteGuard;
 
 use std::sync::Arc;
@@ -116,12 +116,17 @@ impl QueueCache {
         mem: &GuestMemoryAtomicMmap,
         remap_generation: u64,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
-        self.open_notifying(vring, index, mem, remap_generation, Notifier::detached())
+        let fixed = AtomicU64::new(remap_generation);
+        self.open_notifying(vring, index, mem, &fixed, Notifier::detached())
     }
 
     /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
-    /// `remap_generation` changes whenever `mem` changes or a ring is reset (0:
-    /// unknown, always reload).
+    /// `remap` is the connection's remap generation, which moves whenever `mem`
+    /// changes or a ring is reset (0: unknown, always reload). It is read again
+    /// after `avail.idx`: a memory table replaced between the first read and the
+    /// burst's start (the frontend, told it is done, may already have offered
+    /// buffers in the new memory) skips this burst, so no chain offered after
+    /// the replacement was acked is ever taken through the old mapping.
     /// `Ok(None)` when the ring is not started or not enabled (the driver is not
     /// ready, or the ring is being stopped). Notifications that cannot be delivered
     /// are reported to `notifier`.
@@ -131,9 +136,10 @@ impl QueueCache {
         vring: &'a Vring,
         index: usize,
         mem: &GuestMemoryAtomicMmap,
-        remap_generation: u64,
+        remap: &AtomicU64,
         notifier: Notifier<'a>,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
+        let remap_generation = remap.load(Ordering::Acquire);
         let state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(None);
@@ -163,7 +169,11 @@ impl QueueCache {
             // this cache, and so `self.mem`, the snapshot `self.map` points into.
             #[allow(unsafe_code)]
             let ring = unsafe { SplitRing::new(&self.map, key.0, key.1, key.2, key.3) }?;
-            return VirtQueue::start(state, &self.map, ring, notifier);
+            return unchanged(
+                remap,
+                remap_generation,
+                VirtQueue::start(state, &self.map, ring, notifier),
+            );
         };
         if slot.stopped == Some((key, next_avail)) {
             return Err(QueueError::Stopped);
@@ -194,12 +204,29 @@ impl QueueCache {
         if started.is_err() {
             slot.stopped = Some((key, next_avail));
         }
-        started
+        unchanged(remap, remap_generation, started)
     }
 
     /// Lets go of the snapshot and every mapped ring.
     pub fn clear(&mut self) {
         *self = QueueCache::default();
+    }
+}
+
+/// `started`, unless the remap generation moved from `seen` meanwhile: then the
+/// queue is let go of untouched (nothing popped, nothing published) for this burst.
+#[inline]
+fn unchanged<'a>(
+    remap: &AtomicU64,
+    seen: u64,
+    started: Result<Option<VirtQueue<'a>>, QueueError>,
+) -> Result<Option<VirtQueue<'a>>, QueueError> {
+    match started {
+        Ok(Some(q)) if remap.load(Ordering::Acquire) != seen => {
+            drop(q);
+            Ok(None)
+        }
+        other => other,
     }
 }
 
