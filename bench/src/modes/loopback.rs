@@ -16,7 +16,6 @@
 //! share of its core it actually got: below 1, the machine is loaded).
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,22 +37,9 @@ const STALL_CHECK: Duration = Duration::from_millis(100);
 /// Options of `vpmd-bench loopback`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoopbackArgs {
-    /// vhost-user socket of port A.
-    pub a: PathBuf,
-    /// vhost-user socket of port B.
-    pub b: PathBuf,
-    /// Ethernet frame size in bytes (no FCS), 60 to 9000.
-    #[arg(long, default_value = "64", value_parser = modes::parse_frame_size)]
-    pub size: usize,
-    /// Seconds to measure.
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub duration: Duration,
-    /// Seconds to forward before measuring.
-    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub warmup: Duration,
-    /// Seconds to wait after connecting before injecting (the backend starts polling).
-    #[arg(long, default_value = "0.2", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub settle: Duration,
+    /// Ports, frame size and the run's phases.
+    #[command(flatten)]
+    pub run: modes::LoopArgs,
     /// Most frames received (and forwarded) per burst.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub burst: u64,
@@ -191,13 +177,13 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
         &args.dev,
         2,
         4 * q + 4 * burst as u32,
-        modes::buf_size_for(args.size),
+        modes::buf_size_for(args.run.size),
     )?;
-    let sockets = [args.a.as_path(), args.b.as_path()];
+    let sockets = [args.run.a.as_path(), args.run.b.as_path()];
     let mut ports = modes::connect_all(&sockets, &args.dev, g, &mut mem, &mut pool)?;
     let (pa, pb) = ports.split_at_mut(1);
     let (a, b) = (&mut pa[0], &mut pb[0]);
-    let template = FrameTemplate::new(&Endpoints::default(), args.size)?;
+    let template = FrameTemplate::new(&Endpoints::default(), args.run.size)?;
     let fwd = Tuning {
         burst,
         // Reclaim TX buffers once half the ring is in use: fewer passes over the used ring.
@@ -205,7 +191,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
         idle_pause: args.idle_pause,
     };
 
-    std::thread::sleep(args.settle);
+    std::thread::sleep(args.run.settle);
     let mut inj = Injector {
         template,
         seq: 0,
@@ -216,7 +202,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
 
     // Warm-up: forward; re-inject into a direction that does not move.
     let mut c = [Counters::default(); 2];
-    let warm_end = Instant::now() + args.warmup;
+    let warm_end = Instant::now() + args.run.warmup;
     let mut seen = [0u64; 2];
     let mut interrupted = false;
     loop {
@@ -240,7 +226,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
     let before = c;
     let (t0, tsc0, cpu0) = (Instant::now(), tsc::now(), thread_cpu_time());
     if !interrupted {
-        interrupted = !spin(a, b, &mut pool, &fwd, t0 + args.duration, &mut c);
+        interrupted = !spin(a, b, &mut pool, &fwd, t0 + args.run.duration, &mut c);
     }
     let (secs, cycles, cpu) = (
         t0.elapsed().as_secs_f64(),
@@ -272,7 +258,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
         .sum();
     let report = LoopbackReport {
         mode: "loopback",
-        size: args.size,
+        size: args.run.size,
         seconds: secs,
         total_mpps: modes::mpps(frames, secs),
         total_gbps: modes::gbps(bytes, secs),

@@ -21,7 +21,7 @@ pub mod xdp_txonly;
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -47,6 +47,29 @@ pub struct DeviceArgs {
     /// Pin this process to CPU core N.
     #[arg(long, value_name = "N")]
     pub core: Option<usize>,
+}
+
+/// What the two-port loop modes (`loopback`, `ring-loop`) share: the ports, the
+/// frame size and the run's phases.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoopArgs {
+    /// vhost-user socket of port A.
+    pub a: PathBuf,
+    /// vhost-user socket of port B.
+    pub b: PathBuf,
+    /// Ethernet frame size in bytes (no FCS), 60 to 9000.
+    #[arg(long, default_value = "64", value_parser = parse_frame_size)]
+    pub size: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Duration,
+    /// Seconds to run (frames moving) before measuring.
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub warmup: Duration,
+    /// Seconds to wait after connecting before the first frames are sent (the backend
+    /// starts polling).
+    #[arg(long, default_value = "0.2", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub settle: Duration,
 }
 
 /// What the generators (`txonly`, `xdp-txonly`) send and for how long; the

@@ -30,7 +30,6 @@
 #![allow(unsafe_code)] // ring indexes, used elements and descriptors read in place in our guest memory.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,23 +63,9 @@ const MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]];
 /// Options of `vpmd-bench ring-loop`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RingLoopArgs {
-    /// vhost-user socket of port A.
-    pub a: PathBuf,
-    /// vhost-user socket of port B.
-    pub b: PathBuf,
-    /// Ethernet frame size in bytes (no FCS), 60 to 9000.
-    #[arg(long, default_value = "64", value_parser = modes::parse_frame_size)]
-    pub size: usize,
-    /// Seconds to measure.
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub duration: Duration,
-    /// Seconds to run before measuring.
-    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub warmup: Duration,
-    /// Seconds to wait after connecting before filling the TX rings (the backend starts
-    /// polling).
-    #[arg(long, default_value = "0.2", value_name = "SECONDS", value_parser = modes::parse_seconds)]
-    pub settle: Duration,
+    /// Ports, frame size and the run's phases.
+    #[command(flatten)]
+    pub run: modes::LoopArgs,
     /// Check about one received frame in N (the last of the burst that reaches N since the
     /// last check) and as many TX completions; 0: none.
     #[arg(long, default_value_t = 4096, value_name = "N")]
@@ -694,13 +679,13 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         &args.dev,
         2,
         4 * u32::from(q),
-        modes::buf_size_for(args.size),
+        modes::buf_size_for(args.run.size),
     )?;
-    let sockets = [args.a.as_path(), args.b.as_path()];
+    let sockets = [args.run.a.as_path(), args.run.b.as_path()];
     let mut ports = modes::connect_all(&sockets, &args.dev, g, &mut mem, &mut pool)?;
-    std::thread::sleep(args.settle);
+    std::thread::sleep(args.run.settle);
     for (p, port) in ports.iter_mut().enumerate() {
-        fill_tx(&mut port.tx, &mut pool, &template(p, args.size)?, q);
+        fill_tx(&mut port.tx, &mut pool, &template(p, args.run.size)?, q);
     }
     let setup_kicks: u64 = ports.iter().map(Port::kicks).sum();
 
@@ -715,7 +700,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
             desc_bufs(ports[1].rx.queue(), &pool),
         ],
         layout: [ports[0].info().layout, ports[1].info().layout],
-        size: args.size,
+        size: args.run.size,
         queue_size: q,
         every: args.check_every,
         next_rx: [1; 2],
@@ -734,12 +719,18 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
     };
 
     let mut c = Counters::default();
-    let (mut ok, _) = rings.spin(&mut c, &mut chk, Instant::now() + args.warmup, true, None);
+    let (mut ok, _) = rings.spin(
+        &mut c,
+        &mut chk,
+        Instant::now() + args.run.warmup,
+        true,
+        None,
+    );
     let before = c;
     let (steal0, t0, tsc0, cpu0) = (read_steal(), Instant::now(), tsc::now(), thread_cpu_time());
     if ok {
         ok = rings
-            .spin(&mut c, &mut chk, t0 + args.duration, true, None)
+            .spin(&mut c, &mut chk, t0 + args.run.duration, true, None)
             .0;
     }
     let (secs, cycles, cpu, steal1) = (
@@ -758,7 +749,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         Some(DRAIN_QUIET),
     );
     if c.received == [0; 2] {
-        return Err(ModeError::NoTraffic(args.warmup + args.duration));
+        return Err(ModeError::NoTraffic(args.run.warmup + args.run.duration));
     }
 
     let names = ["a", "b"];
@@ -770,7 +761,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
             to: names[1 - p],
             frames,
             mpps: modes::mpps(frames, secs),
-            gbps: modes::gbps(frames * args.size as u64, secs),
+            gbps: modes::gbps(frames * args.run.size as u64, secs),
             taken,
             taken_mpps: modes::mpps(taken, secs),
             rx_per_burst: ratio(
@@ -794,11 +785,11 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
     let busy = (during.busy_cycles - before.busy_cycles) as f64;
     let report = RingLoopReport {
         mode: "ring-loop",
-        size: args.size,
+        size: args.run.size,
         queue_size: q,
         seconds: secs,
         total_mpps: modes::mpps(frames, secs),
-        total_gbps: modes::gbps(frames * args.size as u64, secs),
+        total_gbps: modes::gbps(frames * args.run.size as u64, secs),
         directions,
         backend_drops: totals.iter().map(|t| t.backend_drops).sum(),
         totals,
