@@ -20,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vpmd_backend::chain;
 use vpmd_backend::guest_mem::{HostBuf, MemMap};
 use vpmd_backend::net::{deliver_rx_frame, take_tx_frame, NetLayout, RxScratch};
+use vpmd_backend::port::Notifier;
 use vpmd_backend::seglist::{self, Cursor, SegList};
 use vpmd_backend::split_ring::{SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use vpmd_backend::virtqueue::QueueCache;
@@ -108,12 +109,15 @@ fn bench_burst(c: &mut Criterion) {
         let mut frame = SegList::default();
         let mut scratch = RxScratch::new();
         let (mut tcache, mut rcache) = (QueueCache::default(), QueueCache::default());
+        tcache.map(&atomic);
+        rcache.map(&atomic);
         g.bench_function(format!("{frame_len}B"), |b| {
             b.iter(|| {
                 offer(&mem, TX_RING, BURST);
                 offer(&mem, RX_RING, BURST * rx_per_frame);
-                let mut tq = tcache.open(&tx, 1, &atomic, 1).unwrap().unwrap();
-                let mut rq = rcache.open(&rx, 0, &atomic, 1).unwrap().unwrap();
+                let detached = Notifier::detached();
+                let mut tq = tcache.open(&tx, 1, detached).unwrap().unwrap();
+                let mut rq = rcache.open(&rx, 0, detached).unwrap().unwrap();
                 while let Some(head) = tq.pop() {
                     let len = take_tx_frame(&tq, head, LAYOUT, &mut frame).unwrap();
                     deliver_rx_frame(&mut rq, LAYOUT, &frame, len, &mut scratch).unwrap();

@@ -34,9 +34,6 @@ pub struct NetDevice {
     port: Arc<VirtioNetPort>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
-    /// Bumped after every memory-table change and every ring reset, so that polling
-    /// threads remap (snapshot, translation table, rings) only when it changed.
-    remap_generation: Arc<AtomicU64>,
     published: AtomicBool,
     /// Shared with the relay and the polling threads: set when the connection
     /// must close.
@@ -57,7 +54,6 @@ impl NetDevice {
             port,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
-            remap_generation: Arc::new(AtomicU64::new(1)),
             published: AtomicBool::new(false),
             health: Arc::new(ConnHealth::new()),
             watch: Arc::new(MemoryWatch::default()),
@@ -128,7 +124,7 @@ impl VhostUserBackend for NetDevice {
             self.health.request_close(close_reason::UNGUARDED_MEMORY);
             return Err(io::Error::other(e));
         }
-        self.remap_generation.fetch_add(1, Ordering::Release);
+        self.port.setup_changed();
         Ok(())
     }
 
@@ -136,8 +132,8 @@ impl VhostUserBackend for NetDevice {
         // GET_VRING_BASE: the driver is resetting the ring. Polling threads stop a
         // queue that broke a rule until its configuration changes (see
         // `QueueCache::open`); a reset that sets up the very same addresses and
-        // base must still count as a change, so bump the generation too.
-        self.remap_generation.fetch_add(1, Ordering::Release);
+        // base must still count as a change, so bump the port's setup generation.
+        self.port.setup_changed();
         Ok(())
     }
 
@@ -169,7 +165,7 @@ impl VhostUserBackend for NetDevice {
             vrings.to_vec(),
             self.mem.clone(),
             self.acked_features.clone(),
-            self.remap_generation.clone(),
+            self.port.setup_generation(),
             self.health.clone(),
             self.port.faults().clone(),
         );

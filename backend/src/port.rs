@@ -3,11 +3,15 @@
 //!
 //! A [`VirtioNetPort`] outlives connections: it has a name, a MAC and an MTU, and,
 //! while a frontend is connected and has started its rings, an [`ActiveRings`].
-//! The connection thread replaces or clears it and bumps the port's connection generation.
-//! Each polling thread keeps a [`RingCache`]: one acquire load of that generation per
-//! burst, and only when it changed a lock and an `Arc` clone. A cache holding rings of
-//! a closed connection keeps that connection's memory mapped until its next burst,
-//! so a polling thread never touches an unmapped address.
+//!
+//! One counter says when what a polling thread cached of the port may be stale: the
+//! port's *setup generation*, bumped by the connection thread whenever a connection
+//! comes or goes, the frontend replaces the memory table, or a ring is reset
+//! (GET_VRING_BASE). Each polling thread keeps one [`RingCache`] per port: one
+//! acquire load of that generation per burst; only when it moved, a lock, an `Arc`
+//! clone and a fresh mapping of the memory and rings ([`QueueCache::map`]). A cache
+//! holding rings of a closed connection keeps that connection's memory mapped until
+//! its next burst, so a polling thread never touches an unmapped address.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,9 +124,9 @@ pub struct ActiveRings {
     vrings: Vec<Vring>,
     mem: GuestMemoryAtomicMmap,
     acked_features: Arc<AtomicU64>,
-    /// Bumped by the connection thread whenever what the polling threads mapped
-    /// may be stale: a new memory table, or a ring reset (GET_VRING_BASE).
-    remap_generation: Arc<AtomicU64>,
+    /// The port's setup generation (shared with it), read again at the start of
+    /// each burst.
+    setup_generation: Arc<AtomicU64>,
     /// The guest driver has posted RX buffers at least once on this connection.
     rx_posted: AtomicBool,
     health: Arc<ConnHealth>,
@@ -134,7 +138,7 @@ impl ActiveRings {
         vrings: Vec<Vring>,
         mem: GuestMemoryAtomicMmap,
         acked_features: Arc<AtomicU64>,
-        remap_generation: Arc<AtomicU64>,
+        setup_generation: Arc<AtomicU64>,
         health: Arc<ConnHealth>,
         faults: Arc<PortFaults>,
     ) -> Self {
@@ -142,7 +146,7 @@ impl ActiveRings {
             vrings,
             mem,
             acked_features,
-            remap_generation,
+            setup_generation,
             rx_posted: AtomicBool::new(false),
             health,
             faults,
@@ -189,8 +193,10 @@ pub struct VirtioNetPort {
     limits: ConnLimits,
     faults: Arc<PortFaults>,
     active: Mutex<Option<Arc<ActiveRings>>>,
-    /// Bumped (release) after every change of `active`: a connection came or went.
-    connection_generation: AtomicU64,
+    /// Bumped (release) after every change a polling thread's [`RingCache`] must see:
+    /// `active` replaced (a connection came or went), the memory table replaced, a
+    /// ring reset. Starts at 1, so that an empty cache (0) always loads.
+    setup_generation: Arc<AtomicU64>,
 }
 
 impl VirtioNetPort {
@@ -203,7 +209,7 @@ impl VirtioNetPort {
             limits: ConnLimits::DEFAULT,
             faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
-            connection_generation: AtomicU64::new(0),
+            setup_generation: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -259,7 +265,19 @@ impl VirtioNetPort {
             .active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = rings;
-        self.connection_generation.fetch_add(1, Ordering::Release);
+        self.setup_changed();
+    }
+
+    /// Tells the polling threads that what they mapped of this port (memory, rings)
+    /// may be stale: they map it afresh at their next burst.
+    pub(crate) fn setup_changed(&self) {
+        self.setup_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The counter [`VirtioNetPort::setup_changed`] bumps, for the rings of a new
+    /// connection to carry.
+    pub(crate) fn setup_generation(&self) -> Arc<AtomicU64> {
+        self.setup_generation.clone()
     }
 }
 
@@ -284,40 +302,45 @@ impl Notifier<'static> {
     }
 }
 
-/// A polling thread's view of one port's live rings: the connection's rings and the
-/// thread's [`QueueCache`] for them.
+/// A polling thread's cache of one port: the connection's rings and, mapped for
+/// this thread, its guest memory and ring areas ([`QueueCache`]). The port's setup
+/// generation is the one thing that says when any of it is stale.
 #[derive(Default)]
 pub struct RingCache {
-    /// The port's connection generation `rings` was taken at.
-    connection_generation: u64,
+    /// The port's setup generation `rings` and `queues` were loaded at (0: never).
+    setup_generation: u64,
     rings: Option<Arc<ActiveRings>>,
     queues: QueueCache,
 }
 
 impl RingCache {
-    /// The port's current rings. Costs one atomic load unless a connection came or went.
+    /// The port's current rings. Costs one atomic load unless the port's setup
+    /// changed since the last call.
     #[inline]
     pub fn rings(&mut self, port: &VirtioNetPort) -> Option<PortView<'_>> {
-        let generation = port.connection_generation.load(Ordering::Acquire);
-        if generation != self.connection_generation {
-            // Read the generation before the rings: a change racing with this read
-            // bumps it again and the next burst picks the newer rings up.
+        let generation = port.setup_generation.load(Ordering::Acquire);
+        if generation != self.setup_generation {
+            // Read the generation before the rings and the memory: a change racing
+            // with these reads bumps it again, and the check after `avail.idx` in
+            // `PortView::queue` skips the burst; the next one loads the newer state.
             self.rings = port.active();
-            self.connection_generation = generation;
-            self.queues.clear();
+            match &self.rings {
+                Some(rings) => self.queues.map(&rings.mem),
+                None => self.queues.clear(),
+            }
+            self.setup_generation = generation;
         }
         let rings = self.rings.as_deref()?;
         Some(PortView {
             rings,
             queues: &mut self.queues,
+            seen: generation,
         })
     }
 
     /// Lets go of the cached rings (and the memory they keep mapped).
     pub fn clear(&mut self) {
-        self.rings = None;
-        self.connection_generation = 0;
-        self.queues.clear();
+        *self = RingCache::default();
     }
 }
 
@@ -325,6 +348,8 @@ impl RingCache {
 pub struct PortView<'c> {
     rings: &'c ActiveRings,
     queues: &'c mut QueueCache,
+    /// The port's setup generation `queues` was mapped at.
+    seen: u64,
 }
 
 impl<'c> PortView<'c> {
@@ -341,24 +366,30 @@ impl<'c> PortView<'c> {
     }
 
     /// Opens queue `index` for a burst; `Ok(None)` when it is not running (or the
-    /// connection is being closed).
+    /// connection is being closed). The port's setup generation is read again after
+    /// `avail.idx`: when a memory table was replaced since this view was taken (the
+    /// frontend, told it is done, may already have offered buffers in the new
+    /// memory), the queue is let go of untouched for this burst, so no chain offered
+    /// after the replacement was acked is ever taken through the old mapping.
     #[inline]
     pub fn queue(self, index: usize) -> Result<Option<VirtQueue<'c>>, QueueError> {
         if self.rings.health.closing() != 0 {
             return Ok(None);
         }
-        match self.rings.vrings.get(index) {
-            Some(v) => self.queues.open_notifying(
-                v,
-                index,
-                &self.rings.mem,
-                &self.rings.remap_generation,
-                Notifier {
-                    health: &self.rings.health,
-                    faults: &self.rings.faults,
-                },
-            ),
-            None => Ok(None),
+        let Some(vring) = self.rings.vrings.get(index) else {
+            return Ok(None);
+        };
+        let notifier = Notifier {
+            health: &self.rings.health,
+            faults: &self.rings.faults,
+        };
+        match self.queues.open(vring, index, notifier) {
+            Ok(Some(q)) if self.rings.setup_generation.load(Ordering::Acquire) != self.seen => {
+                // Nothing popped, nothing published.
+                drop(q);
+                Ok(None)
+            }
+            other => other,
         }
     }
 }

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One burst on one virtqueue, DPDK-style.
 //!
-//! A polling thread keeps a [`QueueCache`] per connection it polls: the guest memory
-//! snapshot with its translation table, and each queue's mapped ring areas. They are
-//! rebuilt only when the frontend replaces the memory table or moves a ring, so a
-//! burst starts with a few compares instead of translating everything again.
+//! A polling thread keeps a [`QueueCache`] per connection it polls, inside that
+//! port's [`crate::port::RingCache`]: the guest memory snapshot with its translation
+//! table, and each queue's mapped ring areas. The port's one setup generation tells
+//! the `RingCache` when to map them again (a new connection, memory table or ring
+//! reset), so a burst starts with one compare instead of translating everything.
 //!
 //! [`QueueCache::open`] takes the vring's lock for the burst, checks the cache and
 //! reads `avail.idx` once (acquire). The caller pops heads, walks their chains and
@@ -17,7 +18,7 @@
 //! from the next burst on; the cache holds the old snapshot (so it stays mapped)
 //! until then.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::RwLockWriteGuard;
 
 use std::sync::Arc;
@@ -75,14 +76,15 @@ struct RingSlot {
     stopped: Option<(RingKey, u16)>,
 }
 
-/// What a polling thread keeps between bursts for one connection's queues.
+/// What a polling thread keeps mapped between bursts for one connection's queues:
+/// the guest memory snapshot with its translation table, and each queue's ring
+/// areas. It checks no generation of its own: its owner (the port's
+/// [`crate::port::RingCache`]) calls [`QueueCache::map`] whenever the port's setup
+/// generation moves, and nothing else ever invalidates it.
 pub struct QueueCache {
     /// The snapshot `map` and the slots point into; holding it keeps it mapped.
     mem: Option<Arc<GuestMemoryMmap>>,
     map: MemMap,
-    /// The connection's remap generation `mem` was loaded at. When it moves, the
-    /// snapshot, the map and every slot are rebuilt together.
-    remap_generation: u64,
     slots: [RingSlot; CACHED_QUEUES],
 }
 
@@ -99,66 +101,46 @@ impl Default for QueueCache {
         QueueCache {
             mem: None,
             map: MemMap::empty(),
-            remap_generation: 0,
             slots: [RingSlot::default(); CACHED_QUEUES],
         }
     }
 }
 
 impl QueueCache {
-    /// [`QueueCache::open_notifying`] for a queue of no port: notifications that
-    /// fail are counted nowhere (tests, benchmarks, fuzzing).
+    /// Takes `mem`'s current snapshot and its translation table; rings mapped
+    /// through the old one, and queues stopped under it, are mapped (and tried)
+    /// afresh at their next [`QueueCache::open`].
+    pub fn map(&mut self, mem: &GuestMemoryAtomicMmap) {
+        let snapshot = mem.memory();
+        // SAFETY: `snapshot` goes into `self.mem` on the next line and stays there
+        // until the map is replaced or the cache is dropped or cleared; the rings
+        // mapped through it live in `self.slots` and the bursts that borrow this
+        // cache, so nothing derived from `self.map` is used once it is gone.
+        #[allow(unsafe_code)]
+        let map = unsafe { MemMap::new(&snapshot) };
+        self.map = map;
+        self.mem = Some(snapshot.into_inner());
+        self.slots = [RingSlot::default(); CACHED_QUEUES];
+    }
+
+    /// Locks queue `index` (whose vring is `vring`, in the memory last given to
+    /// [`QueueCache::map`]) for a burst. `Ok(None)` when nothing is mapped, or the
+    /// ring is not started or not enabled (the driver is not ready, or the ring is
+    /// being stopped). Notifications that cannot be delivered are reported to
+    /// `notifier`.
     #[inline]
     pub fn open<'a>(
         &'a mut self,
         vring: &'a Vring,
         index: usize,
-        mem: &GuestMemoryAtomicMmap,
-        remap_generation: u64,
-    ) -> Result<Option<VirtQueue<'a>>, QueueError> {
-        let fixed = AtomicU64::new(remap_generation);
-        self.open_notifying(vring, index, mem, &fixed, Notifier::detached())
-    }
-
-    /// Locks and maps queue `index` (whose vring is `vring`, over `mem`) for a burst.
-    /// `remap` is the connection's remap generation, which moves whenever `mem`
-    /// changes or a ring is reset (0: unknown, always reload). It is read again
-    /// after `avail.idx`: a memory table replaced between the first read and the
-    /// burst's start (the frontend, told it is done, may already have offered
-    /// buffers in the new memory) skips this burst, so no chain offered after
-    /// the replacement was acked is ever taken through the old mapping.
-    /// `Ok(None)` when the ring is not started or not enabled (the driver is not
-    /// ready, or the ring is being stopped). Notifications that cannot be delivered
-    /// are reported to `notifier`.
-    #[inline]
-    pub fn open_notifying<'a>(
-        &'a mut self,
-        vring: &'a Vring,
-        index: usize,
-        mem: &GuestMemoryAtomicMmap,
-        remap: &AtomicU64,
         notifier: Notifier<'a>,
     ) -> Result<Option<VirtQueue<'a>>, QueueError> {
-        let remap_generation = remap.load(Ordering::Acquire);
+        if self.mem.is_none() {
+            return Ok(None);
+        }
         let state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(None);
-        }
-        if remap_generation == 0 || remap_generation != self.remap_generation || self.mem.is_none()
-        {
-            let snapshot = mem.memory();
-            // SAFETY: `snapshot` goes into `self.mem` on the next line and stays there
-            // until the map is replaced or the cache is dropped or cleared; the rings
-            // mapped through it live in `self.slots` and the bursts that borrow this
-            // cache, so nothing derived from `self.map` is used once it is gone.
-            #[allow(unsafe_code)]
-            let map = unsafe { MemMap::new(&snapshot) };
-            self.map = map;
-            self.mem = Some(snapshot.into_inner());
-            self.remap_generation = remap_generation;
-            // Rings mapped through the old map, and queues stopped under it, are
-            // mapped (and tried) afresh.
-            self.slots = [RingSlot::default(); CACHED_QUEUES];
         }
         let q = state.get_queue();
         let key = (q.size(), q.desc_table(), q.avail_ring(), q.used_ring());
@@ -169,11 +151,7 @@ impl QueueCache {
             // this cache, and so `self.mem`, the snapshot `self.map` points into.
             #[allow(unsafe_code)]
             let ring = unsafe { SplitRing::new(&self.map, key.0, key.1, key.2, key.3) }?;
-            return unchanged(
-                remap,
-                remap_generation,
-                VirtQueue::start(state, &self.map, ring, notifier),
-            );
+            return VirtQueue::start(state, &self.map, ring, notifier);
         };
         if slot.stopped == Some((key, next_avail)) {
             return Err(QueueError::Stopped);
@@ -204,29 +182,12 @@ impl QueueCache {
         if started.is_err() {
             slot.stopped = Some((key, next_avail));
         }
-        unchanged(remap, remap_generation, started)
+        started
     }
 
     /// Lets go of the snapshot and every mapped ring.
     pub fn clear(&mut self) {
         *self = QueueCache::default();
-    }
-}
-
-/// `started`, unless the remap generation moved from `seen` meanwhile: then the
-/// queue is let go of untouched (nothing popped, nothing published) for this burst.
-#[inline]
-fn unchanged<'a>(
-    remap: &AtomicU64,
-    seen: u64,
-    started: Result<Option<VirtQueue<'a>>, QueueError>,
-) -> Result<Option<VirtQueue<'a>>, QueueError> {
-    match started {
-        Ok(Some(q)) if remap.load(Ordering::Acquire) != seen => {
-            drop(q);
-            Ok(None)
-        }
-        other => other,
     }
 }
 

@@ -37,6 +37,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vpmd_backend::guest_mem::HostBuf;
 use vpmd_backend::net::{self, NetLayout, RxScratch};
+use vpmd_backend::port::Notifier;
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::QueueCache;
 use vpmd_backend::{GuestMemoryAtomicMmap, Vring};
@@ -298,7 +299,8 @@ fn burst(
     layout: NetLayout,
 ) {
     let mut cache = QueueCache::default();
-    let Ok(Some(mut q)) = cache.open(vring, usize::from(!rx), atomic, 1) else {
+    cache.map(atomic);
+    let Ok(Some(mut q)) = cache.open(vring, usize::from(!rx), Notifier::detached()) else {
         return;
     };
     if rx {

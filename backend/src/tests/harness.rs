@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::features;
 use crate::net::NetLayout;
+use crate::port::Notifier;
 use crate::seglist::SegList;
 use crate::split_ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
@@ -181,7 +182,8 @@ impl<'g> Ring<'g> {
     /// test can keep using the ring while the burst is open.
     pub fn open(&self) -> Result<Option<VirtQueue<'_>>, QueueError> {
         let cache: &'static mut QueueCache = Box::leak(Box::default());
-        cache.open(&self.vring, 0, &self.g.atomic, 0)
+        cache.map(&self.g.atomic);
+        cache.open(&self.vring, 0, Notifier::detached())
     }
 
     /// [`Ring::open`] on a ring that must be running.
