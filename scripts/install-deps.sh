@@ -16,6 +16,7 @@ PACKAGES=(
   socat              # poking unix sockets
   iproute2           # ip(8)
   jq                 # parsing `vpmd stats --json`
+  libvirt-daemon-system libvirt-clients  # libvirtd, virsh, the libvirt-qemu user (libvirt_domain test)
 )
 
 if [[ $(id -u) -ne 0 ]]; then
