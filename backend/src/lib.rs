@@ -18,6 +18,7 @@
 //! Data path (called by polling threads, one burst at a time):
 //! - [`virtqueue`]: one burst on one queue: lock, map, pop, push used, publish once, notify once.
 //! - [`net`]: virtio-net frames: take one from a TX chain, deliver one into RX buffers.
+//! - [`offload`]: checksums and segmentation done in software for a receiver that cannot.
 //! - [`chain`]: descriptor chain walking with every guest error reported.
 //! - [`split_ring`]: raw access to the split ring's areas.
 //! - [`seglist`]: a chain's buffers as host segments, and the one frame copy.
@@ -33,6 +34,7 @@ pub mod fd_check;
 pub mod features;
 pub mod guest_mem;
 pub mod net;
+pub mod offload;
 pub mod port;
 pub mod ratelimit;
 pub mod relay;
