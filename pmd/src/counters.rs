@@ -223,6 +223,7 @@ impl PortCounters {
             ring_errors: t.ring_errors,
             faults: None,
             uplink: None,
+            features: None,
         }
     }
 }
@@ -266,6 +267,10 @@ pub struct PortStats {
     /// How an uplink is attached (uplinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<crate::stats::UplinkInfo>,
+    /// The virtio features the guest driver negotiated, by name, while a frontend
+    /// has the port's rings started (VM ports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 named_counters! {
@@ -304,6 +309,7 @@ pub struct ThreadCounters {
     frames: AtomicU64,
     busy_cycles: AtomicU64,
     idle_cycles: AtomicU64,
+    polls: AtomicU64,
 }
 
 impl ThreadCounters {
@@ -315,6 +321,12 @@ impl ThreadCounters {
         self.idle_cycles.store(idle_cycles, Ordering::Relaxed);
     }
 
+    /// Publishes how many polls (rounds over all the thread's streams) it has made.
+    #[inline]
+    pub fn publish_polls(&self, polls: u64) {
+        self.polls.store(polls, Ordering::Relaxed);
+    }
+
     /// A snapshot, for stats.
     pub fn snapshot(&self, core: usize, streams: &[String], tsc_hz: u64) -> ThreadStats {
         ThreadStats {
@@ -323,6 +335,7 @@ impl ThreadCounters {
             frames: self.frames.load(Ordering::Relaxed),
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
             idle_cycles: self.idle_cycles.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
             tsc_hz,
         }
     }
@@ -341,6 +354,9 @@ pub struct ThreadStats {
     pub busy_cycles: u64,
     /// TSC cycles spent in polls that moved nothing.
     pub idle_cycles: u64,
+    /// Polls: rounds over all its streams, busy or idle.
+    #[serde(default)]
+    pub polls: u64,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }

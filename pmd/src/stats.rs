@@ -81,6 +81,12 @@ impl Registry {
                     PortKind::Vhost(port) => {
                         let mut s = p.counters.snapshot(&p.name, "vhost-user", port.is_up());
                         s.faults = Some(FaultCounts::of(port.faults()));
+                        s.features = port.active().map(|a| {
+                            vpmd_backend::features::names(a.acked_features())
+                                .into_iter()
+                                .map(String::from)
+                                .collect()
+                        });
                         s
                     }
                     PortKind::Uplink(info) => {
@@ -223,6 +229,7 @@ mod tests {
                 ring_errors: 0,
                 faults: None,
                 uplink: None,
+                features: Some(vec!["VERSION_1".into(), "MRG_RXBUF".into()]),
             }],
             threads: vec![ThreadStats {
                 core: 1,
@@ -230,6 +237,7 @@ mod tests {
                 frames: 3,
                 busy_cycles: 300,
                 idle_cycles: 700,
+                polls: 40,
                 tsc_hz: 1_000_000_000,
             }],
         }
