@@ -16,6 +16,10 @@ PACKAGES=(
   socat              # poking unix sockets
   iproute2           # ip(8)
   jq                 # parsing `vpmd stats --json`
+  systemd            # systemd-analyze verify configs/vpmd.service (systemd_notify.sh)
+  python3            # the NOTIFY_SOCKET listener of systemd_notify.sh
+  curl               # scraping the metrics endpoint (metrics.sh)
+  prometheus         # promtool check metrics (metrics.sh)
 )
 
 if [[ $(id -u) -ne 0 ]]; then
