@@ -708,6 +708,21 @@ mod tests {
         }
     }
 
+    /// docs/interfaces.md names every metric family served.
+    #[test]
+    fn the_docs_name_every_family() {
+        let doc = include_str!("../../docs/interfaces.md");
+        for l in render(&sample()).lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    doc.contains(&format!("`{name}`")) || doc.contains(&format!("`{name}{{")),
+                    "docs/interfaces.md does not name metric {name}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

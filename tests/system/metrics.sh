@@ -19,6 +19,9 @@
 #     vm0's tx_packets is the 40000 sent, = forwarded + drops = vm1's rx_packets
 #     + drops.
 #  5. Other paths get 404, other methods 405.
+#  6. `vpmd stats --pmd` shows the thread's frames, streams and ports;
+#     `vpmd stats --watch 0.5 --count 2` prints two screens whose vm0 TX rate is
+#     nonzero during a stream to a port with no receiver (peer_down shown).
 #
 # Usage (from the repo root): bash tests/system/metrics.sh
 set -euo pipefail
@@ -178,5 +181,25 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/nope")
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL")
 [[ $code == 405 ]] || fail "POST /metrics: $code"
 log "5: /nope 404, POST 405"
+
+# ------------------------------------------------------------ 6. stats --pmd / --watch
+"$VPMD" stats --pmd --control "$CONTROL" >"$WORK/pmd.txt" || fail "vpmd stats --pmd failed"
+frames=$(jq '.threads[0].frames' "$WORK/after.json")
+for want in "pmd thread core 1:" "  frames: $frames" "  streams: vm0->vm1, vm1->vm0"; do
+  grep -qxF -- "$want" "$WORK/pmd.txt" || fail "vpmd stats --pmd has no line '$want': $(cat "$WORK/pmd.txt")"
+done
+grep -q "^  port vm0: down  rx [0-9]* frames [0-9]* bytes  tx $N frames" "$WORK/pmd.txt" ||
+  fail "vpmd stats --pmd does not show vm0's counters: $(cat "$WORK/pmd.txt")"
+start_bench tx2 txonly "$DIR/vm0.sock" --duration 4 --rate 10000
+sleep 1.5
+"$VPMD" stats --watch 0.5 --count 2 --control "$CONTROL" >"$WORK/watch.txt" || fail "vpmd stats --watch failed"
+[[ $(grep -c '^vpmd stats --watch 0.5: rates per second' "$WORK/watch.txt") == 2 ]] ||
+  fail "vpmd stats --watch --count 2 did not print 2 screens: $(cat "$WORK/watch.txt")"
+# vm0's TX rate during a 10 kpps stream: nonzero (vm1 has no receiver: peer_down).
+awk '$1 == "vm0" && $5 != "0" { ok = 1 } END { exit !ok }' "$WORK/watch.txt" ||
+  fail "vpmd stats --watch shows no TX rate on vm0 during traffic: $(cat "$WORK/watch.txt")"
+grep -q 'peer_down=' "$WORK/watch.txt" || fail "--watch does not show the drop reason: $(cat "$WORK/watch.txt")"
+wait "$BENCH_PID" || fail "txonly (watch) failed: $(cat "$WORK/tx2.log")"
+log "6: --pmd shows the thread and its ports; --watch: $(grep -m1 '^vm0 ' "$WORK/watch.txt" | tr -s ' ')"
 stop_vpmd
 pass "promtool accepts every scrape; metrics equal vpmd stats --json; bad addresses and busy ports name pmd.metrics"
