@@ -20,6 +20,7 @@ PACKAGES=(
   python3            # the NOTIFY_SOCKET listener of systemd_notify.sh
   curl               # scraping the metrics endpoint (metrics.sh)
   prometheus         # promtool check metrics (metrics.sh)
+  libvirt-daemon-system libvirt-clients  # libvirtd and virsh (libvirt_guest.sh)
 )
 
 if [[ $(id -u) -ne 0 ]]; then
