@@ -290,6 +290,37 @@ named_counters! {
     }
 }
 
+named_counters! {
+    /// The kernel's `XDP_STATISTICS` of a macvlan uplink's AF_XDP sockets, summed over
+    /// its queues (`vpmd_uplink::XdpStatistics`, by the same names).
+    pub struct XskKernelCounts {
+        /// Frames dropped for lack of a fill-ring chunk, or too big for a chunk.
+        rx_dropped,
+        /// RX descriptors the kernel found invalid.
+        rx_invalid_descs,
+        /// TX descriptors the kernel found invalid.
+        tx_invalid_descs,
+        /// Frames dropped because the RX ring was full.
+        rx_ring_full,
+        /// Times the kernel found the fill ring empty.
+        rx_fill_ring_empty_descs,
+        /// Times the kernel found the TX ring empty when asked to send.
+        tx_ring_empty_descs,
+    }
+}
+
+impl XskKernelCounts {
+    /// Adds one socket's statistics.
+    pub fn add(&mut self, s: &vpmd_uplink::XdpStatistics) {
+        self.rx_dropped += s.rx_dropped;
+        self.rx_invalid_descs += s.rx_invalid_descs;
+        self.tx_invalid_descs += s.tx_invalid_descs;
+        self.rx_ring_full += s.rx_ring_full;
+        self.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += s.tx_ring_empty_descs;
+    }
+}
+
 impl FaultCounts {
     /// The port's counters now (by name, whatever order the backend keeps them in).
     pub fn of(f: &vpmd_backend::port::PortFaults) -> Self {

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::counters::FaultCounts;
+use crate::counters::{FaultCounts, XskKernelCounts};
 use crate::stats::{Registry, Snapshot};
 
 /// How long a client may take to send its request head and read the answer, in all.
@@ -526,9 +526,33 @@ pub fn render(snap: &Snapshot) -> String {
             w.sample("vpmd_uplink_queues", &[("port", &p.name)], u.queues);
         }
     }
+    for (counter, help) in XSK_KERNEL_HELP {
+        let name = format!("vpmd_uplink_xsk_{counter}_total");
+        w.family(&name, "counter", help);
+        for p in &snap.ports {
+            if let Some(k) = p.uplink.as_ref().and_then(|u| u.xsk_kernel.as_ref()) {
+                let v = k
+                    .pairs()
+                    .iter()
+                    .find(|(n, _)| *n == counter)
+                    .map_or(0, |p| p.1);
+                w.sample(&name, &[("port", &p.name)], v);
+            }
+        }
+    }
     render_threads(&mut w, snap);
     w.out
 }
+
+/// The help text of each `XDP_STATISTICS` counter, in [`XskKernelCounts::NAMES`] order.
+const XSK_KERNEL_HELP: [(&str, &str); XskKernelCounts::NAMES.len()] = [
+    ("rx_dropped", "Kernel (XDP_STATISTICS): frames an uplink's AF_XDP sockets dropped for lack of a fill-ring chunk or room in one."),
+    ("rx_invalid_descs", "Kernel (XDP_STATISTICS): RX descriptors found invalid."),
+    ("tx_invalid_descs", "Kernel (XDP_STATISTICS): TX descriptors found invalid."),
+    ("rx_ring_full", "Kernel (XDP_STATISTICS): frames dropped because an AF_XDP RX ring was full."),
+    ("rx_fill_ring_empty_descs", "Kernel (XDP_STATISTICS): times the fill ring was found empty."),
+    ("tx_ring_empty_descs", "Kernel (XDP_STATISTICS): times the TX ring was found empty when asked to send."),
+];
 
 fn render_threads(w: &mut Writer, snap: &Snapshot) {
     let cores: Vec<String> = snap.threads.iter().map(|t| t.core.to_string()).collect();
@@ -627,6 +651,11 @@ mod tests {
             socket_mode: "copy".into(),
             queues: 1,
             macvlan_mode: "bridge".into(),
+            xsk_kernel: Some(XskKernelCounts {
+                rx_ring_full: 7,
+                ..Default::default()
+            }),
+            sockets: Default::default(),
         });
         let mut down = port("vm1");
         down.state = "down".into();
@@ -664,6 +693,8 @@ mod tests {
             "vpmd_port_feature_negotiated{port=\"vm0\",feature=\"MRG_RXBUF\"} 0",
             "vpmd_uplink_info{port=\"eth\\\"1\",xdp=\"driver\",socket_mode=\"copy\",macvlan_mode=\"bridge\"} 1",
             "vpmd_uplink_queues{port=\"eth\\\"1\"} 1",
+            "vpmd_uplink_xsk_rx_ring_full_total{port=\"eth\\\"1\"} 7",
+            "vpmd_uplink_xsk_rx_dropped_total{port=\"eth\\\"1\"} 0",
             "vpmd_pmd_frames_total{core=\"1\"} 22",
             "vpmd_pmd_busy_cycles_total{core=\"1\"} 3000",
             "vpmd_pmd_idle_cycles_total{core=\"1\"} 7000",
@@ -721,6 +752,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn xsk_help_follows_the_counter_names() {
+        let names: Vec<&str> = XSK_KERNEL_HELP.iter().map(|h| h.0).collect();
+        assert_eq!(names, XskKernelCounts::NAMES);
     }
 
     #[test]
