@@ -5,8 +5,8 @@
 #   libvirt domain (QEMU/TCG, made from configs/libvirt/vpmd-vhostuser.xml)
 #       ==vm0== vpmd (veth pair) ==vm1== plain QEMU guest
 #
-#  1. Debian's libvirtd: the one running, or one this test starts by hand (and
-#     stops). The domain XML is the documented file with only what a test
+#  1. Debian's libvirtd: the one running, or one this test starts by hand with
+#     virtlogd (and stops both). The domain XML is the documented file with only what a test
 #     machine needs changed (python3 ElementTree): TCG instead of KVM, the test
 #     kernel and initramfs instead of the disk, the serial console to a file, the
 #     socket path under the test's directory, and the vectors=0 override that
@@ -73,20 +73,26 @@ start_vpmd "$WORK/vpmd.toml"
   fail "vm0.sock is $(stat -c '%U %a' "$WORK/run/vm0.sock"), want $QEMU_USER 600"
 
 # ------------------------------------------------------------ 1. libvirtd
-STARTED_LIBVIRTD=""
+# start_daemon NAME ARGS...: NAME -d (pid file in $WORK), registered for cleanup.
+start_daemon() {
+  local name=$1 pid i
+  shift
+  "$name" -d -p "$WORK/$name.pid" "$@" >"$WORK/$name.log" 2>&1 || fail "$name did not start: $(cat "$WORK/$name.log")"
+  for ((i = 0; i < 100; i++)); do [[ -s $WORK/$name.pid ]] && break; sleep 0.1; done
+  pid=$(cat "$WORK/$name.pid" 2>/dev/null || true)
+  [[ -n $pid ]] || fail "$name wrote no pid file"
+  register_pid "$pid" "$name"
+  log "1: started $name (pid $pid)"
+}
 if "${VIRSH[@]}" version >/dev/null 2>&1; then
   log "1: using the libvirtd already running"
 else
-  libvirtd -d -p "$WORK/libvirtd.pid" >"$WORK/libvirtd.log" 2>&1 || fail "libvirtd did not start: $(cat "$WORK/libvirtd.log")"
-  for ((i = 0; i < 100; i++)); do
-    [[ -s $WORK/libvirtd.pid ]] && "${VIRSH[@]}" version >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  STARTED_LIBVIRTD=$(cat "$WORK/libvirtd.pid" 2>/dev/null || true)
-  [[ -n $STARTED_LIBVIRTD ]] || fail "libvirtd wrote no pid file"
-  register_pid "$STARTED_LIBVIRTD" libvirtd
+  # Without systemd nothing starts virtlogd, which libvirtd needs for a domain's
+  # QEMU log; its socket is where libvirtd looks for it.
+  [[ -S /run/libvirt/virtlogd-sock ]] || start_daemon virtlogd
+  start_daemon libvirtd
+  for ((i = 0; i < 100; i++)); do "${VIRSH[@]}" version >/dev/null 2>&1 && break; sleep 0.2; done
   "${VIRSH[@]}" version >/dev/null 2>&1 || fail "libvirtd does not answer: $(cat "$WORK/libvirtd.log")"
-  log "1: started libvirtd (pid $STARTED_LIBVIRTD)"
 fi
 log "1: $("${VIRSH[@]}" version | tr -s ' ' | tr '\n' ';')"
 
@@ -136,7 +142,7 @@ undefine() {
   "${VIRSH[@]}" undefine "$DOM" >/dev/null 2>&1 || true
 }
 # Keep the exit status for _cleanup (it keeps the logs of a failed run).
-trap 'rc=$?; undefine; (exit $rc); _cleanup' EXIT
+trap 'rc=$?; set +e; undefine; (exit $rc); _cleanup' EXIT
 "${VIRSH[@]}" define "$WORK/domain.xml" >"$WORK/define.log" 2>&1 || fail "virsh define failed: $(cat "$WORK/define.log")"
 VIA=libvirt
 if ! "${VIRSH[@]}" start "$DOM" >"$WORK/start.log" 2>&1; then
