@@ -16,7 +16,11 @@ PACKAGES=(
   socat              # poking unix sockets
   iproute2           # ip(8)
   jq                 # parsing `vpmd stats --json`
-  libvirt-daemon-system libvirt-clients  # libvirtd, virsh, the libvirt-qemu user (libvirt_domain test)
+  systemd            # systemd-analyze verify configs/vpmd.service (systemd_notify.sh)
+  python3            # the NOTIFY_SOCKET listener of systemd_notify.sh
+  curl               # scraping the metrics endpoint (metrics.sh)
+  prometheus         # promtool check metrics (metrics.sh)
+  libvirt-daemon-system libvirt-clients  # libvirtd and virsh (libvirt_domain.sh)
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -44,23 +44,30 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
-/// The feature names of `acked` that vpmd offers, for logs (e.g. `VERSION_1
-/// MRG_RXBUF EVENT_IDX`): what a driver took shows which paths it will use.
-pub fn describe(acked: u64) -> String {
-    const NAMES: [(u32, &str); 7] = [
-        (VIRTIO_F_VERSION_1, "VERSION_1"),
-        (VIRTIO_NET_F_MAC, "MAC"),
-        (VIRTIO_NET_F_MTU, "MTU"),
-        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
-        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
-        (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
-        (VIRTIO_F_IN_ORDER, "IN_ORDER"),
-    ];
-    let names: Vec<&str> = NAMES
+/// The virtio features vpmd offers, by the names logs, stats and metrics use.
+pub const OFFERED_NAMES: [(u32, &str); 7] = [
+    (VIRTIO_F_VERSION_1, "VERSION_1"),
+    (VIRTIO_NET_F_MAC, "MAC"),
+    (VIRTIO_NET_F_MTU, "MTU"),
+    (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+    (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+    (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
+    (VIRTIO_F_IN_ORDER, "IN_ORDER"),
+];
+
+/// The names of the features in `acked` that vpmd offers, in [`OFFERED_NAMES`] order.
+pub fn names(acked: u64) -> Vec<&'static str> {
+    OFFERED_NAMES
         .iter()
         .filter(|(bit, _)| acked & (1 << bit) != 0)
         .map(|(_, name)| *name)
-        .collect();
+        .collect()
+}
+
+/// The feature names of `acked` that vpmd offers, for logs (e.g. `VERSION_1
+/// MRG_RXBUF EVENT_IDX`): what a driver took shows which paths it will use.
+pub fn describe(acked: u64) -> String {
+    let names = names(acked);
     if names.is_empty() {
         "none".into()
     } else {

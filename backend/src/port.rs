@@ -175,6 +175,11 @@ impl ActiveRings {
         features::layout(self.acked_features.load(Ordering::Relaxed))
     }
 
+    /// The feature bits the driver acknowledged (for stats).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Relaxed)
+    }
+
     /// Whether queue `index` is started and enabled.
     pub fn queue_running(&self, index: usize) -> bool {
         self.health.closing() == 0

@@ -223,6 +223,7 @@ impl PortCounters {
             ring_errors: t.ring_errors,
             faults: None,
             uplink: None,
+            features: None,
         }
     }
 }
@@ -266,6 +267,10 @@ pub struct PortStats {
     /// How an uplink is attached (uplinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<crate::stats::UplinkInfo>,
+    /// The virtio features the guest driver negotiated, by name, while a frontend
+    /// has the port's rings started (VM ports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 named_counters! {
@@ -282,6 +287,37 @@ named_counters! {
         refused,
         /// Messages a frontend was made to wait for (rate limit).
         throttled,
+    }
+}
+
+named_counters! {
+    /// The kernel's `XDP_STATISTICS` of a macvlan uplink's AF_XDP sockets, summed over
+    /// its queues (`vpmd_uplink::XdpStatistics`, by the same names).
+    pub struct XskKernelCounts {
+        /// Frames dropped for lack of a fill-ring chunk, or too big for a chunk.
+        rx_dropped,
+        /// RX descriptors the kernel found invalid.
+        rx_invalid_descs,
+        /// TX descriptors the kernel found invalid.
+        tx_invalid_descs,
+        /// Frames dropped because the RX ring was full.
+        rx_ring_full,
+        /// Times the kernel found the fill ring empty.
+        rx_fill_ring_empty_descs,
+        /// Times the kernel found the TX ring empty when asked to send.
+        tx_ring_empty_descs,
+    }
+}
+
+impl XskKernelCounts {
+    /// Adds one socket's statistics.
+    pub fn add(&mut self, s: &vpmd_uplink::XdpStatistics) {
+        self.rx_dropped += s.rx_dropped;
+        self.rx_invalid_descs += s.rx_invalid_descs;
+        self.tx_invalid_descs += s.tx_invalid_descs;
+        self.rx_ring_full += s.rx_ring_full;
+        self.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += s.tx_ring_empty_descs;
     }
 }
 
@@ -304,6 +340,7 @@ pub struct ThreadCounters {
     frames: AtomicU64,
     busy_cycles: AtomicU64,
     idle_cycles: AtomicU64,
+    polls: AtomicU64,
 }
 
 impl ThreadCounters {
@@ -315,6 +352,12 @@ impl ThreadCounters {
         self.idle_cycles.store(idle_cycles, Ordering::Relaxed);
     }
 
+    /// Publishes how many polls (rounds over all the thread's streams) it has made.
+    #[inline]
+    pub fn publish_polls(&self, polls: u64) {
+        self.polls.store(polls, Ordering::Relaxed);
+    }
+
     /// A snapshot, for stats.
     pub fn snapshot(&self, core: usize, streams: &[String], tsc_hz: u64) -> ThreadStats {
         ThreadStats {
@@ -323,6 +366,7 @@ impl ThreadCounters {
             frames: self.frames.load(Ordering::Relaxed),
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
             idle_cycles: self.idle_cycles.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
             tsc_hz,
         }
     }
@@ -341,6 +385,9 @@ pub struct ThreadStats {
     pub busy_cycles: u64,
     /// TSC cycles spent in polls that moved nothing.
     pub idle_cycles: u64,
+    /// Polls: rounds over all its streams, busy or idle.
+    #[serde(default)]
+    pub polls: u64,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }

@@ -10,6 +10,9 @@
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
 //! - [`control`]: the control socket behind `vpmd stats`.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
+//! - [`stats_view`]: `vpmd stats --watch` rates and the per-thread `--pmd` view.
+//! - [`metrics`]: `[pmd] metrics`, the same snapshots served to Prometheus.
+//! - [`notify`]: systemd readiness (`READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`).
 //! - [`privileges`]: capabilities dropped once, before any thread starts; socket owners.
 //!
 //! Data path (the polling threads):
@@ -26,10 +29,13 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod fwd;
+pub mod metrics;
+pub mod notify;
 pub mod pmd_thread;
 pub mod privileges;
 pub mod ratelimit;
 pub mod stats;
+pub mod stats_view;
 pub mod switch;
 /// The time-stamp counter (one module for vpmd and the generators).
 pub use vpmd_uplink::tsc;

@@ -12,7 +12,10 @@ use signal_hook::iterator::Signals;
 
 use vpmd::config::{Config, Mode, DEFAULT_CONTROL_SOCKET};
 use vpmd::control;
+use vpmd::metrics::MetricsListener;
+use vpmd::notify::Notifier;
 use vpmd::privileges;
+use vpmd::stats_view;
 use vpmd::switch::Switch;
 
 /// vhost-user poll-mode virtual switch: serves virtio-net queues to VMs over
@@ -27,6 +30,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the switch in the foreground until SIGINT or SIGTERM.
+    ///
+    /// Under systemd (Type=notify, configs/vpmd.service) it sends READY=1 to
+    /// $NOTIFY_SOCKET once every port is listening and its threads run, and
+    /// STOPPING=1 when told to stop; without $NOTIFY_SOCKET it sends nothing.
+    /// With [pmd] metrics = "ADDR:PORT" it serves Prometheus metrics on GET /metrics.
     ///
     /// Without --config, runs the built-in default: ports vm0 and vm1 as a veth pair,
     /// sockets /run/vpmd/vm0.sock and /run/vpmd/vm1.sock (vpmd listens), polling on
@@ -44,10 +52,24 @@ enum Command {
         check: bool,
     },
     /// Print the counters of the running vpmd.
+    ///
+    /// --watch refreshes every SECS seconds (default 1) like top, with rates per
+    /// second; --pmd shows each polling thread (frames, polls, busy and idle cycles
+    /// and their shares, cycles per frame, the ports it serves) like OVS's
+    /// dpif-netdev/pmd-stats-show, over the interval when combined with --watch.
     Stats {
         /// Print JSON (the format documented in docs/interfaces.md) instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["watch", "pmd"])]
         json: bool,
+        /// Refresh every SECS seconds (default 1) with rates per second, until Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// Per polling thread, in the style of ovs-appctl dpif-netdev/pmd-stats-show.
+        #[arg(long)]
+        pmd: bool,
+        /// With --watch: stop after N refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
         /// Control socket of the instance to ask.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
@@ -76,16 +98,82 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config,
             check: false,
         } => run(config),
-        Command::Stats { json, control } => {
+        Command::Stats {
+            watch: Some(secs),
+            pmd,
+            count,
+            control,
+            ..
+        } => watch(&control, secs, pmd, count),
+        Command::Stats {
+            json,
+            watch: None,
+            pmd,
+            control,
+            ..
+        } => {
             let snap = control::request_stats(&control)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else if pmd {
+                print!("{}", stats_view::pmd_text(&snap));
             } else {
                 print!("{}", snap.to_text());
             }
             Ok(())
         }
     }
+}
+
+/// `vpmd stats --watch SECS`: a screen of rates every SECS seconds (the screen is
+/// cleared when stdout is a terminal; otherwise screens follow each other).
+fn watch(
+    control_path: &std::path::Path,
+    secs: f64,
+    pmd: bool,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !(secs.is_finite() && (0.1..=3600.0).contains(&secs)) {
+        anyhow::bail!("--watch: {secs} is outside 0.1-3600 seconds");
+    }
+    let interval = std::time::Duration::from_secs_f64(secs);
+    let clear = std::io::stdout().is_terminal();
+    let mut prev = control::request_stats(control_path)?;
+    let mut taken = std::time::Instant::now();
+    let mut shown = 0u64;
+    while count.is_none_or(|n| shown < n) {
+        std::thread::sleep(interval);
+        let cur = control::request_stats(control_path)?;
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(taken).as_secs_f64();
+        let d = stats_view::delta(&prev, &cur);
+        let body = if pmd {
+            stats_view::pmd_text(&d)
+        } else {
+            stats_view::rates_text(&d, elapsed)
+        };
+        if clear {
+            print!("\x1b[H\x1b[2J");
+        }
+        println!(
+            "vpmd stats --watch {secs}: {} over the last {elapsed:.2} s ({})",
+            if pmd {
+                "polling threads"
+            } else {
+                "rates per second"
+            },
+            control_path.display()
+        );
+        print!("{body}");
+        if !clear {
+            println!();
+        }
+        prev = cur;
+        taken = now;
+        shown += 1;
+    }
+    Ok(())
 }
 
 /// `vpmd run --check`: validate and describe the configuration, start nothing.
@@ -101,6 +189,9 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config.cores,
         config.control_socket.display()
     );
+    if let Some(addr) = config.metrics {
+        println!("  metrics: http://{addr}/metrics");
+    }
     for p in &config.ports {
         println!(
             "  port {}: {} ({}), mac {}, mtu {}",
@@ -150,6 +241,14 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(limit) => log::debug!("open files limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
+    // systemd's notification socket, connected while privileges last; vpmd runs
+    // without one too.
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        log::warn!("{:#}", anyhow::Error::from(e));
+        Notifier::none()
+    });
+    // Bound before the drop: a port below 1024 needs CAP_NET_BIND_SERVICE.
+    let metrics = config.metrics.map(MetricsListener::bind).transpose()?;
     // Everything that may need privileges, and no thread yet: sockets and their
     // owners, XDP programs, AF_XDP sockets, UMEMs.
     let opened = Switch::open(&config)?;
@@ -169,14 +268,33 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let switch = opened.spawn()?;
+    let metrics = match metrics {
+        Some(m) => {
+            let m = m.serve(switch.registry())?;
+            log::info!("metrics: serving http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
     print_usage(&config);
     log::info!(
         "vpmd ready: {} ports, control socket {}",
         config.ports.len(),
         config.control_socket.display()
     );
+    match notifier.ready(&format!("serving {} ports", config.ports.len())) {
+        Ok(true) => log::info!("told systemd: READY=1"),
+        Ok(false) => {}
+        Err(e) => log::warn!("{:#}", anyhow::Error::from(e)),
+    }
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: stopping");
+    }
+    if let Err(e) = notifier.stopping() {
+        log::warn!("{:#}", anyhow::Error::from(e));
+    }
+    if let Some(m) = metrics {
+        m.stop();
     }
     let last = switch.stop();
     println!("final counters:");

@@ -145,6 +145,7 @@ fn run(
     let mut backoff = Backoff::new(idle);
     let (mut frames, mut busy, mut idle_cycles) = (0u64, 0u64, 0u64);
     let mut last = tsc::now();
+    let mut polls = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0u64;
         for s in &mut streams {
@@ -165,6 +166,8 @@ fn run(
             idle_cycles += spent;
         }
         counters.publish(frames, busy, idle_cycles);
+        polls += 1;
+        counters.publish_polls(polls);
     }
     // Let go of every connection's rings and memory before the thread ends.
     drop(streams);

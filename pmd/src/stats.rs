@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vpmd_backend::port::VirtioNetPort;
 
-use crate::counters::{FaultCounts, PortCounters, PortStats, ThreadCounters, ThreadStats};
+use crate::counters::{
+    FaultCounts, PortCounters, PortStats, ThreadCounters, ThreadStats, XskKernelCounts,
+};
 
 /// Every counter of a running vpmd at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +50,47 @@ pub struct UplinkInfo {
     pub queues: u32,
     /// macvlan mode.
     pub macvlan_mode: String,
+    /// The kernel's `XDP_STATISTICS` of the AF_XDP sockets, summed (in snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xsk_kernel: Option<XskKernelCounts>,
+    /// Where those are read from (not part of snapshots).
+    #[serde(skip)]
+    pub sockets: XskStatsSource,
+}
+
+/// Duplicates of an uplink's AF_XDP socket descriptors, only for reading their
+/// `XDP_STATISTICS` (a `getsockopt` that never touches the rings the polling
+/// threads use). Always equal to another: it is a handle, not a value.
+#[derive(Debug, Clone, Default)]
+pub struct XskStatsSource(Arc<Vec<std::os::fd::OwnedFd>>);
+
+impl PartialEq for XskStatsSource {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for XskStatsSource {}
+
+impl XskStatsSource {
+    /// Reads through these descriptors (duplicates of the sockets).
+    pub fn new(fds: Vec<std::os::fd::OwnedFd>) -> Self {
+        XskStatsSource(Arc::new(fds))
+    }
+
+    /// The statistics summed over the sockets; `None` without sockets, or if the
+    /// kernel refuses one.
+    pub fn read(&self) -> Option<XskKernelCounts> {
+        use std::os::fd::AsFd;
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut sum = XskKernelCounts::default();
+        for fd in self.0.iter() {
+            sum.add(&vpmd_uplink::kernel_statistics(fd.as_fd()).ok()?);
+        }
+        Some(sum)
+    }
 }
 
 /// A polling thread as the stats see it.
@@ -81,11 +124,19 @@ impl Registry {
                     PortKind::Vhost(port) => {
                         let mut s = p.counters.snapshot(&p.name, "vhost-user", port.is_up());
                         s.faults = Some(FaultCounts::of(port.faults()));
+                        s.features = port.active().map(|a| {
+                            vpmd_backend::features::names(a.acked_features())
+                                .into_iter()
+                                .map(String::from)
+                                .collect()
+                        });
                         s
                     }
                     PortKind::Uplink(info) => {
                         let mut s = p.counters.snapshot(&p.name, "uplink", true);
-                        s.uplink = Some(info.clone());
+                        let mut info = info.clone();
+                        info.xsk_kernel = info.sockets.read();
+                        s.uplink = Some(info);
                         s
                     }
                 })
@@ -223,6 +274,7 @@ mod tests {
                 ring_errors: 0,
                 faults: None,
                 uplink: None,
+                features: Some(vec!["VERSION_1".into(), "MRG_RXBUF".into()]),
             }],
             threads: vec![ThreadStats {
                 core: 1,
@@ -230,6 +282,7 @@ mod tests {
                 frames: 3,
                 busy_cycles: 300,
                 idle_cycles: 700,
+                polls: 40,
                 tsc_hz: 1_000_000_000,
             }],
         }

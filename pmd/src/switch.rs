@@ -266,6 +266,11 @@ impl Switch {
         self.registry.snapshot()
     }
 
+    /// Where snapshots come from, for readers of counters (the metrics server).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// Stops polling, closes every connection and socket, and returns the final counters.
     pub fn stop(mut self) -> Snapshot {
         self.shutdown();

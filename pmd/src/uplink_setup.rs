@@ -112,11 +112,13 @@ pub fn open(
                 source: Box::new(source),
             })?;
     }
-    let info = UplinkInfo {
+    let mut info = UplinkInfo {
         xdp: uplink.attach_mode().to_string(),
         socket_mode: uplink.bind_mode().to_string(),
         queues: m.queues,
         macvlan_mode: m.mode.name().to_string(),
+        xsk_kernel: None,
+        sockets: Default::default(),
     };
     log::info!(
         "uplink {ifname}: {} XDP, {} AF_XDP sockets on {} queue(s), macvlan mode {}, ports {}",
@@ -144,7 +146,15 @@ pub fn open(
         .unwrap_or(1500);
     let mut shards: Vec<Box<dyn Stream>> = Vec::new();
     let mut tap = uplink.take_group_tap();
-    for (q, socket) in uplink.take_sockets().into_iter().enumerate() {
+    let sockets = uplink.take_sockets();
+    // For stats: XDP_STATISTICS through duplicates; a socket that cannot be
+    // duplicated (no descriptor left) just leaves the kernel's figures out.
+    let stat_fds: Option<Vec<_>> = sockets
+        .iter()
+        .map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned().ok())
+        .collect();
+    info.sockets = crate::stats::XskStatsSource::new(stat_fds.unwrap_or_default());
+    for (q, socket) in sockets.into_iter().enumerate() {
         let (rx, tx) = socket.split();
         let max_frame = (mtu + L2_OVERHEAD).min(tx.frame_capacity() as u32);
         let vms = m

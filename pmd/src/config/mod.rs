@@ -8,6 +8,8 @@
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -113,6 +115,7 @@ struct RawPmd {
     keep_capabilities: Option<Vec<String>>,
     #[serde(default)]
     max_sleep_us: u32,
+    metrics: Option<String>,
 }
 
 /// A user or group: a numeric id, or a name looked up on this host.
@@ -255,6 +258,8 @@ pub struct Config {
     pub keep_capabilities: u64,
     /// Longest sleep of an idle polling thread, in microseconds (0: busy-poll).
     pub max_sleep_us: u32,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Ports, in file order.
     pub ports: Vec<Port>,
     /// veth pairs as indices into `ports`.

@@ -142,8 +142,10 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             ),
         ));
     }
+    let metrics = validate_metrics(raw.pmd.metrics.as_deref(), &err)?;
     Ok(Config {
         cores,
+        metrics,
         max_sleep_us: raw.pmd.max_sleep_us,
         control_socket: raw
             .pmd
@@ -199,6 +201,26 @@ fn validate_cores(raw: &RawConfig, cpus: usize, err: &Errors) -> Result<Vec<usiz
         }
     }
     Ok(cores)
+}
+
+/// `pmd.metrics`: an IP address and a port (`"127.0.0.1:9477"`, `"[::1]:9477"`).
+fn validate_metrics(
+    text: Option<&str>,
+    err: &Errors,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        err.at(
+            "pmd.metrics",
+            format!("{text:?} is not an IP address and port like \"127.0.0.1:9477\""),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(err.at("pmd.metrics", format!("{text:?} needs a port other than 0")));
+    }
+    Ok(Some(addr))
 }
 
 /// Permission bits written as octal ("0660"); default 0600.
