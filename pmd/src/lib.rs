@@ -8,7 +8,8 @@
 //! - [`config`]: the TOML configuration, validated with errors that name the field.
 //! - [`switch`]: a running instance: ports, connections, polling threads, control socket.
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
-//! - [`control`]: the control socket behind `vpmd stats`.
+//! - [`control`]: the control socket behind `vpmd stats`, `vpmd port ...`, `vpmd reload`.
+//! - [`reload`]: what `vpmd reload` changes: the running ports against the file.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
 //! - [`privileges`]: capabilities dropped once, before any thread starts; socket owners.
 //!
@@ -29,6 +30,7 @@ pub mod fwd;
 pub mod pmd_thread;
 pub mod privileges;
 pub mod ratelimit;
+pub mod reload;
 pub mod stats;
 pub mod switch;
 /// The time-stamp counter (one module for vpmd and the generators).

@@ -17,10 +17,19 @@
 //! more than the longest sleep fills). Counting only empty polls would never back
 //! off under a steady stream: one frame every microsecond or so makes no poll empty
 //! for long, and the thread would spin all the time, one frame per poll.
+//!
+//! Its set of streams changes while it runs ([`StreamChanges`]): the control plane
+//! posts added streams and the names of streams to remove, bumps an epoch, and waits
+//! until the thread has taken them. The thread reads that epoch once per loop
+//! iteration (one relaxed-cost atomic load, like a port's connection generation)
+//! and takes the lock only when it moved, between two polls: a removed stream's
+//! last burst is complete (its used entries published, its counters flushed) when it
+//! leaves the list, and the other streams are polled on as before, in the same
+//! order, with no lock per frame or per burst.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -48,6 +57,89 @@ pub struct IdlePolicy {
 pub struct PmdThread {
     core: usize,
     thread: JoinHandle<()>,
+    changes: Arc<StreamChanges>,
+}
+
+/// A change of a polling thread's streams.
+pub enum Change {
+    /// Start polling this stream (after the others, at the end of the list).
+    Add(Box<dyn Stream>),
+    /// Stop polling the streams of these names, between two polls.
+    Remove(Vec<String>),
+}
+
+/// A stream a polling thread has stopped polling, handed back to be dropped by the
+/// control plane (not on the polling thread).
+pub struct Retired {
+    /// The stream, its last burst complete.
+    pub stream: Box<dyn Stream>,
+    /// Frames its source had made available and it did not take (see
+    /// [`Stream::retire`]).
+    pub in_flight: u64,
+}
+
+/// Changes posted to one polling thread, taken by it between polls.
+#[derive(Default)]
+pub struct StreamChanges {
+    /// Bumped (under `pending`'s lock) whenever changes are posted.
+    posted: AtomicU64,
+    /// The last `posted` value whose changes the thread has applied.
+    applied: AtomicU64,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    retired: Vec<Retired>,
+}
+
+impl StreamChanges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Posts `changes`; returns the epoch to wait for.
+    fn post(&self, changes: Vec<Change>) -> u64 {
+        let mut p = self.lock();
+        p.changes.extend(changes);
+        self.posted.fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// On the polling thread: whether changes were posted since `seen`. One atomic load.
+    #[inline]
+    fn moved(&self, seen: u64) -> bool {
+        self.posted.load(Ordering::Acquire) != seen
+    }
+
+    /// On the polling thread, between polls: applies what was posted; returns the
+    /// epoch now applied.
+    #[cold]
+    fn apply(&self, streams: &mut Vec<Box<dyn Stream>>) -> u64 {
+        let mut p = self.lock();
+        let epoch = self.posted.load(Ordering::Acquire);
+        let changes = std::mem::take(&mut p.changes);
+        for c in changes {
+            match c {
+                Change::Add(s) => streams.push(s),
+                Change::Remove(names) => {
+                    let mut k = 0;
+                    while k < streams.len() {
+                        if names.iter().any(|n| n == streams[k].name()) {
+                            // `remove`, not `swap_remove`: the others keep their order.
+                            let mut stream = streams.remove(k);
+                            let in_flight = stream.retire();
+                            p.retired.push(Retired { stream, in_flight });
+                        } else {
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.applied.store(epoch, Ordering::Release);
+        epoch
+    }
 }
 
 impl PmdThread {
@@ -59,6 +151,8 @@ impl PmdThread {
         stop: Arc<AtomicBool>,
         counters: Arc<ThreadCounters>,
     ) -> io::Result<PmdThread> {
+        let changes = Arc::new(StreamChanges::default());
+        let posted = changes.clone();
         let thread = thread::Builder::new()
             .name(format!("pmd-core{core}"))
             .spawn(move || {
@@ -76,10 +170,38 @@ impl PmdThread {
                         "pmd thread on core {core}: {e}: a hostile frontend could block it"
                     );
                 }
-                run(streams, idle, &stop, &counters);
+                run(streams, idle, &stop, &counters, &posted);
                 drop(watched);
             })?;
-        Ok(PmdThread { core, thread })
+        Ok(PmdThread {
+            core,
+            thread,
+            changes,
+        })
+    }
+
+    /// The core it is pinned to.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Applies `changes` between two of the thread's polls and waits until it has;
+    /// returns the streams it stopped polling. Returns at once if the thread has
+    /// ended (its streams went with it).
+    pub fn change(&self, changes: Vec<Change>) -> Vec<Retired> {
+        let epoch = self.changes.post(changes);
+        let mut spins = 0u32;
+        while self.changes.applied.load(Ordering::Acquire) < epoch && !self.thread.is_finished() {
+            // The thread comes round in microseconds, or after its longest idle
+            // sleep (`max_sleep_us`, at most 10 ms).
+            spins += 1;
+            if spins < 100 {
+                thread::yield_now();
+            } else {
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
+        std::mem::take(&mut self.changes.lock().retired)
     }
 
     /// Waits for the thread to end (after `stop` was set).
@@ -140,12 +262,17 @@ fn run(
     idle: IdlePolicy,
     stop: &AtomicBool,
     counters: &ThreadCounters,
+    changes: &StreamChanges,
 ) {
+    let mut seen = 0u64;
     let mut scratch = Scratch::new();
     let mut backoff = Backoff::new(idle);
     let (mut frames, mut busy, mut idle_cycles) = (0u64, 0u64, 0u64);
     let mut last = tsc::now();
     while !stop.load(Ordering::Relaxed) {
+        if changes.moved(seen) {
+            seen = changes.apply(&mut streams);
+        }
         let mut moved = 0u64;
         for s in &mut streams {
             moved += u64::from(s.poll(&mut scratch));
