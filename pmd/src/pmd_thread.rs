@@ -316,6 +316,96 @@ fn precise_sleeps() {
 mod tests {
     use super::*;
 
+    /// A stream that counts its polls and has `pending` frames it never takes.
+    struct Counting {
+        name: String,
+        polls: Arc<AtomicU64>,
+        pending: u64,
+    }
+
+    impl Stream for Counting {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn poll(&mut self, _: &mut Scratch) -> u32 {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            0
+        }
+        fn retire(&mut self) -> u64 {
+            self.pending
+        }
+    }
+
+    fn counting(name: &str, pending: u64) -> (Box<dyn Stream>, Arc<AtomicU64>) {
+        let polls = Arc::new(AtomicU64::new(0));
+        let s = Counting {
+            name: name.to_string(),
+            polls: polls.clone(),
+            pending,
+        };
+        (Box::new(s), polls)
+    }
+
+    fn wait_polled(polls: &AtomicU64, more_than: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while polls.load(Ordering::Relaxed) <= more_than {
+            assert!(std::time::Instant::now() < deadline, "never polled");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn streams_are_added_and_removed_between_polls() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, a_polls) = counting("a", 0);
+        let idle = IdlePolicy {
+            max_sleep: Duration::from_micros(50),
+        };
+        let t = PmdThread::spawn(0, vec![a], idle, stop.clone(), Arc::default()).unwrap();
+        wait_polled(&a_polls, 0);
+
+        let (b, b_polls) = counting("b", 7);
+        let (c, c_polls) = counting("c", 0);
+        assert!(t.change(vec![Change::Add(b), Change::Add(c)]).is_empty());
+        // Once `change` has returned, the new streams are in the loop.
+        wait_polled(&b_polls, 0);
+        wait_polled(&c_polls, 0);
+
+        let retired = t.change(vec![Change::Remove(vec!["b".into(), "nosuch".into()])]);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].stream.name(), "b");
+        assert_eq!(
+            retired[0].in_flight, 7,
+            "retire() is asked once, on removal"
+        );
+        // Handed back, not polled any more; the others go on.
+        let after = b_polls.load(Ordering::Relaxed);
+        let (a_now, c_now) = (
+            a_polls.load(Ordering::Relaxed),
+            c_polls.load(Ordering::Relaxed),
+        );
+        wait_polled(&a_polls, a_now + 10);
+        wait_polled(&c_polls, c_now + 10);
+        assert_eq!(b_polls.load(Ordering::Relaxed), after);
+        drop(retired);
+
+        stop.store(true, Ordering::Release);
+        t.join();
+    }
+
+    #[test]
+    fn a_change_to_a_stopped_thread_returns() {
+        let stop = Arc::new(AtomicBool::new(true));
+        let t =
+            PmdThread::spawn(0, Vec::new(), IdlePolicy::default(), stop, Arc::default()).unwrap();
+        while !t.thread.is_finished() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let (a, _) = counting("a", 0);
+        assert!(t.change(vec![Change::Add(a)]).is_empty());
+        t.join();
+    }
+
     #[test]
     fn busy_polling_never_sleeps() {
         let mut b = Backoff::new(IdlePolicy::default());

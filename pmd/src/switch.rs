@@ -816,3 +816,162 @@ impl State {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vpmd-switch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pmd_section(d: &Path) -> String {
+        format!(
+            "[pmd]\ncores = [0]\ncontrol_socket = \"{}\"\n",
+            d.join("control.sock").display()
+        )
+    }
+
+    fn port_toml(d: &Path, name: &str, mac: u8) -> String {
+        format!(
+            "[[port]]\nname = \"{name}\"\nsocket = \"{}\"\nmac = \"52:54:00:00:00:{mac:02x}\"\n",
+            d.join(format!("{name}.sock")).display()
+        )
+    }
+
+    fn add(d: &Path, name: &str, mac: &str) -> Request {
+        Request::PortAdd {
+            port: json!({ "name": name, "socket": d.join(format!("{name}.sock")), "mac": mac }),
+        }
+    }
+
+    fn streams(sw: &Switch) -> Vec<String> {
+        sw.snapshot().threads[0].streams.clone()
+    }
+
+    fn port_names(sw: &Switch) -> Vec<String> {
+        sw.snapshot().ports.iter().map(|p| p.name.clone()).collect()
+    }
+
+    #[test]
+    fn ports_and_pairs_come_and_go_and_bad_requests_change_nothing() {
+        let d = dir("runtime");
+        let config = Config::parse(&pmd_section(&d), "t.toml").unwrap();
+        let sw = Switch::start(&config).unwrap();
+        assert!(port_names(&sw).is_empty());
+        sw.request(add(&d, "a", "52:54:00:00:00:01")).unwrap();
+        assert!(d.join("a.sock").exists(), "server role: listening at once");
+
+        let before = sw.request(Request::PortList).unwrap();
+        let e = sw.request(add(&d, "b", "52:54:00:00:00:01")).unwrap_err();
+        assert!(e.starts_with("port.mac: "), "{e}");
+        let e = sw.request(add(&d, "a", "52:54:00:00:00:09")).unwrap_err();
+        assert!(e.starts_with("port.name: "), "{e}");
+        let e = sw
+            .request(Request::VethAdd {
+                ports: ["a".into(), "b".into()],
+            })
+            .unwrap_err();
+        assert!(e.starts_with("veth.ports[1]: "), "{e}");
+        let e = sw
+            .request(Request::VethAdd {
+                ports: ["a".into(), "a".into()],
+            })
+            .unwrap_err();
+        assert!(e.starts_with("veth.ports[1]: "), "{e}");
+        let e = sw
+            .request(Request::PortDel { name: "b".into() })
+            .unwrap_err();
+        assert!(e.starts_with("port.name: "), "{e}");
+        assert_eq!(sw.request(Request::PortList).unwrap(), before);
+        assert!(!d.join("b.sock").exists());
+
+        sw.request(add(&d, "b", "52:54:00:00:00:02")).unwrap();
+        sw.request(Request::VethAdd {
+            ports: ["a".into(), "b".into()],
+        })
+        .unwrap();
+        assert_eq!(streams(&sw), ["a->b", "b->a"]);
+        assert_eq!(port_names(&sw), ["a", "b"]);
+        let e = sw
+            .request(Request::VethAdd {
+                ports: ["b".into(), "a".into()],
+            })
+            .unwrap_err();
+        assert!(e.contains("already belongs to veth a<->b"), "{e}");
+
+        let del = sw.request(Request::PortDel { name: "b".into() }).unwrap();
+        assert_eq!(del["veth_removed"], json!(["a", "b"]));
+        assert_eq!(del["connected"], json!(false));
+        assert_eq!(del["in_flight"], json!({ "a->b": 0, "b->a": 0 }));
+        assert!(streams(&sw).is_empty());
+        assert_eq!(port_names(&sw), ["a"]);
+        assert!(!d.join("b.sock").exists(), "its socket removed");
+        let e = sw.reload().unwrap_err();
+        assert!(e.contains("without --config"), "{e}");
+        sw.stop();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn reload_applies_the_file_or_refuses_and_changes_nothing() {
+        let d = dir("reload");
+        let file = d.join("vpmd.toml");
+        std::fs::write(&file, pmd_section(&d)).unwrap();
+        let config = Config::load(&file).unwrap();
+        let sw = Switch::open(&config)
+            .unwrap()
+            .reloading_from(file.clone())
+            .spawn()
+            .unwrap();
+        let pair = format!(
+            "{}{}{}[[veth]]\nports = [\"a\", \"b\"]\n",
+            pmd_section(&d),
+            port_toml(&d, "a", 1),
+            port_toml(&d, "b", 2)
+        );
+        std::fs::write(&file, &pair).unwrap();
+        let r = sw.reload().unwrap();
+        assert_eq!(r["add_ports"], json!(["a", "b"]));
+        assert_eq!(streams(&sw), ["a->b", "b->a"]);
+        assert_eq!(sw.reload().unwrap()["reload"], json!("nothing to do"));
+
+        let before = sw.request(Request::PortList).unwrap();
+        std::fs::write(
+            &file,
+            pair.replace("cores = [0]", "cores = [0]\nmax_sleep_us = 5"),
+        )
+        .unwrap();
+        let e = sw.reload().unwrap_err();
+        assert!(e.contains("pmd.max_sleep_us: "), "{e}");
+        std::fs::write(
+            &file,
+            pair.replace("mac = \"52:54:00:00:00:02\"", "mac = \"zz\""),
+        )
+        .unwrap();
+        let e = sw.reload().unwrap_err();
+        assert!(e.contains("port[1].mac: "), "{e}");
+        assert_eq!(sw.request(Request::PortList).unwrap(), before);
+
+        // b changed: restarted, its pair with it.
+        std::fs::write(&file, pair.replace("[[veth]]", "mtu = 9000\n[[veth]]")).unwrap();
+        let r = sw.reload().unwrap();
+        assert_eq!(r["restarted"], json!(["b"]));
+        assert_eq!(streams(&sw), ["a->b", "b->a"]);
+        assert_eq!(
+            sw.request(Request::PortList).unwrap()["ports"][1]["mtu"],
+            json!(9000)
+        );
+
+        std::fs::write(&file, pmd_section(&d)).unwrap();
+        let r = sw.reload().unwrap();
+        assert_eq!(r["del_ports"], json!(["a", "b"]));
+        assert!(port_names(&sw).is_empty() && streams(&sw).is_empty());
+        sw.stop();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

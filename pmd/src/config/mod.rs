@@ -7,6 +7,8 @@
 //! [`Config::builtin`] is what `vpmd run` uses without `--config`.
 
 #[cfg(test)]
+mod request_tests;
+#[cfg(test)]
 mod tests;
 mod validate;
 
