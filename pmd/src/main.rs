@@ -63,15 +63,17 @@ enum Command {
         #[command(subcommand)]
         action: VethAction,
     },
-    /// Move a port onto or off a running macvlan.
+    /// Move a port onto or off a macvlan configured at start-up (no privileges needed:
+    /// the XDP program's MAC table is a BPF map whose fd vpmd kept).
     Macvlan {
         #[command(subcommand)]
         action: MacvlanAction,
     },
     /// Make the running vpmd's ports and pairs those of its config file, as SIGHUP
     /// does: ports and pairs gone from the file are removed, new ones added, changed
-    /// ones restarted. Refused, changing nothing, if a [pmd] setting or a [[macvlan]]
-    /// changed (they need a restart).
+    /// ones restarted, ports moved onto or off macvlans. Refused, changing nothing, if
+    /// a [pmd] setting changed or a [[macvlan]] was added, removed or given another
+    /// uplink, mode or queues (they need a restart).
     Reload {
         #[command(flatten)]
         control: ControlArg,

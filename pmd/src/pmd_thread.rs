@@ -66,7 +66,12 @@ pub enum Change {
     Add(Box<dyn Stream>),
     /// Stop polling the streams of these names, between two polls.
     Remove(Vec<String>),
+    /// Change the stream of this name, between two polls (a macvlan's ports).
+    Edit(String, Edit),
 }
+
+/// A change made to one stream on its polling thread.
+pub type Edit = Box<dyn FnOnce(&mut dyn Stream) + Send>;
 
 /// A stream a polling thread has stopped polling, handed back to be dropped by the
 /// control plane (not on the polling thread).
@@ -122,6 +127,11 @@ impl StreamChanges {
         for c in changes {
             match c {
                 Change::Add(s) => streams.push(s),
+                Change::Edit(name, edit) => {
+                    if let Some(s) = streams.iter_mut().find(|s| s.name() == name) {
+                        edit(s.as_mut());
+                    }
+                }
                 Change::Remove(names) => {
                     let mut k = 0;
                     while k < streams.len() {

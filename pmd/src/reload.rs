@@ -12,12 +12,13 @@
 //! | port P | port P, a field changed | P removed and added again (restarted: its VM reconnects) |
 //! | veth A-B | absent | pair removed, ports stay unless removed above |
 //! | absent, or a port restarted | veth A-B | pair added |
+//! | P on macvlan U | P not on U, or restarted | P taken off U (`macvlan del-port`) |
+//! | P not on U, or restarted | P on macvlan U | P put on U (`macvlan add-port`) |
 //!
 //! Refused, with the field and the reason, changing nothing: any `[pmd]` setting
 //! (cores, control socket, capabilities, sleep: they are fixed at start-up), and a
-//! `[[macvlan]]` added, removed, or with another uplink, mode, queues or port list
-//! (its uplink is opened with privileges vpmd no longer holds; move a port onto or
-//! off a running macvlan with `vpmd macvlan add-port`/`del-port`).
+//! `[[macvlan]]` added or removed, or with another uplink, mode or queues (its
+//! uplink is opened at start-up, with privileges vpmd no longer holds).
 
 use std::collections::BTreeSet;
 
@@ -88,6 +89,10 @@ pub struct Plan {
     pub add_ports: Vec<Port>,
     /// Pairs to add (as the file has them).
     pub add_veths: Vec<[String; 2]>,
+    /// (uplink, port) to take off a macvlan, first of all.
+    pub macvlan_del: Vec<[String; 2]>,
+    /// (uplink, port) to put on a macvlan, last of all.
+    pub macvlan_add: Vec<[String; 2]>,
     /// The changed ports among those removed and added again.
     pub restarted: Vec<String>,
 }
@@ -99,6 +104,8 @@ impl Plan {
             && self.del_ports.is_empty()
             && self.add_ports.is_empty()
             && self.add_veths.is_empty()
+            && self.macvlan_del.is_empty()
+            && self.macvlan_add.is_empty()
     }
 }
 
@@ -115,6 +122,16 @@ fn key(pair: &[String; 2]) -> [&str; 2] {
 /// What turns `running` (started from `started`'s `[pmd]`) into `file`; or every
 /// reason it cannot be done live, each naming the field.
 pub fn plan(started: &Config, running: &Layout, file: &Config) -> Result<Plan, Vec<String>> {
+    plan_layouts(started, running, file, &Layout::of(file))
+}
+
+/// [`plan`] with the file's layout given.
+fn plan_layouts(
+    started: &Config,
+    running: &Layout,
+    file: &Config,
+    wanted: &Layout,
+) -> Result<Plan, Vec<String>> {
     let mut refused = Vec::new();
     let pmd_fields: [(&str, bool); 7] = [
         ("pmd.cores", started.cores != file.cores),
@@ -151,30 +168,25 @@ pub fn plan(started: &Config, running: &Layout, file: &Config) -> Result<Plan, V
             ));
         }
     }
-    let wanted = Layout::of(file);
-    if running.macvlans != wanted.macvlans {
+    let shape = |l: &Layout| -> Vec<(String, MacvlanMode, u32)> {
+        l.macvlans
+            .iter()
+            .map(|m| (m.uplink.clone(), m.mode, m.queues))
+            .collect()
+    };
+    if shape(running) != shape(wanted) {
         refused.push(
-            "macvlan: the [[macvlan]] sections differ from the running macvlans; uplinks \
-             are opened at start-up only (restart vpmd), and ports move onto or off a \
-             running macvlan with `vpmd macvlan add-port`/`del-port`"
+            "macvlan: [[macvlan]] sections added or removed, or with another uplink, mode \
+             or queues; uplinks are opened at start-up only (restart vpmd to apply it)"
                 .to_string(),
         );
     }
-    let in_macvlan =
-        |l: &Layout, name: &str| l.macvlans.iter().any(|m| m.ports.iter().any(|p| p == name));
 
     let mut plan = Plan::default();
     for p in &running.ports {
         match wanted.port(&p.name) {
             None => plan.del_ports.push(p.name.clone()),
             Some(q) if q != p => {
-                if in_macvlan(running, &p.name) {
-                    refused.push(format!(
-                        "port {}: changed, but it is on a macvlan: take it off first \
-                         (`vpmd macvlan del-port`)",
-                        p.name
-                    ));
-                }
                 plan.del_ports.push(p.name.clone());
                 plan.add_ports.push(q.clone());
                 plan.restarted.push(p.name.clone());
@@ -205,6 +217,19 @@ pub fn plan(started: &Config, running: &Layout, file: &Config) -> Result<Plan, V
         .filter(|v| !kept.contains(&key(v)))
         .cloned()
         .collect();
+    for (r, w) in running.macvlans.iter().zip(&wanted.macvlans) {
+        let pair = |p: &String| [r.uplink.clone(), p.clone()];
+        for p in &r.ports {
+            if !w.ports.contains(p) || plan.del_ports.contains(p) {
+                plan.macvlan_del.push(pair(p));
+            }
+        }
+        for p in &w.ports {
+            if !r.ports.contains(p) || plan.del_ports.contains(p) {
+                plan.macvlan_add.push(pair(p));
+            }
+        }
+    }
     if refused.is_empty() {
         Ok(plan)
     } else {
@@ -319,6 +344,37 @@ mod tests {
         assert_eq!(err.len(), 2, "{err:?}");
         assert!(err[0].starts_with("pmd.control_socket: "), "{err:?}");
         assert!(err[1].starts_with("pmd.max_sleep_us: "), "{err:?}");
+    }
+
+    #[test]
+    fn macvlan_ports_move_and_changed_ones_are_put_back() {
+        let eth = |ports: &[&str]| MacvlanLayout {
+            uplink: "eth9".into(),
+            mode: MacvlanMode::Bridge,
+            queues: 1,
+            ports: ports.iter().map(ToString::to_string).collect(),
+        };
+        let c = config(&(four() + &pair("a", "b") + &pair("c", "d")));
+        // Running: "a" moved onto the macvlan (after a `veth del`), no pairs; the
+        // file has the pair a-b back, "c" changed and still on the macvlan.
+        let mut running = Layout::of(&c);
+        running.veths.clear();
+        running.macvlans.push(eth(&["c", "a"]));
+        let mut file = c.clone();
+        file.ports[2].mtu = 9000;
+        let mut wanted = Layout::of(&file);
+        wanted.veths = vec![["a".into(), "b".into()]];
+        wanted.macvlans.push(eth(&["c"]));
+        let p = plan_layouts(&c, &running, &file, &wanted).unwrap();
+        assert_eq!(p.restarted, ["c"]);
+        let pairs = |v: &[[String; 2]]| {
+            v.iter()
+                .map(|[u, p]| format!("{u}:{p}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&p.macvlan_del), ["eth9:c", "eth9:a"]);
+        assert_eq!(pairs(&p.macvlan_add), ["eth9:c"]);
+        assert_eq!(names(&p.add_veths), ["a-b"]);
     }
 
     #[test]

@@ -21,9 +21,11 @@ use vpmd_backend::port::VirtioNetPort;
 use vpmd_backend::report::Chain;
 use vpmd_backend::stall_guard::{self, StallGuardError, Watchdog};
 
-use crate::config::{Config, ConfigError, Mode, Port};
+use crate::config::{Config, ConfigError, MacvlanMode, Mode, Port, MAX_MACVLAN_PORTS};
 use crate::control::{ControlError, ControlServer, ControlSocket, Request, Requests};
 use crate::counters::{PortCounters, ThreadCounters};
+use crate::fwd::macvlan::decide::MacvlanTable;
+use crate::fwd::macvlan::Released;
 use crate::fwd::veth::VethStream;
 use crate::fwd::{Stream, VhostEndpoint};
 use crate::pmd_thread::{Change, IdlePolicy, PmdThread};
@@ -31,7 +33,7 @@ use crate::reload::{self, Layout, MacvlanLayout};
 use crate::stats::{PortEntry, PortKind, Registry, Snapshot, ThreadEntry};
 use crate::tsc;
 use crate::uplink_setup::{self, UplinkSetupError};
-use vpmd_uplink::Uplink;
+use vpmd_uplink::{MacTable, Uplink};
 
 /// Why vpmd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,7 @@ struct State {
     started: Config,
     ports: Vec<LivePort>,
     veths: Vec<[String; 2]>,
-    macvlans: Vec<MacvlanLayout>,
+    macvlans: Vec<LiveMacvlan>,
     threads: Vec<LiveThread>,
     stop: Arc<AtomicBool>,
     /// Open uplinks: their XDP programs stay attached while these live.
@@ -120,6 +122,14 @@ struct LivePort {
     port: Arc<VirtioNetPort>,
     counters: Arc<PortCounters>,
     connection: Option<Connection>,
+}
+
+/// A macvlan: its ports by name, the XDP program's MAC table (a BPF map whose fd
+/// was opened at start-up: updating it needs no capability), its shards' names.
+struct LiveMacvlan {
+    layout: MacvlanLayout,
+    macs: MacTable,
+    shards: Vec<String>,
 }
 
 /// A polling thread and the names of its streams.
@@ -231,6 +241,7 @@ pub struct Opened {
     idle: IdlePolicy,
     control: ControlSocket,
     uplinks: Vec<Uplink>,
+    macvlans: Vec<LiveMacvlan>,
 }
 
 impl Switch {
@@ -263,8 +274,14 @@ impl Switch {
             .map(|(p, c)| vhost_entry(p, c))
             .collect();
         let mut uplinks = Vec::new();
-        for m in &config.macvlans {
+        let mut macvlans = Vec::new();
+        for (m, layout) in config.macvlans.iter().zip(Layout::of(config).macvlans) {
             let opened = uplink_setup::open(m, &config.ports, &vhost, &counters)?;
+            macvlans.push(LiveMacvlan {
+                layout,
+                macs: opened.uplink.mac_table(),
+                shards: opened.shards.iter().map(|s| s.name().to_string()).collect(),
+            });
             streams.extend(opened.shards);
             port_entries.push(opened.entry);
             uplinks.push(opened.uplink);
@@ -311,6 +328,7 @@ impl Switch {
             },
             control,
             uplinks,
+            macvlans,
         })
     }
 
@@ -363,7 +381,7 @@ impl Opened {
     /// Starts the watchdog, the polling threads, one connection thread per port and
     /// the control thread. On error, whatever was started is stopped.
     pub fn spawn(self) -> Result<Switch, StartError> {
-        let macvlans = Layout::of(&self.config).macvlans;
+        let macvlans = self.macvlans;
         let runtime = Arc::new(Runtime {
             registry: self.registry.clone(),
             config_file: self.config_file,
@@ -473,11 +491,15 @@ impl Requests for Runtime {
                 Some(v) => Ok(v),
                 None => Err(format!("veth.port: port {port:?} is in no veth pair")),
             },
-            Request::MacvlanAddPort { uplink, .. } | Request::MacvlanDelPort { uplink, .. } => {
-                Err(format!(
-                    "macvlan {uplink}: moving ports onto or off a running macvlan is not \
-                     supported yet; change the file and restart vpmd"
-                ))
+            Request::MacvlanAddPort { uplink, port } => {
+                state.macvlan_add_port(&uplink, &port)?;
+                Ok(serde_json::json!({ "macvlan": uplink, "added": port }))
+            }
+            Request::MacvlanDelPort { uplink, port } => {
+                if state.find(&port).is_none() {
+                    return Err(format!("macvlan.port: no port is named {port:?}"));
+                }
+                state.macvlan_del_port(&uplink, &port)
             }
             Request::Reload => {
                 let Some(path) = &self.config_file else {
@@ -528,17 +550,176 @@ impl State {
         if let Some([a, b]) = self.veths.iter().find(|v| v.iter().any(|p| p == name)) {
             return Some(format!("veth {a}<->{b}"));
         }
+        self.macvlan_of(name)
+            .map(|m| format!("macvlan on {}", self.macvlans[m].layout.uplink))
+    }
+
+    /// The macvlan port `name` is on.
+    fn macvlan_of(&self, name: &str) -> Option<usize> {
         self.macvlans
             .iter()
-            .find(|m| m.ports.iter().any(|p| p == name))
-            .map(|m| format!("macvlan on {}", m.uplink))
+            .position(|m| m.layout.ports.iter().any(|p| p == name))
+    }
+
+    /// The macvlan on `uplink`.
+    fn macvlan_on(&self, uplink: &str) -> Result<usize, String> {
+        self.macvlans
+            .iter()
+            .position(|m| m.layout.uplink == uplink)
+            .ok_or_else(|| {
+                format!(
+                    "macvlan.uplink: no macvlan runs on {uplink:?} (uplinks are opened at \
+                     start-up only: add a [[macvlan]] to the file and restart vpmd)"
+                )
+            })
+    }
+
+    /// Gives macvlan `m`'s shards its new port list `names` (and the new port's
+    /// endpoint, for `added`), each between two polls of its thread; returns what
+    /// they let go of.
+    fn set_macvlan_ports(
+        &mut self,
+        m: usize,
+        names: &[String],
+        added: Option<usize>,
+    ) -> Vec<Released> {
+        let lm = &self.macvlans[m];
+        let specs: Vec<([u8; 6], bool)> = names
+            .iter()
+            .filter_map(|n| self.find(n))
+            .map(|i| {
+                (
+                    self.ports[i].spec.mac.0,
+                    self.ports[i].spec.allow_mac_spoofing,
+                )
+            })
+            .collect();
+        let table = Arc::new(MacvlanTable::new(lm.layout.mode, &specs));
+        let queues = lm.layout.queues as usize;
+        let mut released = Vec::new();
+        for (q, shard) in lm.shards.iter().enumerate() {
+            let Some(t) = self.threads.iter().position(|t| t.streams.contains(shard)) else {
+                continue;
+            };
+            let endpoint = added.map(|i| {
+                let p = &self.ports[i];
+                VhostEndpoint::new(p.port.clone(), &p.counters)
+            });
+            let out: Arc<Mutex<Option<Released>>> = Arc::default();
+            let (slot, table, names) = (out.clone(), table.clone(), names.to_vec());
+            let edit = move |s: &mut dyn Stream| {
+                if let Some(shard) = s.as_macvlan() {
+                    let r = shard.set_ports(table, &names, endpoint, queues, q);
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+                }
+            };
+            let _ = self.threads[t]
+                .pmd
+                .change(vec![Change::Edit(shard.clone(), Box::new(edit))]);
+            released.extend(out.lock().unwrap_or_else(PoisonError::into_inner).take());
+        }
+        released
+    }
+
+    /// Puts port `name` (in no veth or macvlan) on the macvlan on `uplink`: the
+    /// shards learn it first, then the XDP program redirects its MAC.
+    fn macvlan_add_port(&mut self, uplink: &str, name: &str) -> Result<(), String> {
+        let m = self.macvlan_on(uplink)?;
+        let idx = self
+            .find(name)
+            .ok_or_else(|| format!("macvlan.port: no port is named {name:?}"))?;
+        if let Some(by) = self.attached(name) {
+            return Err(format!(
+                "macvlan.port: port {name:?} already belongs to {by}"
+            ));
+        }
+        let layout = &self.macvlans[m].layout;
+        if layout.mode == MacvlanMode::Passthru && !layout.ports.is_empty() {
+            return Err(format!(
+                "macvlan.port: the macvlan on {uplink} is in passthru mode, which gives the \
+                 uplink to exactly one port ({:?})",
+                layout.ports[0]
+            ));
+        }
+        if layout.ports.len() >= MAX_MACVLAN_PORTS {
+            return Err(format!(
+                "macvlan.port: the macvlan on {uplink} has {MAX_MACVLAN_PORTS} ports already"
+            ));
+        }
+        let mut names = layout.ports.clone();
+        names.push(name.to_string());
+        let released = self.set_macvlan_ports(m, &names, Some(idx));
+        drop(released);
+        let mac = self.ports[idx].spec.mac;
+        if let Err(e) = self.macvlans[m].macs.insert(mac, (names.len() - 1) as u32) {
+            // Back off again: the port would get no unicast frames.
+            let mut back = self.set_macvlan_ports(m, &self.macvlans[m].layout.ports.clone(), None);
+            back.clear();
+            return Err(format!(
+                "macvlan.port: cannot add MAC {mac} of port {name} to the XDP program's \
+                 table: {}",
+                Chain(&e)
+            ));
+        }
+        self.macvlans[m].layout.ports = names;
+        log::info!("macvlan on {uplink}: port {name} added at runtime (MAC {mac} redirected)");
+        Ok(())
+    }
+
+    /// Takes port `name` off the macvlan on `uplink`: the XDP program stops
+    /// redirecting its MAC first, then the shards let go of it. The port stays.
+    fn macvlan_del_port(&mut self, uplink: &str, name: &str) -> Result<serde_json::Value, String> {
+        let m = self.macvlan_on(uplink)?;
+        let layout = &self.macvlans[m].layout;
+        if !layout.ports.iter().any(|p| p == name) {
+            return Err(format!(
+                "macvlan.port: port {name:?} is not on the macvlan on {uplink}"
+            ));
+        }
+        let names: Vec<String> = layout
+            .ports
+            .iter()
+            .filter(|p| *p != name)
+            .cloned()
+            .collect();
+        let idx = self.find(name).expect("a macvlan's ports exist");
+        let mac = self.ports[idx].spec.mac;
+        if let Err(e) = self.macvlans[m].macs.remove(mac) {
+            log::warn!(
+                "macvlan on {uplink}: cannot remove MAC {mac} of port {name}: {}",
+                Chain(&e)
+            );
+        }
+        // The others' numbers, as the shards' new table has them.
+        for (i, n) in names.iter().enumerate() {
+            if let Some(j) = self.find(n) {
+                if let Err(e) = self.macvlans[m]
+                    .macs
+                    .insert(self.ports[j].spec.mac, i as u32)
+                {
+                    log::warn!("macvlan on {uplink}: port {n}: {}", Chain(&e));
+                }
+            }
+        }
+        let mut released = self.set_macvlan_ports(m, &names, None);
+        let in_flight: u64 = released.iter_mut().map(|r| r.in_flight(name)).sum();
+        // The shards' endpoints and caches of the port go here.
+        drop(released);
+        self.macvlans[m].layout.ports = names;
+        log::info!(
+            "macvlan on {uplink}: port {name} taken off at runtime; {in_flight} frames left \
+             untaken in its transmit ring"
+        );
+        Ok(
+            serde_json::json!({ "macvlan_removed": [uplink, name], "in_flight": { name: in_flight } }),
+        )
     }
 
     fn layout(&self) -> Layout {
         Layout {
             ports: self.ports.iter().map(|p| p.spec.clone()).collect(),
             veths: self.veths.clone(),
-            macvlans: self.macvlans.clone(),
+            macvlans: self.macvlans.iter().map(|m| m.layout.clone()).collect(),
         }
     }
 
@@ -703,16 +884,10 @@ impl State {
         let idx = self
             .find(name)
             .ok_or_else(|| format!("port.name: no port is named {name:?}"))?;
-        if let Some(m) = self
-            .macvlans
-            .iter()
-            .find(|m| m.ports.iter().any(|p| p == name))
-        {
-            return Err(format!(
-                "port.name: port {name:?} is on the macvlan on {}, which cannot change while \
-                 vpmd runs; remove it from the file and restart vpmd",
-                m.uplink
-            ));
+        let mut macvlan = None;
+        if let Some(m) = self.macvlan_of(name) {
+            let uplink = self.macvlans[m].layout.uplink.clone();
+            macvlan = Some(self.macvlan_del_port(&uplink, name)?);
         }
         let veth = self.del_veth_of(registry, name)?;
         let live = self.ports.remove(idx);
@@ -746,6 +921,10 @@ impl State {
             reply["veth_removed"] = v["veth_removed"].clone();
             reply["in_flight"] = v["in_flight"].clone();
         }
+        if let Some(m) = macvlan {
+            reply["macvlan_removed"] = m["macvlan_removed"].clone();
+            reply["in_flight"] = m["in_flight"].clone();
+        }
         Ok(reply)
     }
 
@@ -759,8 +938,13 @@ impl State {
             return Ok(serde_json::json!({ "reload": "nothing to do" }));
         }
         log::info!(
-            "reload: removing veths [{}] and ports [{}] (restarted: [{}]), adding ports [{}] \
-             and veths [{}]",
+            "reload: taking [{}] off macvlans, removing veths [{}] and ports [{}] (restarted: \
+             [{}]), adding ports [{}] and veths [{}], putting [{}] on macvlans",
+            plan.macvlan_del
+                .iter()
+                .map(|v| v.join(":"))
+                .collect::<Vec<_>>()
+                .join(", "),
             plan.del_veths
                 .iter()
                 .map(|v| v.join("<->"))
@@ -778,6 +962,11 @@ impl State {
                 .map(|v| v.join("<->"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            plan.macvlan_add
+                .iter()
+                .map(|v| v.join(":"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         let mut done: Vec<String> = Vec::new();
         let stopped = |done: &[String], e: String| {
@@ -786,6 +975,11 @@ impl State {
                 done.join(", ")
             )
         };
+        for [uplink, p] in &plan.macvlan_del {
+            self.macvlan_del_port(uplink, p)
+                .map_err(|e| stopped(&done, e))?;
+            done.push(format!("macvlan del-port {uplink} {p}"));
+        }
         for v in &plan.del_veths {
             self.del_veth_of(registry, &v[0])
                 .map_err(|e| stopped(&done, e))?;
@@ -806,6 +1000,11 @@ impl State {
                 .map_err(|e| stopped(&done, e))?;
             done.push(format!("veth add {a} {b}"));
         }
+        for [uplink, p] in &plan.macvlan_add {
+            self.macvlan_add_port(uplink, p)
+                .map_err(|e| stopped(&done, e))?;
+            done.push(format!("macvlan add-port {uplink} {p}"));
+        }
         Ok(serde_json::json!({
             "reload": "applied",
             "del_veths": plan.del_veths,
@@ -813,6 +1012,8 @@ impl State {
             "add_ports": plan.add_ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
             "add_veths": plan.add_veths,
             "restarted": plan.restarted,
+            "macvlan_del": plan.macvlan_del,
+            "macvlan_add": plan.macvlan_add,
         }))
     }
 }

@@ -97,6 +97,10 @@ pub trait Stream: Send {
     fn retire(&mut self) -> u64 {
         0
     }
+    /// This stream as a macvlan shard, for changing its ports between polls.
+    fn as_macvlan(&mut self) -> Option<&mut macvlan::MacvlanShard> {
+        None
+    }
 }
 
 /// A vhost-user port as one stream holds it: the shared port and counters, and
