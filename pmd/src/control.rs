@@ -10,12 +10,17 @@
 //! ports are handed to the switch ([`Requests`]), which changes the polling
 //! threads' streams without stopping them.
 //!
+//! Who may ask what: whoever may connect (`[pmd] control_socket_mode/group`, e.g. a
+//! monitoring group) gets `stats` and `port-list`; requests that change ports are
+//! answered only for root and vpmd's own user, told apart by the connecting
+//! process's credentials (`SO_PEERCRED`, set by the kernel at `connect`).
+//!
 //! One thread accepts; each client is answered by a short-lived thread of its own,
 //! so a client that connects and sends nothing, or reads its answer slowly, never
 //! delays another. What clients can hold is bounded: at most `MAX_CLIENTS` (16)
 //! are served at once, and a client beyond that is served after the *oldest* one is
 //! cut off (its socket shut down): silent clients that pile up push each other out
-//! instead of locking `vpmd stats` out. A request line is at most `MAX_REQUEST` (256) bytes (a
+//! instead of locking `vpmd stats` out. A request line is at most `MAX_REQUEST` (4096) bytes (a
 //! longer one is answered with an error and the connection closed), and the whole
 //! exchange has one deadline (`IO_TIMEOUT`, 2 s), however slowly the client trickles.
 //! [`ControlServer::stop`] waits for the accept thread only: a client thread still
@@ -350,8 +355,8 @@ impl Handlers {
         }
     }
 
-    /// The answer to one request line.
-    fn reply(&self, line: &str) -> serde_json::Value {
+    /// The answer to one request line from a process running as `peer` (uid).
+    fn reply(&self, line: &str, peer: Option<u32>) -> serde_json::Value {
         let line = line.trim();
         let request = if line == "stats" {
             Request::Stats
@@ -363,6 +368,14 @@ impl Handlers {
         } else {
             return error_reply(format!("unknown request {line:?}"));
         };
+        if request.changes() && !may_change(peer) {
+            return error_reply(format!(
+                "only root and vpmd's own user (uid {}) may change ports; this caller \
+                 (uid {}) may read stats and the port list",
+                own_uid(),
+                peer.map_or_else(|| "unknown".to_string(), |u| u.to_string())
+            ));
+        }
         match request {
             Request::Stats => serde_json::to_value(self.registry.snapshot())
                 .unwrap_or_else(|e| error_reply(e.to_string())),
@@ -372,6 +385,42 @@ impl Handlers {
             },
         }
     }
+}
+
+/// Whether a process running as `peer` may change ports: root, or vpmd's own user.
+fn may_change(peer: Option<u32>) -> bool {
+    peer.is_some_and(|uid| uid == 0 || uid == own_uid())
+}
+
+/// vpmd's effective uid.
+#[allow(unsafe_code)]
+fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process that connected `stream` (`SO_PEERCRED`).
+#[allow(unsafe_code)]
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of `ucred`) into
+    // `cred`, a live local of that type, and its length into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred.uid)
 }
 
 fn error_reply(message: String) -> serde_json::Value {
@@ -418,7 +467,7 @@ fn answer(stream: &UnixStream, handlers: &Handlers, deadline: Duration) -> io::R
     stream.set_nonblocking(false)?;
     let reply = match read_request(stream, end)? {
         Line::Line(line) => {
-            let reply = handlers.reply(&line).to_string();
+            let reply = handlers.reply(&line, peer_uid(stream)).to_string();
             // A change may take longer than the deadline (connections closing): the
             // answer gets a deadline of its own.
             end = Instant::now() + deadline;
@@ -574,6 +623,44 @@ mod tests {
         clients: 8,
         deadline: Duration::from_secs(600),
     };
+
+    #[test]
+    fn only_root_and_vpmds_user_may_change_ports() {
+        assert!(may_change(Some(0)));
+        assert!(may_change(Some(own_uid())));
+        assert!(!may_change(Some(own_uid().wrapping_add(4242).max(1))));
+        assert!(!may_change(None));
+        let h = Handlers::stats_only(registry());
+        let r = h.reply(r#"{"request":"port-del","name":"vm0"}"#, Some(65534));
+        assert!(r["error"].as_str().unwrap().starts_with("only root"), "{r}");
+        // Reading is for everyone who may connect.
+        assert!(h.reply("stats", Some(65534))["ports"].is_array());
+        assert!(h.reply(r#"{"request":"stats"}"#, None)["ports"].is_array());
+    }
+
+    #[test]
+    fn requests_are_json_with_their_fields() {
+        let h = Handlers::stats_only(registry());
+        let e = |line: &str| {
+            h.reply(line, Some(0))["error"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(e(r#"{"request":"port-del"}"#).contains("missing field `name`"));
+        assert!(e(r#"{"request":"port-del","name":"a","x":1}"#).contains("unknown field `x`"));
+        assert!(e(r#"{"request":"dance"}"#).contains("unknown variant `dance`"));
+        assert!(e("reload").contains("unknown request"));
+        assert!(e(r#"{"request":"reload"}"#).contains("stats only"));
+        let r = Request::VethAdd {
+            ports: ["a".into(), "b".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"request":"veth-add","ports":["a","b"]}"#
+        );
+        assert!(r.changes() && !Request::PortList.changes());
+    }
 
     #[test]
     fn answers_stats_and_refuses_a_second_server() {
