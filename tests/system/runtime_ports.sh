@@ -12,7 +12,8 @@
 #  4. meanwhile ports c and d are added and paired (their QEMUs, started with the
 #     others, wait for vpmd to connect before they boot, so c and d boot now),
 #     they ping each other; d is removed while c pings it (its connection
-#     closed: c's pings are lost) and added back (answered again);
+#     closed, its guest memory no longer mapped by vpmd when `port del` returns:
+#     c's pings are lost) and added back (answered again);
 #  5. the same through the file: `vpmd reload` with the running set written out
 #     changes nothing; with d changed it restarts d; with c and d gone it removes
 #     both; with them back it adds them; with pmd.cores changed it is refused and
@@ -150,8 +151,16 @@ assert_ping c 56 5
 assert_ping d 56 5
 wait_more c oks 3 60 || fail "guest c: its watch pings of d are not answered"
 wait_port_state d up 10 || fail "port d not up"
+# d's guest memory (QEMU's memfd) is mapped by vpmd while d is connected, and
+# unmapped once d is removed.
+d_mem=$(memfd_inodes "$(guest_pid d)")
+[[ -n $d_mem ]] || fail "guest d's QEMU maps no memfd"
+mapped_d() { comm -12 <(memfd_inodes "$VPMD_PID") <(echo "$d_mem"); }
+[[ -n $(mapped_d) ]] || fail "vpmd does not map guest d's memory while d is up"
 del=$(vctl port del d) || fail "port del d failed"
 log "port del d: $del"
+[[ -z $(mapped_d) ]] || fail "guest d's memory still mapped by vpmd after port del d"
+log "guest d's memory (memfd inode $d_mem) unmapped by vpmd once port del d returned"
 [[ $(jq -r .connected <<<"$del") == true ]] || fail "port del d: its VM was not connected: $del"
 [[ $(jq -c .veth_removed <<<"$del") == '["c","d"]' ]] || fail "port del d: its pair not removed: $del"
 jq -e '.in_flight["c->d"] >= 0 and .in_flight["d->c"] >= 0' <<<"$del" >/dev/null ||
