@@ -394,6 +394,9 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config.cores,
         config.control_socket.display()
     );
+    if config.ports.is_empty() {
+        println!("  no [[port]]: vpmd starts with none; add them with `vpmd port add`");
+    }
     for p in &config.ports {
         println!(
             "  port {}: {} ({}), mac {}, mtu {}",
