@@ -14,6 +14,9 @@
 #  - `vpmd macvlan del-port`: the namespace's pings go unanswered; add-port again:
 #    answered again;
 #  - `vpmd port del vm1` takes it off the macvlan and closes its connection;
+#  - `vpmd reload` of a file that has vm1 on the macvlan adds it and puts it on
+#    (vpmd connects to the guest's QEMU again: answered), of the first file takes
+#    it off and removes it (unanswered);
 #  - on every port, uplink included, tx_packets = forwarded + drops; SIGTERM stops
 #    vpmd cleanly and leaves no XDP program on the uplink.
 set -euo pipefail
@@ -34,20 +37,19 @@ ip -n "$NS" addr add "$NET.254/24" dev "$OUT"
 ip -n "$NS" link set "$OUT" up
 
 mkdir -p "$WORK/sock"
-cat >"$WORK/vpmd.toml" <<TOML
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$WORK/sock/vm0.sock"
-mac = "52:54:00:00:21:01"
-
-[[macvlan]]
-uplink = "$UP"
-ports = ["vm0"]
-TOML
+# write_config PORTS...: vm0 and, if named, vm1 (client role, as added below) on the macvlan.
+write_config() {
+  {
+    printf '[pmd]\ncores = [1]\ncontrol_socket = "%s"\n' "$CONTROL"
+    printf '\n[[port]]\nname = "vm0"\nsocket = "%s/sock/vm0.sock"\nmac = "52:54:00:00:21:01"\n' "$WORK"
+    if [[ " $* " == *" vm1 "* ]]; then
+      printf '\n[[port]]\nname = "vm1"\nsocket = "%s/sock/vm1.sock"\nmode = "client"\nmac = "%s"\n' \
+        "$WORK" "$MAC1"
+    fi
+    printf '\n[[macvlan]]\nuplink = "%s"\nports = [%s]\n' "$UP" "$(printf '"%s",' "$@" | sed 's/,$//')"
+  } >"$WORK/vpmd.toml"
+}
+write_config vm0
 
 vctl() { "$VPMD" "$@" --control "$CONTROL"; }
 layout() { vctl port list --json | jq -c '{ports: [.ports[] | del(.state)], veths, threads}'; }
@@ -70,8 +72,11 @@ ns_pings() {
 
 start_vpmd "$WORK/vpmd.toml"
 grep -aq 'privileges: kept none' "$VPMD_LOG" || fail "vpmd kept capabilities"
-vctl port add vm1 --socket "$WORK/sock/vm1.sock" --mac "$MAC1" >/dev/null || fail "port add vm1"
-start_guest g "$WORK/sock/vm1.sock" server "$MAC1" "" "vpmd.ip=$NET.2/24"
+# vm1 in the client role: QEMU listens, so that vpmd can connect again after the
+# port is removed and added back.
+vctl port add vm1 --socket "$WORK/sock/vm1.sock" --mac "$MAC1" --mode client >/dev/null ||
+  fail "port add vm1"
+start_guest g "$WORK/sock/vm1.sock" client "$MAC1" "" "vpmd.ip=$NET.2/24"
 wait_guest g '^VPMD-LINK' 120
 [[ $(ns_pings 3) == 0 ]] || fail "the guest answered before its port was on the macvlan"
 
@@ -103,10 +108,26 @@ r=$(vctl port del vm1) || fail "port del vm1"
 log "port del vm1: $r"
 [[ $(ns_pings 3) == 0 ]] || fail "the guest answered after its port was removed"
 
+write_config vm0 vm1
+r=$(vctl reload) || fail "reload with vm1 on the macvlan"
+log "reload with vm1 on the macvlan: $r"
+[[ $(jq -c .add_ports <<<"$r") == '["vm1"]' && $(jq -c .macvlan_add <<<"$r") == "[[\"$UP\",\"vm1\"]]" ]] ||
+  fail "reload did not add vm1 onto the macvlan: $r"
+got=0
+for _ in 1 2 3 4 5 6 7 8 9 10; do got=$(ns_pings 5); [[ $got == 5 ]] && break; sleep 2; done
+[[ $got == 5 ]] || fail "the namespace got $got/5 answers after the reload put vm1 back"
+log "after reload: the namespace pings the guest again, 5/5"
+write_config vm0
+r=$(vctl reload) || fail "reload without vm1"
+[[ $(jq -c .macvlan_del <<<"$r") == "[[\"$UP\",\"vm1\"]]" && $(jq -c .del_ports <<<"$r") == '["vm1"]' ]] ||
+  fail "reload did not take vm1 off: $r"
+[[ $(ns_pings 3) == 0 ]] || fail "the guest answered after the reload took vm1 off"
+log "reload without vm1: taken off and removed, no answers"
+
 json=$(vpmd_stats_json)
 bad=$(jq -r '.ports[] | select(.tx_packets != .forwarded + ([.drops[]] | add)) | .name' <<<"$json")
 [[ -z $bad ]] || fail "counters do not add up on: $bad"
 stop_pid "$(guest_pid g)" TERM 10
 stop_vpmd
 ! ip -d link show dev "$UP" | grep -q "prog/xdp" || fail "an XDP program is still attached to $UP"
-pass "a port moved onto, off and onto a running macvlan with no capability held; bad requests refused"
+pass "a port moved onto, off and onto a running macvlan, and by reload, with no capability held; bad requests refused"
