@@ -2,15 +2,25 @@
 //! The control socket: how `vpmd stats` reaches the running instance.
 //!
 //! A unix stream socket (mode 0600). The client sends one request line, the server
-//! answers one JSON line and closes. Requests: `stats`. Unknown requests get
-//! `{"error": "..."}`. The server threads never touch frames.
+//! answers one JSON line and closes. Requests: `stats` (a plain word, as older
+//! clients send it), or one JSON object, a [`Request`] (`{"request":"port-del",
+//! "name":"vm3"}`; docs/interfaces.md lists them). Refused and unknown requests get
+//! `{"error": "..."}`, the message naming the field when a field is wrong
+//! (`port.mac: ...`). The server threads never touch frames: requests that change
+//! ports are handed to the switch ([`Requests`]), which changes the polling
+//! threads' streams without stopping them.
+//!
+//! Who may ask what: whoever may connect (`[pmd] control_socket_mode/group`, e.g. a
+//! monitoring group) gets `stats` and `port-list`; requests that change ports are
+//! answered only for root and vpmd's own user, told apart by the connecting
+//! process's credentials (`SO_PEERCRED`, set by the kernel at `connect`).
 //!
 //! One thread accepts; each client is answered by a short-lived thread of its own,
 //! so a client that connects and sends nothing, or reads its answer slowly, never
 //! delays another. What clients can hold is bounded: at most `MAX_CLIENTS` (16)
 //! are served at once, and a client beyond that is served after the *oldest* one is
 //! cut off (its socket shut down): silent clients that pile up push each other out
-//! instead of locking `vpmd stats` out. A request line is at most `MAX_REQUEST` (256) bytes (a
+//! instead of locking `vpmd stats` out. A request line is at most `MAX_REQUEST` (4096) bytes (a
 //! longer one is answered with an error and the connection closed), and the whole
 //! exchange has one deadline (`IO_TIMEOUT`, 2 s), however slowly the client trickles.
 //! [`ControlServer::stop`] waits for the accept thread only: a client thread still
@@ -25,14 +35,79 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::stats::{Registry, Snapshot};
+
+/// A request on the control socket, as JSON: `{"request": "<kebab-case name>", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Every counter (also the plain line `stats`).
+    Stats,
+    /// Add a port: `port` holds the `[[port]]` fields of the config file.
+    PortAdd {
+        /// The port, as in the file.
+        port: serde_json::Value,
+    },
+    /// Remove a port (and the veth pair it is in), closing its connection.
+    PortDel {
+        /// Its name.
+        name: String,
+    },
+    /// The ports and what each is attached to.
+    PortList,
+    /// Pair two ports that are in no veth or macvlan.
+    VethAdd {
+        /// The two ports.
+        ports: [String; 2],
+    },
+    /// Remove the veth pair `port` is in; both ports stay.
+    VethDel {
+        /// Either port of the pair.
+        port: String,
+    },
+    /// Add a port that is in no veth or macvlan to a running macvlan.
+    MacvlanAddPort {
+        /// The macvlan's uplink.
+        uplink: String,
+        /// The port.
+        port: String,
+    },
+    /// Take a port off its macvlan; the port stays.
+    MacvlanDelPort {
+        /// The macvlan's uplink.
+        uplink: String,
+        /// The port.
+        port: String,
+    },
+    /// Apply the difference between the running ports and the config file.
+    Reload,
+}
+
+impl Request {
+    /// Whether the request changes ports (and may take a while).
+    pub fn changes(&self) -> bool {
+        !matches!(self, Request::Stats | Request::PortList)
+    }
+}
+
+/// What answers the requests other than `stats` (the running switch).
+pub trait Requests: Send + Sync {
+    /// The answer, or why the request was refused (nothing was changed then,
+    /// unless the message says what was).
+    fn handle(&self, request: Request) -> Result<serde_json::Value, String>;
+}
 
 /// How long a client may take to send its request and read the answer, in all.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the accept loop looks at the stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest request line accepted, newline included.
-const MAX_REQUEST: usize = 256;
+const MAX_REQUEST: usize = 4096;
+/// How long a client waits for the answer to a request that changes ports (closing
+/// a VM's connection may wait for its memory to be let go of: up to 5 s a port).
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most clients answered at once.
 const MAX_CLIENTS: usize = 16;
 
@@ -54,6 +129,9 @@ pub enum ControlError {
     /// The server thread could not be started.
     #[error("cannot start the control thread")]
     Thread(#[source] io::Error),
+    /// The running vpmd refused the request.
+    #[error("{0}")]
+    Refused(String),
     /// `vpmd stats` could not reach a running vpmd.
     #[error("cannot reach vpmd on {path} (is it running?)")]
     Connect {
@@ -140,22 +218,35 @@ impl ControlSocket {
         Ok(ControlSocket { listener, file })
     }
 
-    /// Answers requests from `registry` in threads of its own.
+    /// Answers `stats` from `registry` in threads of its own; other requests are
+    /// refused.
     pub fn serve(self, registry: Arc<Registry>) -> Result<ControlServer, ControlError> {
-        self.serve_with(registry, LIMITS)
+        self.serve_with(Handlers::stats_only(registry), LIMITS)
     }
 
-    fn serve_with(
+    /// Answers `stats` from `registry` and every other request with `requests`.
+    pub fn serve_requests(
         self,
         registry: Arc<Registry>,
-        limits: Limits,
+        requests: Arc<dyn Requests>,
     ) -> Result<ControlServer, ControlError> {
+        self.serve_with(
+            Handlers {
+                registry,
+                requests: Some(requests),
+            },
+            LIMITS,
+        )
+    }
+
+    fn serve_with(self, handlers: Handlers, limits: Limits) -> Result<ControlServer, ControlError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let listener = self.listener;
+        let handlers = Arc::new(handlers);
         let thread = thread::Builder::new()
             .name("vpmd-control".into())
-            .spawn(move || accept_loop(listener, registry, flag, limits))
+            .spawn(move || accept_loop(listener, handlers, flag, limits))
             .map_err(ControlError::Thread)?;
         Ok(ControlServer {
             stop,
@@ -177,7 +268,7 @@ impl ControlServer {
         registry: Arc<Registry>,
         limits: Limits,
     ) -> Result<ControlServer, ControlError> {
-        ControlSocket::bind(path)?.serve_with(registry, limits)
+        ControlSocket::bind(path)?.serve_with(Handlers::stats_only(registry), limits)
     }
 
     /// Stops accepting and removes the socket file. Clients being answered finish
@@ -250,9 +341,95 @@ impl Drop for Slot {
     }
 }
 
+/// Who answers what.
+struct Handlers {
+    registry: Arc<Registry>,
+    requests: Option<Arc<dyn Requests>>,
+}
+
+impl Handlers {
+    fn stats_only(registry: Arc<Registry>) -> Self {
+        Handlers {
+            registry,
+            requests: None,
+        }
+    }
+
+    /// The answer to one request line from a process running as `peer` (uid).
+    fn reply(&self, line: &str, peer: Option<u32>) -> serde_json::Value {
+        let line = line.trim();
+        let request = if line == "stats" {
+            Request::Stats
+        } else if line.starts_with('{') {
+            match serde_json::from_str::<Request>(line) {
+                Ok(r) => r,
+                Err(e) => return error_reply(format!("bad request: {e}")),
+            }
+        } else {
+            return error_reply(format!("unknown request {line:?}"));
+        };
+        if request.changes() && !may_change(peer) {
+            return error_reply(format!(
+                "only root and vpmd's own user (uid {}) may change ports; this caller \
+                 (uid {}) may read stats and the port list",
+                own_uid(),
+                peer.map_or_else(|| "unknown".to_string(), |u| u.to_string())
+            ));
+        }
+        match request {
+            Request::Stats => serde_json::to_value(self.registry.snapshot())
+                .unwrap_or_else(|e| error_reply(e.to_string())),
+            other => match &self.requests {
+                None => error_reply("this instance answers stats only".to_string()),
+                Some(h) => h.handle(other).unwrap_or_else(error_reply),
+            },
+        }
+    }
+}
+
+/// Whether a process running as `peer` may change ports: root, or vpmd's own user.
+fn may_change(peer: Option<u32>) -> bool {
+    peer.is_some_and(|uid| uid == 0 || uid == own_uid())
+}
+
+/// vpmd's effective uid.
+#[allow(unsafe_code)]
+fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process that connected `stream` (`SO_PEERCRED`).
+#[allow(unsafe_code)]
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of `ucred`) into
+    // `cred`, a live local of that type, and its length into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred.uid)
+}
+
+fn error_reply(message: String) -> serde_json::Value {
+    serde_json::json!({ "error": message })
+}
+
 fn accept_loop(
     listener: UnixListener,
-    registry: Arc<Registry>,
+    registry: Arc<Handlers>,
     stop: Arc<AtomicBool>,
     limits: Limits,
 ) {
@@ -261,12 +438,12 @@ fn accept_loop(
         match listener.accept() {
             Ok((stream, _)) => {
                 let slot = Slot::take(&clients, &stream, limits.clients);
-                let registry = registry.clone();
+                let handlers = registry.clone();
                 let spawned = thread::Builder::new()
                     .name("vpmd-control-client".into())
                     .spawn(move || {
                         let _slot = slot;
-                        if let Err(e) = answer(&stream, &registry, limits.deadline) {
+                        if let Err(e) = answer(&stream, &handlers, limits.deadline) {
                             log::debug!("control socket: request failed: {e}");
                         }
                     });
@@ -285,17 +462,18 @@ fn accept_loop(
 
 /// Reads one request line and writes the answer, all before `deadline` has passed
 /// since the call.
-fn answer(stream: &UnixStream, registry: &Registry, deadline: Duration) -> io::Result<()> {
-    let end = Instant::now() + deadline;
+fn answer(stream: &UnixStream, handlers: &Handlers, deadline: Duration) -> io::Result<()> {
+    let mut end = Instant::now() + deadline;
     stream.set_nonblocking(false)?;
     let reply = match read_request(stream, end)? {
-        Request::Line(line) => match line.trim() {
-            "stats" => serde_json::to_string(&registry.snapshot()).map_err(io::Error::other)?,
-            other => {
-                serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
-            }
-        },
-        Request::TooLong => serde_json::json!({
+        Line::Line(line) => {
+            let reply = handlers.reply(&line, peer_uid(stream)).to_string();
+            // A change may take longer than the deadline (connections closing): the
+            // answer gets a deadline of its own.
+            end = Instant::now() + deadline;
+            reply
+        }
+        Line::TooLong => serde_json::json!({
             "error": format!("request longer than {MAX_REQUEST} bytes")
         })
         .to_string(),
@@ -308,7 +486,7 @@ fn answer(stream: &UnixStream, registry: &Registry, deadline: Duration) -> io::R
 }
 
 /// What a client sent.
-enum Request {
+enum Line {
     /// Up to the newline or the end of the stream (the newline not included).
     Line(String),
     /// `MAX_REQUEST` bytes and no newline.
@@ -327,7 +505,7 @@ fn left(end: Instant) -> io::Result<Duration> {
 }
 
 /// Reads one request line, each read limited to the time left until `end`.
-fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Request> {
+fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Line> {
     let mut buf = [0u8; MAX_REQUEST];
     let mut len = 0;
     while len < MAX_REQUEST {
@@ -342,16 +520,16 @@ fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Request> {
         }
         if let Some(nl) = buf[len..len + n].iter().position(|&b| b == b'\n') {
             len += nl;
-            return Ok(Request::Line(
+            return Ok(Line::Line(
                 String::from_utf8_lossy(&buf[..len]).into_owned(),
             ));
         }
         len += n;
     }
     if len == MAX_REQUEST {
-        return Ok(Request::TooLong);
+        return Ok(Line::TooLong);
     }
-    Ok(Request::Line(
+    Ok(Line::Line(
         String::from_utf8_lossy(&buf[..len]).into_owned(),
     ))
 }
@@ -368,6 +546,39 @@ fn write_all_by(mut stream: &UnixStream, mut bytes: &[u8], end: Instant) -> io::
         }
     }
     Ok(())
+}
+
+/// Sends `request` to the vpmd listening on `path` and returns its answer; an
+/// `{"error": ...}` answer is [`ControlError::Refused`].
+pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let timeout = if request.changes() {
+        CHANGE_TIMEOUT
+    } else {
+        IO_TIMEOUT
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(request).map_err(|e| io(io::Error::other(e)))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(io)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|e| ControlError::BadAnswer {
+            path: path.to_path_buf(),
+            detail: format!("{e}: {}", reply.trim()),
+        })?;
+    if let Some(msg) = value.get("error").and_then(serde_json::Value::as_str) {
+        return Err(ControlError::Refused(msg.to_string()));
+    }
+    Ok(value)
 }
 
 /// Asks the vpmd listening on `path` for its counters.
@@ -395,11 +606,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Arc<Registry> {
-        Arc::new(Registry {
-            ports: Vec::new(),
-            threads: Vec::new(),
-            tsc_hz: 1,
-        })
+        Arc::new(Registry::new(Vec::new(), Vec::new(), 1))
     }
 
     /// A fresh socket path for test `name`, and its directory to remove.
@@ -416,6 +623,44 @@ mod tests {
         clients: 8,
         deadline: Duration::from_secs(600),
     };
+
+    #[test]
+    fn only_root_and_vpmds_user_may_change_ports() {
+        assert!(may_change(Some(0)));
+        assert!(may_change(Some(own_uid())));
+        assert!(!may_change(Some(own_uid().wrapping_add(4242).max(1))));
+        assert!(!may_change(None));
+        let h = Handlers::stats_only(registry());
+        let r = h.reply(r#"{"request":"port-del","name":"vm0"}"#, Some(65534));
+        assert!(r["error"].as_str().unwrap().starts_with("only root"), "{r}");
+        // Reading is for everyone who may connect.
+        assert!(h.reply("stats", Some(65534))["ports"].is_array());
+        assert!(h.reply(r#"{"request":"stats"}"#, None)["ports"].is_array());
+    }
+
+    #[test]
+    fn requests_are_json_with_their_fields() {
+        let h = Handlers::stats_only(registry());
+        let e = |line: &str| {
+            h.reply(line, Some(0))["error"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(e(r#"{"request":"port-del"}"#).contains("missing field `name`"));
+        assert!(e(r#"{"request":"port-del","name":"a","x":1}"#).contains("unknown field `x`"));
+        assert!(e(r#"{"request":"dance"}"#).contains("unknown variant `dance`"));
+        assert!(e("reload").contains("unknown request"));
+        assert!(e(r#"{"request":"reload"}"#).contains("stats only"));
+        let r = Request::VethAdd {
+            ports: ["a".into(), "b".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"request":"veth-add","ports":["a","b"]}"#
+        );
+        assert!(r.changes() && !Request::PortList.changes());
+    }
 
     #[test]
     fn answers_stats_and_refuses_a_second_server() {

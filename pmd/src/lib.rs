@@ -8,7 +8,8 @@
 //! - [`config`]: the TOML configuration, validated with errors that name the field.
 //! - [`switch`]: a running instance: ports, connections, polling threads, control socket.
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
-//! - [`control`]: the control socket behind `vpmd stats`.
+//! - [`control`]: the control socket behind `vpmd stats`, `vpmd port ...`, `vpmd reload`.
+//! - [`reload`]: what `vpmd reload` changes: the running ports against the file.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
 //! - [`stats_view`]: `vpmd stats --watch` rates and the per-thread `--pmd` view.
 //! - [`metrics`]: `[pmd] metrics`, the same snapshots served to Prometheus.
@@ -34,6 +35,7 @@ pub mod notify;
 pub mod pmd_thread;
 pub mod privileges;
 pub mod ratelimit;
+pub mod reload;
 pub mod stats;
 pub mod stats_view;
 pub mod switch;

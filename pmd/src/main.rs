@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use vpmd::config::{Config, Mode, DEFAULT_CONTROL_SOCKET};
-use vpmd::control;
+use vpmd::control::{self, Request};
 use vpmd::metrics::MetricsListener;
 use vpmd::notify::Notifier;
 use vpmd::privileges;
@@ -74,6 +74,199 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// Add, remove or list the running vpmd's ports (not written to the config
+    /// file: a restart runs the file's ports only).
+    Port {
+        #[command(subcommand)]
+        action: PortAction,
+    },
+    /// Pair two ports of the running vpmd, or unpair them.
+    Veth {
+        #[command(subcommand)]
+        action: VethAction,
+    },
+    /// Move a port onto or off a macvlan configured at start-up (no privileges needed:
+    /// the XDP program's MAC table is a BPF map whose fd vpmd kept).
+    Macvlan {
+        #[command(subcommand)]
+        action: MacvlanAction,
+    },
+    /// Make the running vpmd's ports and pairs those of its config file, as SIGHUP
+    /// does: ports and pairs gone from the file are removed, new ones added, changed
+    /// ones restarted, ports moved onto or off macvlans. Refused, changing nothing, if
+    /// a [pmd] setting changed or a [[macvlan]] was added, removed or given another
+    /// uplink, mode or queues (they need a restart).
+    Reload {
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+/// Which running vpmd to ask.
+#[derive(Args)]
+struct ControlArg {
+    /// Control socket of the instance to ask.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    control: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PortAction {
+    /// Add a port, with the fields of a [[port]] in the config file (README
+    /// "Configuration") and the same checks. It is in no veth or macvlan until
+    /// `vpmd veth add` or `vpmd macvlan add-port` puts it in one.
+    Add(PortAdd),
+    /// Remove a port: its veth pair goes too (the peer stays, unpaired), its VM's
+    /// connection is closed and its socket removed. Other ports are not disturbed.
+    Del {
+        /// Port name.
+        name: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the ports, what each is attached to, and each polling thread's streams.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+/// A port's socket role.
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    /// vpmd listens (QEMU `-chardev socket,path=...`).
+    Server,
+    /// vpmd connects to the VM's socket (QEMU `-chardev socket,...,server=on`).
+    Client,
+}
+
+#[derive(Args)]
+struct PortAdd {
+    /// Port name: 1-32 of [A-Za-z0-9_.-], unique.
+    name: String,
+    /// vhost-user socket path (its directory is created).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// MAC address (unicast, unique); the guest reads it from config space.
+    #[arg(long)]
+    mac: String,
+    /// Socket role [default: server].
+    #[arg(long, value_enum)]
+    mode: Option<RoleArg>,
+    /// MTU, 68-9000 [default: 1500].
+    #[arg(long)]
+    mtu: Option<u64>,
+    /// Permission bits of the socket file, octal [default: 0600].
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
+    /// Owner of the socket file (server role): a user name or id.
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of the socket file (server role): a group name or id.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Let the port send with other source MACs (macvlan ports).
+    #[arg(long)]
+    allow_mac_spoofing: bool,
+    /// Most guest memory one connection may map, in MiB [default: 65536].
+    #[arg(long, value_name = "MIB")]
+    max_memory_mib: Option<u64>,
+    /// vhost-user messages per second before vpmd reads slower [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_messages_per_sec: Option<u64>,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+impl PortAdd {
+    /// The request's `port` object: the [[port]] fields given, with the file's names.
+    fn to_json(&self) -> anyhow::Result<serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("name".into(), self.name.clone().into());
+        // The path as the daemon will see it, whatever its working directory.
+        let socket = if self.socket.as_os_str().is_empty() {
+            self.socket.clone()
+        } else {
+            std::path::absolute(&self.socket)
+                .with_context(|| format!("--socket {}", self.socket.display()))?
+        };
+        m.insert(
+            "socket".into(),
+            socket.to_string_lossy().into_owned().into(),
+        );
+        m.insert("mac".into(), self.mac.clone().into());
+        if let Some(r) = self.mode {
+            let mode = match r {
+                RoleArg::Server => "server",
+                RoleArg::Client => "client",
+            };
+            m.insert("mode".into(), mode.into());
+        }
+        let mut opt = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        };
+        opt("mtu", self.mtu.map(Into::into));
+        opt("socket_mode", self.socket_mode.clone().map(Into::into));
+        opt("socket_owner", self.socket_owner.clone().map(Into::into));
+        opt("socket_group", self.socket_group.clone().map(Into::into));
+        opt(
+            "allow_mac_spoofing",
+            self.allow_mac_spoofing.then_some(true.into()),
+        );
+        opt("max_memory_mib", self.max_memory_mib.map(Into::into));
+        opt(
+            "max_messages_per_sec",
+            self.max_messages_per_sec.map(Into::into),
+        );
+        Ok(serde_json::Value::Object(m))
+    }
+}
+
+#[derive(Subcommand)]
+enum VethAction {
+    /// Pair ports A and B (both in no veth or macvlan): frames one sends, the other receives.
+    Add {
+        /// One port.
+        a: String,
+        /// The other.
+        b: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Unpair the veth pair PORT is in; both ports stay (unpolled).
+    Del {
+        /// Either port of the pair.
+        port: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum MacvlanAction {
+    /// Put PORT (in no veth or macvlan) on the macvlan of UPLINK.
+    AddPort {
+        /// The macvlan's uplink interface.
+        uplink: String,
+        /// The port.
+        port: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Take PORT off the macvlan of UPLINK; the port stays.
+    DelPort {
+        /// The macvlan's uplink interface.
+        uplink: String,
+        /// The port.
+        port: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +315,49 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Port {
+            action: PortAction::List { json, control },
+        } => {
+            let list = control::request(&control.control, &Request::PortList)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", port_table(&list));
+            }
+            Ok(())
+        }
+        Command::Port {
+            action: PortAction::Add(add),
+        } => {
+            let port = add.to_json()?;
+            ask(&add.control, Request::PortAdd { port })
+        }
+        Command::Port {
+            action: PortAction::Del { name, control },
+        } => ask(&control, Request::PortDel { name }),
+        Command::Veth {
+            action: VethAction::Add { a, b, control },
+        } => ask(&control, Request::VethAdd { ports: [a, b] }),
+        Command::Veth {
+            action: VethAction::Del { port, control },
+        } => ask(&control, Request::VethDel { port }),
+        Command::Macvlan {
+            action:
+                MacvlanAction::AddPort {
+                    uplink,
+                    port,
+                    control,
+                },
+        } => ask(&control, Request::MacvlanAddPort { uplink, port }),
+        Command::Macvlan {
+            action:
+                MacvlanAction::DelPort {
+                    uplink,
+                    port,
+                    control,
+                },
+        } => ask(&control, Request::MacvlanDelPort { uplink, port }),
+        Command::Reload { control } => ask(&control, Request::Reload),
     }
 }
 
@@ -176,6 +412,63 @@ fn watch(
     Ok(())
 }
 
+/// Sends a request that changes ports; prints the answer (JSON, one line).
+fn ask(control: &ControlArg, request: Request) -> anyhow::Result<()> {
+    let answer = control::request(&control.control, &request)?;
+    println!("{answer}");
+    Ok(())
+}
+
+/// `vpmd port list` for people.
+fn port_table(list: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let empty = Vec::new();
+    let ports = list["ports"].as_array().unwrap_or(&empty);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<5} {:<6} {:<17} {:>5}  {:<24} SOCKET",
+        "PORT", "STATE", "MODE", "MAC", "MTU", "ATTACHED"
+    );
+    for p in ports {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<5} {:<6} {:<17} {:>5}  {:<24} {}",
+            s(&p["name"]),
+            s(&p["state"]),
+            s(&p["mode"]),
+            s(&p["mac"]),
+            s(&p["mtu"]),
+            s(&p["attached"]),
+            s(&p["socket"])
+        );
+    }
+    for t in list["threads"].as_array().unwrap_or(&empty) {
+        let streams: Vec<String> = t["streams"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(s)
+            .collect();
+        let _ = writeln!(
+            out,
+            "pmd thread on core {}: {}",
+            s(&t["core"]),
+            if streams.is_empty() {
+                "no streams".to_string()
+            } else {
+                streams.join(", ")
+            }
+        );
+    }
+    out
+}
+
 /// `vpmd run --check`: validate and describe the configuration, start nothing.
 fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &config_path {
@@ -191,6 +484,9 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     if let Some(addr) = config.metrics {
         println!("  metrics: http://{addr}/metrics");
+    }
+    if config.ports.is_empty() {
+        println!("  no [[port]]: vpmd starts with none; add them with `vpmd port add`");
     }
     for p in &config.ports {
         println!(
@@ -227,7 +523,8 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .init();
     // Installed first: a signal that arrives during start-up is kept and stops
     // vpmd as soon as start-up is done, instead of killing it half-started.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let config = match &config_path {
         Some(p) => Config::load(p)?,
         None => {
@@ -251,7 +548,16 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = config.metrics.map(MetricsListener::bind).transpose()?;
     // Everything that may need privileges, and no thread yet: sockets and their
     // owners, XDP programs, AF_XDP sockets, UMEMs.
-    let opened = Switch::open(&config)?;
+    if config.ports.is_empty() {
+        log::info!(
+            "the configuration has no [[port]]: running with none; add ports with \
+             `vpmd port add` and `vpmd veth add`"
+        );
+    }
+    let mut opened = Switch::open(&config)?;
+    if let Some(p) = &config_path {
+        opened = opened.reloading_from(p.clone());
+    }
     // Give it all up, on the one thread there is, before the first frontend can talk
     // to us: the threads started below inherit the emptied sets.
     let dropped = privileges::drop_capabilities(config.keep_capabilities)
@@ -287,8 +593,17 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(false) => {}
         Err(e) => log::warn!("{:#}", anyhow::Error::from(e)),
     }
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            // As `vpmd reload`: the file's ports and pairs, applied live.
+            match switch.reload() {
+                Ok(done) => log::info!("SIGHUP: reload: {done}"),
+                Err(e) => log::error!("SIGHUP: {e}"),
+            }
+            continue;
+        }
         log::info!("signal {sig}: stopping");
+        break;
     }
     if let Err(e) = notifier.stopping() {
         log::warn!("{:#}", anyhow::Error::from(e));

@@ -17,10 +17,19 @@
 //! more than the longest sleep fills). Counting only empty polls would never back
 //! off under a steady stream: one frame every microsecond or so makes no poll empty
 //! for long, and the thread would spin all the time, one frame per poll.
+//!
+//! Its set of streams changes while it runs ([`StreamChanges`]): the control plane
+//! posts added streams and the names of streams to remove, bumps an epoch, and waits
+//! until the thread has taken them. The thread reads that epoch once per loop
+//! iteration (one relaxed-cost atomic load, like a port's connection generation)
+//! and takes the lock only when it moved, between two polls: a removed stream's
+//! last burst is complete (its used entries published, its counters flushed) when it
+//! leaves the list, and the other streams are polled on as before, in the same
+//! order, with no lock per frame or per burst.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -48,6 +57,99 @@ pub struct IdlePolicy {
 pub struct PmdThread {
     core: usize,
     thread: JoinHandle<()>,
+    changes: Arc<StreamChanges>,
+}
+
+/// A change of a polling thread's streams.
+pub enum Change {
+    /// Start polling this stream (after the others, at the end of the list).
+    Add(Box<dyn Stream>),
+    /// Stop polling the streams of these names, between two polls.
+    Remove(Vec<String>),
+    /// Change the stream of this name, between two polls (a macvlan's ports).
+    Edit(String, Edit),
+}
+
+/// A change made to one stream on its polling thread.
+pub type Edit = Box<dyn FnOnce(&mut dyn Stream) + Send>;
+
+/// A stream a polling thread has stopped polling, handed back to be dropped by the
+/// control plane (not on the polling thread).
+pub struct Retired {
+    /// The stream, its last burst complete.
+    pub stream: Box<dyn Stream>,
+    /// Frames its source had made available and it did not take (see
+    /// [`Stream::retire`]).
+    pub in_flight: u64,
+}
+
+/// Changes posted to one polling thread, taken by it between polls.
+#[derive(Default)]
+pub struct StreamChanges {
+    /// Bumped (under `pending`'s lock) whenever changes are posted.
+    posted: AtomicU64,
+    /// The last `posted` value whose changes the thread has applied.
+    applied: AtomicU64,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    retired: Vec<Retired>,
+}
+
+impl StreamChanges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Posts `changes`; returns the epoch to wait for.
+    fn post(&self, changes: Vec<Change>) -> u64 {
+        let mut p = self.lock();
+        p.changes.extend(changes);
+        self.posted.fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// On the polling thread: whether changes were posted since `seen`. One atomic load.
+    #[inline]
+    fn moved(&self, seen: u64) -> bool {
+        self.posted.load(Ordering::Acquire) != seen
+    }
+
+    /// On the polling thread, between polls: applies what was posted; returns the
+    /// epoch now applied.
+    #[cold]
+    fn apply(&self, streams: &mut Vec<Box<dyn Stream>>) -> u64 {
+        let mut p = self.lock();
+        let epoch = self.posted.load(Ordering::Acquire);
+        let changes = std::mem::take(&mut p.changes);
+        for c in changes {
+            match c {
+                Change::Add(s) => streams.push(s),
+                Change::Edit(name, edit) => {
+                    if let Some(s) = streams.iter_mut().find(|s| s.name() == name) {
+                        edit(s.as_mut());
+                    }
+                }
+                Change::Remove(names) => {
+                    let mut k = 0;
+                    while k < streams.len() {
+                        if names.iter().any(|n| n == streams[k].name()) {
+                            // `remove`, not `swap_remove`: the others keep their order.
+                            let mut stream = streams.remove(k);
+                            let in_flight = stream.retire();
+                            p.retired.push(Retired { stream, in_flight });
+                        } else {
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.applied.store(epoch, Ordering::Release);
+        epoch
+    }
 }
 
 impl PmdThread {
@@ -59,6 +161,8 @@ impl PmdThread {
         stop: Arc<AtomicBool>,
         counters: Arc<ThreadCounters>,
     ) -> io::Result<PmdThread> {
+        let changes = Arc::new(StreamChanges::default());
+        let posted = changes.clone();
         let thread = thread::Builder::new()
             .name(format!("pmd-core{core}"))
             .spawn(move || {
@@ -76,10 +180,38 @@ impl PmdThread {
                         "pmd thread on core {core}: {e}: a hostile frontend could block it"
                     );
                 }
-                run(streams, idle, &stop, &counters);
+                run(streams, idle, &stop, &counters, &posted);
                 drop(watched);
             })?;
-        Ok(PmdThread { core, thread })
+        Ok(PmdThread {
+            core,
+            thread,
+            changes,
+        })
+    }
+
+    /// The core it is pinned to.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Applies `changes` between two of the thread's polls and waits until it has;
+    /// returns the streams it stopped polling. Returns at once if the thread has
+    /// ended (its streams went with it).
+    pub fn change(&self, changes: Vec<Change>) -> Vec<Retired> {
+        let epoch = self.changes.post(changes);
+        let mut spins = 0u32;
+        while self.changes.applied.load(Ordering::Acquire) < epoch && !self.thread.is_finished() {
+            // The thread comes round in microseconds, or after its longest idle
+            // sleep (`max_sleep_us`, at most 10 ms).
+            spins += 1;
+            if spins < 100 {
+                thread::yield_now();
+            } else {
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
+        std::mem::take(&mut self.changes.lock().retired)
     }
 
     /// Waits for the thread to end (after `stop` was set).
@@ -140,13 +272,18 @@ fn run(
     idle: IdlePolicy,
     stop: &AtomicBool,
     counters: &ThreadCounters,
+    changes: &StreamChanges,
 ) {
+    let mut seen = 0u64;
     let mut scratch = Scratch::new();
     let mut backoff = Backoff::new(idle);
     let (mut frames, mut busy, mut idle_cycles) = (0u64, 0u64, 0u64);
     let mut last = tsc::now();
     let mut polls = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        if changes.moved(seen) {
+            seen = changes.apply(&mut streams);
+        }
         let mut moved = 0u64;
         for s in &mut streams {
             moved += u64::from(s.poll(&mut scratch));
@@ -191,6 +328,96 @@ fn precise_sleeps() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream that counts its polls and has `pending` frames it never takes.
+    struct Counting {
+        name: String,
+        polls: Arc<AtomicU64>,
+        pending: u64,
+    }
+
+    impl Stream for Counting {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn poll(&mut self, _: &mut Scratch) -> u32 {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            0
+        }
+        fn retire(&mut self) -> u64 {
+            self.pending
+        }
+    }
+
+    fn counting(name: &str, pending: u64) -> (Box<dyn Stream>, Arc<AtomicU64>) {
+        let polls = Arc::new(AtomicU64::new(0));
+        let s = Counting {
+            name: name.to_string(),
+            polls: polls.clone(),
+            pending,
+        };
+        (Box::new(s), polls)
+    }
+
+    fn wait_polled(polls: &AtomicU64, more_than: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while polls.load(Ordering::Relaxed) <= more_than {
+            assert!(std::time::Instant::now() < deadline, "never polled");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn streams_are_added_and_removed_between_polls() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, a_polls) = counting("a", 0);
+        let idle = IdlePolicy {
+            max_sleep: Duration::from_micros(50),
+        };
+        let t = PmdThread::spawn(0, vec![a], idle, stop.clone(), Arc::default()).unwrap();
+        wait_polled(&a_polls, 0);
+
+        let (b, b_polls) = counting("b", 7);
+        let (c, c_polls) = counting("c", 0);
+        assert!(t.change(vec![Change::Add(b), Change::Add(c)]).is_empty());
+        // Once `change` has returned, the new streams are in the loop.
+        wait_polled(&b_polls, 0);
+        wait_polled(&c_polls, 0);
+
+        let retired = t.change(vec![Change::Remove(vec!["b".into(), "nosuch".into()])]);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].stream.name(), "b");
+        assert_eq!(
+            retired[0].in_flight, 7,
+            "retire() is asked once, on removal"
+        );
+        // Handed back, not polled any more; the others go on.
+        let after = b_polls.load(Ordering::Relaxed);
+        let (a_now, c_now) = (
+            a_polls.load(Ordering::Relaxed),
+            c_polls.load(Ordering::Relaxed),
+        );
+        wait_polled(&a_polls, a_now + 10);
+        wait_polled(&c_polls, c_now + 10);
+        assert_eq!(b_polls.load(Ordering::Relaxed), after);
+        drop(retired);
+
+        stop.store(true, Ordering::Release);
+        t.join();
+    }
+
+    #[test]
+    fn a_change_to_a_stopped_thread_returns() {
+        let stop = Arc::new(AtomicBool::new(true));
+        let t =
+            PmdThread::spawn(0, Vec::new(), IdlePolicy::default(), stop, Arc::default()).unwrap();
+        while !t.thread.is_finished() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let (a, _) = counting("a", 0);
+        assert!(t.change(vec![Change::Add(a)]).is_empty());
+        t.join();
+    }
 
     #[test]
     fn busy_polling_never_sleeps() {

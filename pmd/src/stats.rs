@@ -3,7 +3,7 @@
 //! (the contract in docs/interfaces.md) or as a table for people.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use vpmd_backend::port::VirtioNetPort;
@@ -103,22 +103,58 @@ pub struct ThreadEntry {
     pub counters: Arc<ThreadCounters>,
 }
 
-/// Where snapshots are taken from; shared with the control socket's thread.
+/// Where snapshots are taken from; shared with the control socket's thread. Ports
+/// come and go at runtime (`vpmd port add`/`del`), and threads' streams with them:
+/// the control plane changes the lists under their locks, which no polling thread
+/// ever takes.
 pub struct Registry {
-    /// Ports.
-    pub ports: Vec<PortEntry>,
+    /// Ports, in the order they were added.
+    pub ports: RwLock<Vec<PortEntry>>,
     /// Threads.
-    pub threads: Vec<ThreadEntry>,
+    pub threads: RwLock<Vec<ThreadEntry>>,
     /// TSC rate, reported with the thread cycles.
     pub tsc_hz: u64,
 }
 
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Registry {
+    /// A registry of these ports and threads.
+    pub fn new(ports: Vec<PortEntry>, threads: Vec<ThreadEntry>, tsc_hz: u64) -> Self {
+        Registry {
+            ports: RwLock::new(ports),
+            threads: RwLock::new(threads),
+            tsc_hz,
+        }
+    }
+
+    /// Adds a port (at the end).
+    pub fn add_port(&self, entry: PortEntry) {
+        write(&self.ports).push(entry);
+    }
+
+    /// Removes the port named `name`.
+    pub fn remove_port(&self, name: &str) {
+        write(&self.ports).retain(|p| p.name != name);
+    }
+
+    /// The stream names of thread `index` are now `streams`.
+    pub fn set_streams(&self, index: usize, streams: Vec<String>) {
+        if let Some(t) = write(&self.threads).get_mut(index) {
+            t.streams = streams;
+        }
+    }
+
     /// Reads every counter now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            ports: self
-                .ports
+            ports: read(&self.ports)
                 .iter()
                 .map(|p| match &p.kind {
                     PortKind::Vhost(port) => {
@@ -141,8 +177,7 @@ impl Registry {
                     }
                 })
                 .collect(),
-            threads: self
-                .threads
+            threads: read(&self.threads)
                 .iter()
                 .map(|t| t.counters.snapshot(t.core, &t.streams, self.tsc_hz))
                 .collect(),

@@ -7,6 +7,8 @@
 //! [`Config::builtin`] is what `vpmd run` uses without `--config`.
 
 #[cfg(test)]
+mod request_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_ops;
@@ -203,7 +205,7 @@ struct RawConfig {
 }
 
 /// A validated port.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     /// Name.
     pub name: String,
@@ -313,6 +315,31 @@ impl Host {
             user_id: |name| crate::privileges::user_id(name).ok().flatten(),
             group_id: |name| crate::privileges::group_id(name).ok().flatten(),
         }
+    }
+}
+
+/// What names a runtime request in its errors (`request: port.mac: ...`).
+pub const REQUEST: &str = "request";
+
+impl Port {
+    /// A port sent at runtime (`vpmd port add`): a JSON object of the `[[port]]`
+    /// fields, with the file's defaults, unknown fields refused, and the same checks,
+    /// errors naming the field as `port.mac`; unique among the `running` ports.
+    pub fn from_request(value: serde_json::Value, running: &[&Port]) -> Result<Port, ConfigError> {
+        Self::from_request_for(value, running, &Host::this())
+    }
+
+    fn from_request_for(
+        value: serde_json::Value,
+        running: &[&Port],
+        host: &Host,
+    ) -> Result<Port, ConfigError> {
+        let raw: RawPort = serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
+            file: REQUEST.to_string(),
+            field: "port".to_string(),
+            reason: e.to_string(),
+        })?;
+        validate::runtime_port(&raw, running, REQUEST, host)
     }
 }
 

@@ -29,9 +29,8 @@ impl Errors<'_> {
 pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config, ConfigError> {
     let err = Errors { file };
     let cores = validate_cores(&raw, host.cpus, &err)?;
-    if raw.ports.is_empty() {
-        return Err(err.at("port", "no [[port]] is configured"));
-    }
+    // No [[port]] at all is valid: vpmd then runs with none, and ports are added at
+    // runtime (`vpmd port add`); main says so when it starts.
     let ports = validate_ports(&raw.ports, host, &err)?;
 
     // Which veth or macvlan each port belongs to: at most one.
@@ -260,10 +259,67 @@ fn socket_id(
 }
 
 fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port>, ConfigError> {
-    let mut ports = Vec::new();
-    let (mut names, mut sockets, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut ports: Vec<Port> = Vec::new();
     for (i, p) in raw.iter().enumerate() {
         let f = |name: &str| format!("port[{i}].{name}");
+        let port = validate_port(p, &f, host, err)?;
+        check_unique(&port, &ports, &f, err)?;
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// A port added at runtime (`vpmd port add`): the same checks as a `[[port]]` of the
+/// file, and unique among the `running` ones. Errors name the field as `port.mac`;
+/// `file` names the request in them.
+pub(super) fn runtime_port(
+    raw: &RawPort,
+    running: &[&Port],
+    file: &str,
+    host: &Host,
+) -> Result<Port, ConfigError> {
+    let err = Errors { file };
+    let f = |name: &str| format!("port.{name}");
+    let port = validate_port(raw, &f, host, &err)?;
+    check_unique(&port, running, &f, &err)?;
+    Ok(port)
+}
+
+/// `port`'s name, socket and MAC are used by none of `others`.
+fn check_unique<P: std::borrow::Borrow<Port>>(
+    port: &Port,
+    others: &[P],
+    f: &dyn Fn(&str) -> String,
+    err: &Errors,
+) -> Result<(), ConfigError> {
+    for o in others.iter().map(std::borrow::Borrow::borrow) {
+        if o.name == port.name {
+            return Err(err.at(
+                f("name"),
+                format!("port name {:?} is used twice", port.name),
+            ));
+        }
+        if o.socket == port.socket {
+            return Err(err.at(
+                f("socket"),
+                format!("{} is used by another port", port.socket.display()),
+            ));
+        }
+        if o.mac == port.mac {
+            return Err(err.at(f("mac"), format!("{} is used by another port", port.mac)));
+        }
+    }
+    Ok(())
+}
+
+/// One port's own fields; `f` names them (`port[1].mac`, `port.mac`).
+fn validate_port(
+    p: &RawPort,
+    f: &dyn Fn(&str) -> String,
+    host: &Host,
+    err: &Errors,
+) -> Result<Port, ConfigError> {
+    {
         let name_ok = !p.name.is_empty()
             && p.name.len() <= 32
             && p.name
@@ -278,17 +334,8 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
                 ),
             ));
         }
-        if !names.insert(p.name.clone()) {
-            return Err(err.at(f("name"), format!("port name {:?} is used twice", p.name)));
-        }
         if p.socket.as_os_str().is_empty() {
             return Err(err.at(f("socket"), "is empty"));
-        }
-        if !sockets.insert(p.socket.clone()) {
-            return Err(err.at(
-                f("socket"),
-                format!("{} is used by another port", p.socket.display()),
-            ));
         }
         let mac: MacAddr = p
             .mac
@@ -296,9 +343,6 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
             .map_err(|e: vpmd_uplink::MacParseError| err.at(f("mac"), e.to_string()))?;
         if mac.is_multicast() || mac.is_zero() {
             return Err(err.at(f("mac"), format!("{mac} is not a unicast address")));
-        }
-        if !macs.insert(mac) {
-            return Err(err.at(f("mac"), format!("{mac} is used by another port")));
         }
         let mtu = match u16::try_from(p.mtu) {
             Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => m,
@@ -359,7 +403,7 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
             messages_per_sec,
             message_burst: messages_per_sec.saturating_mul(4).max(4096),
         };
-        ports.push(Port {
+        Ok(Port {
             limits,
             name: p.name.clone(),
             socket: p.socket.clone(),
@@ -370,7 +414,6 @@ fn validate_ports(raw: &[RawPort], host: &Host, err: &Errors) -> Result<Vec<Port
             socket_owner,
             socket_group,
             allow_mac_spoofing: p.allow_mac_spoofing,
-        });
+        })
     }
-    Ok(ports)
 }

@@ -91,6 +91,16 @@ pub trait Stream: Send {
     fn name(&self) -> &str;
     /// Moves at most [`BURST`] frames; returns how many were taken from the source.
     fn poll(&mut self, scratch: &mut Scratch) -> u32;
+    /// Called once, between polls, when the stream is taken off its thread (a port
+    /// removed at runtime): how many frames its source has made available that it
+    /// will not take (they stay in the guest's ring, uncounted by `tx_packets`).
+    fn retire(&mut self) -> u64 {
+        0
+    }
+    /// This stream as a macvlan shard, for changing its ports between polls.
+    fn as_macvlan(&mut self) -> Option<&mut macvlan::MacvlanShard> {
+        None
+    }
 }
 
 /// A vhost-user port as one stream holds it: the shared port and counters, and

@@ -39,6 +39,18 @@ impl Stream for VethStream {
         &self.name
     }
 
+    fn retire(&mut self) -> u64 {
+        let src = &mut self.src;
+        let Some(view) = src.cache.rings(&src.port) else {
+            return 0;
+        };
+        // Opened and dropped with nothing taken: no used entry, no notification.
+        match view.queue(TX_QUEUE) {
+            Ok(Some(q)) => u64::from(q.pending()),
+            _ => 0,
+        }
+    }
+
     fn poll(&mut self, s: &mut Scratch) -> u32 {
         let (src, dst) = (&mut self.src, &mut self.dst);
         // The peer's cache too, every poll, even when nothing is sent to it: a closed

@@ -344,11 +344,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Arc<Registry> {
-        Arc::new(Registry {
-            ports: Vec::new(),
-            threads: Vec::new(),
-            tsc_hz: 1,
-        })
+        Arc::new(Registry::new(Vec::new(), Vec::new(), 1))
     }
 
     fn get(addr: SocketAddr, request: &str) -> String {

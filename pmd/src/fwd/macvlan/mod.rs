@@ -221,6 +221,66 @@ impl MacvlanShard {
         n as u32
     }
 
+    /// Between two polls, when ports move onto or off the macvlan at runtime: its VM
+    /// ports are now `names`, in the order `table` numbers them; a port new to it
+    /// comes as `added` (this shard's endpoint for it). As at start-up, the shard
+    /// polls the transmit queues of the ports `i` with `i % queues == shard`.
+    /// Returns what it let go of, to be dropped by the caller; if `names` holds a
+    /// port that is neither kept nor `added`, changes nothing.
+    pub fn set_ports(
+        &mut self,
+        table: Arc<MacvlanTable>,
+        names: &[String],
+        added: Option<VhostEndpoint>,
+        queues: usize,
+        shard: usize,
+    ) -> Released {
+        let old_names: Vec<String> = self.vms.iter().map(|e| e.port.name().to_string()).collect();
+        let known = |n: &String| {
+            old_names.contains(n) || added.as_ref().is_some_and(|e| e.port.name() == n)
+        };
+        if !names.iter().all(known) || queues == 0 {
+            log::error!("{}: inconsistent port change ignored", self.name);
+            return Released {
+                endpoints: added.into_iter().collect(),
+                tx_caches: Vec::new(),
+            };
+        }
+        let mut added = added;
+        let mut old: Vec<Option<VhostEndpoint>> = std::mem::take(&mut self.vms)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut old_caches: Vec<(String, RingCache)> = std::mem::take(&mut self.own)
+            .into_iter()
+            .map(|i| old_names[i].clone())
+            .zip(std::mem::take(&mut self.tx_caches))
+            .collect();
+        for name in names {
+            let endpoint = match old_names.iter().position(|n| n == name) {
+                Some(i) => old[i].take(),
+                None => added.take(),
+            };
+            self.vms.extend(endpoint);
+        }
+        self.own = (0..names.len()).filter(|i| i % queues == shard).collect();
+        self.tx_caches = self
+            .own
+            .iter()
+            .map(
+                |&i| match old_caches.iter().position(|(n, _)| *n == names[i]) {
+                    Some(k) => old_caches.swap_remove(k).1,
+                    None => RingCache::default(),
+                },
+            )
+            .collect();
+        self.table = table;
+        Released {
+            endpoints: old.into_iter().flatten().collect(),
+            tx_caches: old_caches,
+        }
+    }
+
     fn flush(&mut self) {
         self.uplink.counters.flush(&mut self.uplink.tally);
         for vm in &mut self.vms {
@@ -229,9 +289,48 @@ impl MacvlanShard {
     }
 }
 
+/// What a shard let go of when its ports changed: the endpoints of ports no
+/// longer on the macvlan and the ring caches of transmit queues it no longer
+/// polls (by port name). Dropped by the control plane, which lets go of the last
+/// mapping of those connections' memory.
+pub struct Released {
+    /// Endpoints of ports taken off.
+    pub endpoints: Vec<VhostEndpoint>,
+    /// Transmit-queue caches no longer used, with their port's name.
+    pub tx_caches: Vec<(String, RingCache)>,
+}
+
+impl Released {
+    /// Frames port `name`'s guest had made available on its transmit queue that
+    /// this shard will not take (the queue is opened and closed, nothing taken).
+    pub fn in_flight(&mut self, name: &str) -> u64 {
+        let Some(port) = self
+            .endpoints
+            .iter()
+            .find(|e| e.port.name() == name)
+            .map(|e| e.port.clone())
+        else {
+            return 0;
+        };
+        let mut n = 0;
+        for (_, cache) in self.tx_caches.iter_mut().filter(|(p, _)| p == name) {
+            if let Some(view) = cache.rings(&port) {
+                if let Ok(Some(q)) = view.queue(TX_QUEUE) {
+                    n += u64::from(q.pending());
+                }
+            }
+        }
+        n
+    }
+}
+
 impl Stream for MacvlanShard {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn as_macvlan(&mut self) -> Option<&mut MacvlanShard> {
+        Some(self)
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
