@@ -7,7 +7,8 @@
 # Usage: scripts/run-system-tests.sh [TEST_NAME_FILTER]
 # Environment: VPMD (binary under test; default target/release/vpmd, built
 # with `cargo build --release` unless SKIP_BUILD=1 or VPMD is set),
-# TEST_TIMEOUT (seconds per test, default 300), KEEP_WORK=1 (keep work dirs).
+# TEST_TIMEOUT (seconds per test, default 300; a test's own "# test-timeout: S"
+# line raises it for that test), KEEP_WORK=1 (keep work dirs).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,13 +36,16 @@ for t in tests/system/*.sh; do
   rc=0
   # --kill-after: if the test ignores SIGTERM, SIGKILL it; its EXIT trap
   # normally cleans up its QEMUs and vpmd on SIGTERM.
-  timeout --kill-after=20 "$TEST_TIMEOUT" bash "$t" || rc=$?
+  # A test that boots several guests may ask for more: a line "# test-timeout: S".
+  limit=$(sed -n 's/^# test-timeout: \([0-9][0-9]*\)$/\1/p' "$t" | head -n 1)
+  limit=$(( ${limit:-0} > TEST_TIMEOUT ? limit : TEST_TIMEOUT ))
+  timeout --kill-after=20 "$limit" bash "$t" || rc=$?
   dur=$((SECONDS - start))
   if [[ $rc -eq 0 ]]; then
     echo "PASS $name (${dur}s)"
     passed=$((passed + 1))
   else
-    [[ $rc -eq 124 ]] && echo "(timed out after ${TEST_TIMEOUT}s)"
+    [[ $rc -eq 124 ]] && echo "(timed out after ${limit}s)"
     echo "FAIL $name (${dur}s, exit $rc)"
     failed=$((failed + 1)); failed_names+=("$name")
   fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# test-timeout: 450
 # System test: a port moved onto and off a running macvlan (README "Ports at
 # runtime"), with one real QEMU guest, after vpmd has dropped every capability.
 #

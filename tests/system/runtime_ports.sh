@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# test-timeout: 600
 # System test: ports added and removed while vpmd runs (README "Ports at runtime"),
 # with four real QEMU guests booted once, in parallel.
 #
