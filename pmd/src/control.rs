@@ -32,11 +32,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clients::{Acceptor, Clients, Slot};
 use crate::stats::{Registry, Snapshot};
 
 /// A request on the control socket, as JSON: `{"request": "<kebab-case name>", ...}`.
@@ -169,8 +170,7 @@ pub struct ControlSocket {
 
 /// The running control socket server.
 pub struct ControlServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
     /// Dropped (the file removed) after the accept thread has stopped.
     _file: SocketFile,
 }
@@ -249,8 +249,7 @@ impl ControlSocket {
             .spawn(move || accept_loop(listener, handlers, flag, limits))
             .map_err(ControlError::Thread)?;
         Ok(ControlServer {
-            stop,
-            thread: Some(thread),
+            acceptor: Acceptor::new(stop, thread),
             _file: self.file,
         })
     }
@@ -274,70 +273,8 @@ impl ControlServer {
     /// Stops accepting and removes the socket file. Clients being answered finish
     /// (or reach their deadline) on their own threads.
     pub fn stop(mut self) {
-        self.shutdown();
+        self.acceptor.stop();
         // The socket file goes when `self._file` is dropped, right after.
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The clients being answered, oldest first.
-#[derive(Default)]
-struct Clients {
-    next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<std::collections::VecDeque<(u64, UnixStream)>>,
-}
-
-/// One client's place in [`Clients`], given back when its thread ends (or never starts).
-struct Slot {
-    clients: Arc<Clients>,
-    id: u64,
-}
-
-impl Slot {
-    /// Takes a place for `stream`; with `limit` taken already, the oldest client is
-    /// cut off first (its thread sees the end of its stream and ends at once).
-    fn take(clients: &Arc<Clients>, stream: &UnixStream, limit: usize) -> Slot {
-        let id = clients.next.fetch_add(1, Ordering::Relaxed);
-        let mut open = clients
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while open.len() >= limit {
-            if let Some((_, oldest)) = open.pop_front() {
-                let _ = oldest.shutdown(std::net::Shutdown::Both);
-                log::debug!("control socket: {limit} clients at once; the oldest cut off");
-            }
-        }
-        if let Ok(handle) = stream.try_clone() {
-            open.push_back((id, handle));
-        }
-        Slot {
-            clients: clients.clone(),
-            id,
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self
-            .clients
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -433,11 +370,11 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     limits: Limits,
 ) {
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Clients::<UnixStream>::default());
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let slot = Slot::take(&clients, &stream, limits.clients);
+                let slot = Slot::take(&clients, &stream, limits.clients, "control socket");
                 let handlers = registry.clone();
                 let spawned = thread::Builder::new()
                     .name("vpmd-control-client".into())

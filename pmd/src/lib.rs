@@ -9,6 +9,7 @@
 //! - [`switch`]: a running instance: ports, connections, polling threads, control socket.
 //! - [`uplink_setup`]: a macvlan's AF_XDP uplink opened and cut into shards.
 //! - [`control`]: the control socket behind `vpmd stats`, `vpmd port ...`, `vpmd reload`.
+//! - [`clients`]: the bounded client set and accept thread the control socket and metrics share.
 //! - [`reload`]: what `vpmd reload` changes: the running ports against the file.
 //! - [`stats`]: snapshots of every counter, as JSON or a table.
 //! - [`stats_view`]: `vpmd stats --watch` rates and the per-thread `--pmd` view.
@@ -26,6 +27,7 @@
 //! `vpmd-backend` crate.
 #![deny(unsafe_code)]
 
+pub mod clients;
 pub mod config;
 pub mod control;
 pub mod counters;

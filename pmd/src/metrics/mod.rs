@@ -23,14 +23,14 @@ mod render;
 
 pub use render::render;
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::clients::{Acceptor, Clients, Slot};
 use crate::stats::Registry;
 
 /// How long a client may take to send its request head and read the answer, in all.
@@ -70,8 +70,7 @@ pub struct MetricsListener {
 
 /// The running metrics server; stopped when dropped.
 pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
     addr: SocketAddr,
 }
 
@@ -100,8 +99,7 @@ impl MetricsListener {
             .spawn(move || accept_loop(&listener, &registry, &flag))
             .map_err(MetricsError::Thread)?;
         Ok(MetricsServer {
-            stop,
-            thread: Some(thread),
+            acceptor: Acceptor::new(stop, thread),
             addr: self.addr,
         })
     }
@@ -116,74 +114,16 @@ impl MetricsServer {
     /// Stops accepting. Clients being answered finish (or reach their deadline) on
     /// their own threads.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The clients being answered, oldest first.
-#[derive(Default)]
-struct Clients {
-    next: AtomicU64,
-    open: Mutex<VecDeque<(u64, TcpStream)>>,
-}
-
-/// One client's place in [`Clients`], given back when its thread ends.
-struct Slot {
-    clients: Arc<Clients>,
-    id: u64,
-}
-
-impl Slot {
-    /// Takes a place for `stream`, cutting the oldest client off if all are taken.
-    fn take(clients: &Arc<Clients>, stream: &TcpStream) -> Slot {
-        let id = clients.next.fetch_add(1, Ordering::Relaxed);
-        let mut open = clients.open.lock().unwrap_or_else(PoisonError::into_inner);
-        while open.len() >= MAX_CLIENTS {
-            if let Some((_, oldest)) = open.pop_front() {
-                let _ = oldest.shutdown(Shutdown::Both);
-                log::debug!("metrics: {MAX_CLIENTS} clients at once; the oldest cut off");
-            }
-        }
-        if let Ok(handle) = stream.try_clone() {
-            open.push_back((id, handle));
-        }
-        Slot {
-            clients: clients.clone(),
-            id,
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self
-            .clients
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        open.retain(|(id, _)| *id != self.id);
+        self.acceptor.stop();
     }
 }
 
 fn accept_loop(listener: &TcpListener, registry: &Arc<Registry>, stop: &AtomicBool) {
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Clients::<TcpStream>::default());
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let slot = Slot::take(&clients, &stream);
+                let slot = Slot::take(&clients, &stream, MAX_CLIENTS, "metrics");
                 let registry = registry.clone();
                 let spawned = thread::Builder::new()
                     .name("vpmd-metrics-client".into())

@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! What the control socket and the metrics listener share: a bounded set of
+//! clients, each answered on a short-lived thread of its own, where a newcomer
+//! beyond the limit cuts the *oldest* off (so a client that connects and sends
+//! nothing can never lock the others out); and the accepting thread, stopped
+//! and joined when its server is.
+
+use std::collections::VecDeque;
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// A connected stream that can be cut off from another thread.
+pub trait Client: Send + Sized {
+    /// A second handle on the same connection.
+    fn handle(&self) -> Option<Self>;
+    /// Ends the connection both ways: its thread's reads and writes fail at once.
+    fn cut_off(&self);
+}
+
+impl Client for UnixStream {
+    fn handle(&self) -> Option<Self> {
+        self.try_clone().ok()
+    }
+    fn cut_off(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Client for TcpStream {
+    fn handle(&self) -> Option<Self> {
+        self.try_clone().ok()
+    }
+    fn cut_off(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+/// The clients being answered, oldest first.
+pub struct Clients<S> {
+    next: AtomicU64,
+    open: Mutex<VecDeque<(u64, S)>>,
+}
+
+impl<S> Default for Clients<S> {
+    fn default() -> Self {
+        Clients {
+            next: AtomicU64::new(0),
+            open: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+/// One client's place in [`Clients`], given back when dropped (its thread ended,
+/// or never started).
+pub struct Slot<S: Client> {
+    clients: Arc<Clients<S>>,
+    id: u64,
+}
+
+impl<S: Client> Slot<S> {
+    /// Takes a place for `stream`; with `limit` taken already, the oldest client is
+    /// cut off first. `what` names the server in the debug line that says so.
+    pub fn take(clients: &Arc<Clients<S>>, stream: &S, limit: usize, what: &str) -> Self {
+        let id = clients.next.fetch_add(1, Ordering::Relaxed);
+        let mut open = clients.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while open.len() >= limit {
+            let Some((_, oldest)) = open.pop_front() else {
+                break;
+            };
+            oldest.cut_off();
+            log::debug!("{what}: {limit} clients at once; the oldest cut off");
+        }
+        if let Some(handle) = stream.handle() {
+            open.push_back((id, handle));
+        }
+        Slot {
+            clients: clients.clone(),
+            id,
+        }
+    }
+}
+
+impl<S: Client> Drop for Slot<S> {
+    fn drop(&mut self) {
+        let mut open = self
+            .clients
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A server's accepting thread and the flag that stops it.
+pub struct Acceptor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    /// The thread `thread`, which polls `stop`.
+    pub fn new(stop: Arc<AtomicBool>, thread: JoinHandle<()>) -> Self {
+        Acceptor {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops accepting and waits for the thread. Clients being answered finish
+    /// (or reach their deadline) on their own threads.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
