@@ -4,6 +4,7 @@
 //! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).
 //! - [`loopback`]: two ports, a burst injected, then zero-copy io forwarding between them.
 //! - [`ring_loop`]: two ports, rings filled once, only indexes moved: the backend alone.
+//! - [`loop_report`]: what `loopback` and `ring_loop` measure and print alike.
 //! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
 //! - [`xdp_txonly`]: a packet generator on a kernel interface (AF_XDP), for macvlan uplinks.
 //!
@@ -13,6 +14,7 @@
 #![allow(unsafe_code)] // signal(2) for SIGINT/SIGTERM, sched_setaffinity(2).
 
 pub mod latency;
+pub mod loop_report;
 pub mod loopback;
 pub mod ring_loop;
 pub mod rxonly;
