@@ -25,11 +25,11 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, Endpoints, FrameError};
 use crate::guest_mem::{GuestMem, MemError, HUGE_PAGE};
-use crate::pacing::RunLimit;
+use crate::pacing::{Pacer, RunLimit};
 use crate::pool::{BufPool, PoolError, BUF_ALIGN};
 use crate::port::{Handshake, Port, PortError, PortOptions};
 
@@ -117,6 +117,15 @@ impl TrafficArgs {
             dst_ip: self.dst_ip,
             src_port: self.src_port,
             dst_port: self.dst_port,
+        }
+    }
+
+    /// The flow after `flow`: each in turn, `--flows` of them.
+    pub fn next_flow(&self, flow: u16) -> u16 {
+        if flow + 1 == self.flows {
+            0
+        } else {
+            flow + 1
         }
     }
 
@@ -306,6 +315,27 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is not a valid duration"))
+}
+
+/// A generator's next burst: how many frames to send now, at most `burst` and what
+/// `limit` leaves after `sent` since `start`, waiting until `pacer` lets at least one go;
+/// `None` once the run is over or a stop signal came.
+pub fn next_burst(
+    pacer: &mut Pacer,
+    limit: &RunLimit,
+    start: Instant,
+    sent: u64,
+    burst: u64,
+) -> Option<u64> {
+    while !limit.done(sent, start.elapsed()) && !stop_requested() {
+        let burst = burst.min(limit.left(sent));
+        let want = pacer.allowed(sent, burst);
+        if want > 0 {
+            return Some(want);
+        }
+        pacer.wait(sent, burst);
+    }
+    None
 }
 
 /// Millions of frames per second.
