@@ -13,6 +13,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VPMD=${VPMD:-$REPO/target/release/vpmd}
 GUEST_DIR=${GUEST_DIR:-$REPO/target/guest}
 RUN_QEMU=$REPO/scripts/guest/run-qemu.sh
+# shellcheck source=scripts/vpmd-config.sh
+source "$REPO/scripts/vpmd-config.sh"
 TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "/tmp/vpmd-$TEST_NAME.XXXXXX")
 CONTROL=$WORK/control.sock
@@ -20,6 +22,11 @@ VPMD_PID=""
 VPMD_N=0          # how many times vpmd was started (log file suffix)
 _PIDS=()          # "pid:comm" of every process we started
 _FAILED=0
+_EXIT_HOOKS=()    # functions run first at exit (on_exit)
+
+# on_exit FUNCTION: run FUNCTION at exit, pass or fail, before the processes
+# started here are stopped (for what a test must take down in its own order).
+on_exit() { _EXIT_HOOKS+=("$1"); }
 
 log() { echo "[$TEST_NAME $(date +%T)] $*"; }
 
@@ -75,6 +82,7 @@ add_veth() {
 _cleanup() {
   local status=$? entry pid comm
   set +e
+  for entry in "${_EXIT_HOOKS[@]}"; do "$entry"; done
   for entry in "${_PIDS[@]}"; do
     pid=${entry%%:*}; comm=${entry#*:}
     if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]; then
@@ -308,28 +316,7 @@ assert_accounting() {
 write_config() {
   local file=$1 mode=$2 mtu=$3 sockdir=$4
   mkdir -p "$sockdir"
-  cat >"$file" <<TOML
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$sockdir/vm0.sock"
-mode = "$mode"
-mac = "52:54:00:00:00:01"
-mtu = $mtu
-
-[[port]]
-name = "vm1"
-socket = "$sockdir/vm1.sock"
-mode = "$mode"
-mac = "52:54:00:00:00:02"
-mtu = $mtu
-
-[[veth]]
-ports = ["vm0", "vm1"]
-TOML
+  vpmd_veth_config 1 "$CONTROL" "$sockdir/vm0.sock" "$sockdir/vm1.sock" "$mode" "$mtu" >"$file"
 }
 
 # ---------------------------------------------------------------------------
