@@ -233,6 +233,36 @@ bl_tp_port_stat() {
     inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }'
 }
 
+# ---------------------------------------------------------------- the report
+
+# bl_work_dir NAME: one benchmark at a time (the lock), in a new work dir
+# /tmp/vpmd-NAME.XXXXXX: BL_WORK, also W.
+bl_work_dir() {
+  bl_lock /run/vpmd-bench-compare.lock
+  BL_WORK=$(mktemp -d "/tmp/vpmd-$1.XXXXXX")
+  W=$BL_WORK
+}
+
+# bl_note KEY TEXT: record an exact command for the report, a line of
+# $BL_WORK/cmd.KEY (only until bl_noted KEY: the first round's).
+declare -A BL_NOTED
+bl_note() {
+  [[ -n ${BL_NOTED[$1]:-} ]] && return 0
+  printf '%s\n' "$2" >>"$BL_WORK/cmd.$1"
+}
+# bl_noted KEY...: what those commands are is on record.
+bl_noted() {
+  local k
+  for k in "$@"; do BL_NOTED[$k]=1; done
+}
+# bl_cmds_json KEY...: the recorded commands as {"KEY": [line, ...], ...}.
+bl_cmds_json() {
+  local k
+  for k in "$@"; do
+    jq -n --arg k "$k" --rawfile v <(cat "$BL_WORK/cmd.$k" 2>/dev/null) '{($k): ($v | rtrimstr("\n") | split("\n"))}'
+  done | jq -s add
+}
+
 # ---------------------------------------------------------------- facts
 
 # bl_rss_kib_excluding_guest PID: resident KiB of PID's mappings other than
