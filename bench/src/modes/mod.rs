@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Endpoints, FrameError};
-use crate::guest_mem::{GuestMem, MemError, HUGE_PAGE};
+use crate::frontend::FrontendError;
+use crate::guest_mem::{GuestMem, HUGE_PAGE};
 use crate::pacing::{Pacer, RunLimit};
-use crate::pool::{BufPool, PoolError, BUF_ALIGN};
-use crate::port::{Handshake, Port, PortError, PortOptions};
+use crate::pool::{BufPool, BUF_ALIGN};
+use crate::port::{Handshake, Port, PortOptions};
 
 /// Options every mode has for its device(s).
 #[derive(clap::Args, Clone, Debug)]
@@ -143,15 +144,10 @@ impl TrafficArgs {
 /// Why a mode could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModeError {
-    /// Guest memory could not be created.
-    #[error("guest memory")]
-    Memory(#[from] MemError),
-    /// The buffer pool could not be created.
-    #[error("buffer pool")]
-    Pool(#[from] PoolError),
-    /// A device could not be connected or set up.
+    /// Guest memory, the buffer pool or a device could not be set up (as for a
+    /// [`NetFrontend`](crate::NetFrontend)).
     #[error(transparent)]
-    Port(#[from] PortError),
+    Setup(#[from] FrontendError),
     /// The frame options are invalid.
     #[error("frame")]
     Frame(#[from] FrameError),
@@ -250,7 +246,7 @@ pub fn memory(
     ports: u32,
     count: u32,
     buf_size: u32,
-) -> Result<(GuestMem, BufPool), ModeError> {
+) -> Result<(GuestMem, BufPool), FrontendError> {
     let q = u64::from(dev.queue_size);
     // Per queue: descriptors, avail and used rings, each on its own pages.
     let ring_bytes = (16 * q).next_multiple_of(4096)
@@ -277,7 +273,7 @@ pub fn connect_all(
     g: &Global,
     mem: &mut GuestMem,
     pool: &mut BufPool,
-) -> Result<Vec<Port>, ModeError> {
+) -> Result<Vec<Port>, FrontendError> {
     let shakes: Vec<Handshake> = sockets
         .iter()
         .map(|s| Port::handshake(&port_options(s, dev, g)))
