@@ -26,14 +26,11 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
 SOCK0=$WORK/vm0.sock
 SOCK1=$WORK/vm1.sock
 RATE=20000
 
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-[[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
 write_config "$WORK/vpmd.toml" server 1500 "$WORK"
 start_vpmd "$WORK/vpmd.toml"

@@ -325,6 +325,13 @@ write_config() {
 
 BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
 
+# check_bench_prereqs: the binaries and tools these tests use.
+check_bench_prereqs() {
+  [[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
+  [[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
+  command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+}
+
 # start_bench NAME ARGS...: run vpmd-bench ARGS in the background, stdout to
 # $WORK/NAME.out, stderr to $WORK/NAME.log; its pid is left in BENCH_PID and
 # registered for cleanup.
@@ -334,6 +341,28 @@ start_bench() {
   "$BENCH" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   BENCH_PID=$!
   register_pid "$BENCH_PID" vpmd-bench
+}
+
+# settled PID [TRIES]: "fds threads" of PID once they have not changed for a
+# second (or as they are after TRIES seconds, default 50).
+settled() {
+  local last="" now i
+  for ((i = 0; i < ${2:-50}; i++)); do
+    now="$(fd_count "$1") $(thread_count "$1")"
+    [[ $now == "$last" ]] && { echo "$now"; return; }
+    last=$now
+    sleep 1
+  done
+  echo "$now"
+}
+
+# counter_delta PORT JQ_PATH: how much that counter of vpmd's PORT moves in a second.
+counter_delta() {
+  local a b
+  a=$(port_stat "$(vpmd_stats_json)" "$1" "$2")
+  sleep 1
+  b=$(port_stat "$(vpmd_stats_json)" "$1" "$2")
+  echo $((b - a))
 }
 
 # fd_count PID / thread_count PID / rss_kib PID [FIELD]: what a process holds.
