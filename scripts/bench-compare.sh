@@ -68,9 +68,7 @@ while (($#)); do
 done
 ((MAX_ROUNDS >= ROUNDS)) || MAX_ROUNDS=$ROUNDS
 
-[[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
-VPMD=${VPMD:-$REPO/target/release/vpmd}
-VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+bl_binaries
 BENCH_HUGE=${BENCH_HUGE:-1}
 OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 BACK_CORE=1 FRONT_CORE=0
@@ -85,14 +83,7 @@ bl_install_traps
 
 bl_install dpdk dpdk-dev openvswitch-switch-dpdk linux-perf jq psmisc
 [[ -x $OVS_VSWITCHD ]] || bl_die "$OVS_VSWITCHD missing after installing openvswitch-switch-dpdk"
-if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
-  bl_log "building vpmd and vpmd-bench (release)"
-  # The tree may be mid-edit by others: a failed build keeps the binaries there are.
-  (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
-    bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
-fi
-[[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
-[[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+bl_build
 "$REPO/scripts/hugepages.sh" 1024 "${BL_PREFIXES[@]}" >/dev/null || bl_die "hugepages setup failed"
 bl_clean_dpdk
 

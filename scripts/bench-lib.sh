@@ -233,6 +233,28 @@ bl_tp_port_stat() {
     inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }'
 }
 
+# ---------------------------------------------------------------- the binaries
+
+# bl_binaries: VPMD and VPMD_BENCH, by default those in $REPO/target/release.
+bl_binaries() {
+  [[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
+  VPMD=${VPMD:-$REPO/target/release/vpmd}
+  VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+}
+
+# bl_build: build them (release) unless BUILD=0 or they were given; then they
+# must be there.
+bl_build() {
+  if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
+    bl_log "building vpmd and vpmd-bench (release)"
+    # The tree may be mid-edit by others: a failed build keeps the binaries there are.
+    (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
+      bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
+  fi
+  [[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
+  [[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+}
+
 # ---------------------------------------------------------------- the report
 
 # bl_work_dir NAME: one benchmark at a time (the lock), in a new work dir

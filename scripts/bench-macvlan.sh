@@ -99,9 +99,7 @@ done
 [[ $VMS == 1 || $VMS == 2 ]] || bl_die "--vms must be 1 or 2"
 [[ $RX_PRIO == fifo || $RX_PRIO == normal ]] || bl_die "--rx-prio must be fifo or normal"
 
-[[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
-VPMD=${VPMD:-$REPO/target/release/vpmd}
-VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+bl_binaries
 GEN_CORE=0 PMD_CORE=1 P_DPDK=vbmv
 NS=vpmd-bmv-$$ UP=vbmv$$ NSIF=out0
 NS_MAC=02:00:00:00:31:fe
@@ -126,13 +124,7 @@ bl_install_traps
 # ---------------------------------------------------------------- setup
 
 bl_install dpdk jq psmisc iproute2
-if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
-  bl_log "building vpmd and vpmd-bench (release)"
-  (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
-    bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
-fi
-[[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
-[[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+bl_build
 if [[ $CONTENDERS == *dpdk* ]] || ((HUGE)); then
   "$REPO/scripts/hugepages.sh" 1024 "$P_DPDK" >/dev/null || bl_die "hugepages setup failed"
   bl_clean_dpdk
