@@ -70,6 +70,14 @@ jq -r -L "$LIB" 'include "bench-report";
   def order: {"vpmd-busy": 0, "vpmd-sleep": 1, dpdk: 2}[.] // 9;
   def name: {"vpmd-busy": "vpmd (max_sleep_us = 0)", "vpmd-sleep": "vpmd (max_sleep_us = \($sleep))",
              dpdk: "DPDK testpmd (af_xdp ↔ vhost, io)"}[.] // .;
+  # cells($dir): per size, then per contender in table order: {s: the size'"'"'s
+  # summary, key: the contender, v: its cells}.
+  def cells($dir): .summary | map(select(.direction == $dir)) | sort_by(.size)[] as $s
+    | $s.contenders | to_entries | sort_by(.key | order)[] | {s: $s, key, v: .value};
+  # rates: a row'"'"'s size, contender, Mpps offered and delivered, and loss.
+  def rates: "| \(.s.size) | \(.key | name) | \(.v.offered_mpps | f(3)) | \(.v.delivered_mpps | f(3)) | \(.v.lost_max) (\(.v.lost_pct_max | f(3)) %) |";
+  # cpu: a row'"'"'s polling-thread cells, the ratio to DPDK and the load.
+  def cpu: " \(.v.pmd_ns_per_frame | f(0)) | \(.v.pmd_user_pct | f(0)) | \(.v.pmd_share | f(2)) | \(if .key == "vpmd-busy" then (.s.cpu_ratio_busy | x) elif .key == "vpmd-sleep" then (.s.cpu_ratio_sleep | x) else "–" end) | \(.v.load_median) |";
   "# Macvlan: uplink (veth + AF_XDP) ↔ VM ports, vpmd vs DPDK testpmd\n",
     "\(.date)\(if .quick then " — **quick mode** (1 round, smoke test)" else "" end)\n",
     "- Machine: \(.machine.cpu), \(.machine.cores) cores, kernel \(.machine.kernel), \(.machine.os); DPDK \(.machine.dpdk)",
@@ -82,10 +90,7 @@ jq -r -L "$LIB" 'include "bench-report";
     "## Uplink → VM ports (generator in the namespace → rxonly)\n",
     "| Size (B) | Contender | generator Mpps | delivered to VMs Mpps | lost (max, % of VM frames) | unknown-MAC at VMs (max) | unknown-MAC to host (median / offered) | pmd CPU ns/frame | user % | core share | vs DPDK | load (med) |",
     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ( .summary | map(select(.direction == "in")) | sort_by(.size)[] as $s
-      | $s.contenders | to_entries | sort_by(.key | order)[]
-      | .value as $v
-      | "| \($s.size) | \(.key | name) | \($v.offered_mpps | f(3)) | \($v.delivered_mpps | f(3)) | \($v.lost_max) (\($v.lost_pct_max | f(3)) %) | \($v.unknown_at_vms_max) | \($v.unknown_to_host_median) / \($v.unknown_offered) | \($v.pmd_ns_per_frame | f(0)) | \($v.pmd_user_pct | f(0)) | \($v.pmd_share | f(2)) | \(if .key == "vpmd-busy" then ($s.cpu_ratio_busy | x) elif .key == "vpmd-sleep" then ($s.cpu_ratio_sleep | x) else "–" end) | \($v.load_median) |"),
+    ( cells("in") | rates + " \(.v.unknown_at_vms_max) | \(.v.unknown_to_host_median) / \(.v.unknown_offered) |" + cpu ),
     "",
     "DPDK'"'"'s af_xdp PMD loads an XDP program that takes every frame of the queue, so the unknown-MAC frames reach its VM too (expected, not a fault of the benchmark); vpmd'"'"'s program leaves them to the host stack, counted as the uplink'"'"'s `rx otherhost` drops (the host'"'"'s IP stack saw frames for another MAC).",
     "",
@@ -100,18 +105,13 @@ jq -r -L "$LIB" 'include "bench-report";
     "## VM port → uplink (txonly on vm0 → the namespace)\n",
     "| Size (B) | Contender | offered Mpps | delivered Mpps | lost (max, %) | pmd CPU ns/frame | user % | core share | vs DPDK | load (med) |",
     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ( .summary | map(select(.direction == "out")) | sort_by(.size)[] as $s
-      | $s.contenders | to_entries | sort_by(.key | order)[]
-      | .value as $v
-      | "| \($s.size) | \(.key | name) | \($v.offered_mpps | f(3)) | \($v.delivered_mpps | f(3)) | \($v.lost_max) (\($v.lost_pct_max | f(3)) %) | \($v.pmd_ns_per_frame | f(0)) | \($v.pmd_user_pct | f(0)) | \($v.pmd_share | f(2)) | \(if .key == "vpmd-busy" then ($s.cpu_ratio_busy | x) elif .key == "vpmd-sleep" then ($s.cpu_ratio_sleep | x) else "–" end) | \($v.load_median) |"),
+    ( cells("out") | rates + cpu ),
     "",
     "## The generator\n",
     "Reference (NOTES, DPDK testpmd txonly on net_af_xdp as the generator): about 0.79 Mpps at 64 B and 0.68 Mpps at 1518 B, its core saturated by the kernel side (AF_XDP transmit, veth, XDP, copy). Here the generator shares core \(.config.generator_core) with the receivers (\(if .config.rx_core == "0" then "they take their CPU time from it" else "not here" end)). Its own CPU accounting (in the JSON) says little: the kernel'"'"'s receive side of the veth (NAPI, XDP, the copy into the AF_XDP ring) runs in softirq, charged to the generator when it runs at the end of a send, to ksoftirqd/\(.config.generator_core) when deferred; the core stays saturated either way.\n",
     "| Size (B) | Receiving contender | generator Mpps (median, min – max) |",
     "|---:|---|---:|",
-    ( .summary | map(select(.direction == "in")) | sort_by(.size)[] as $s
-      | $s.contenders | to_entries | sort_by(.key | order)[]
-      | "| \($s.size) | \(.key | name) | \(.value.gen_mpps | f(3)) (\(.value.gen_mpps_min | f(3)) – \(.value.gen_mpps_max | f(3))) |"),
+    ( cells("in") | "| \(.s.size) | \(.key | name) | \(.v.gen_mpps | f(3)) (\(.v.gen_mpps_min | f(3)) – \(.v.gen_mpps_max | f(3))) |" ),
     "",
     "In front of vpmd the unknown-MAC frames go up the host'"'"'s stack on the generator'"'"'s core (vpmd'"'"'s program passes them); in front of DPDK they are redirected like the rest.",
     "",
