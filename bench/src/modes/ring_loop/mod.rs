@@ -26,6 +26,11 @@
 //! arrives; what it cannot place in the peer's RX ring it drops. After the run the
 //! frontend stops republishing and drains, so `taken - received` per direction is what
 //! the backend dropped.
+//!
+//! Here: the options, the setup (frames prebuilt, rings filled once) and the run's phases
+//! (warm-up, measured run, drain); `ring`: the rings driven by their indexes and the
+//! polling loop with its counters; `check`: the sampled checks; `report`: what the mode
+//! reports, and the steal time it reads.
 
 mod check;
 mod report;
