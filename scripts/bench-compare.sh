@@ -42,6 +42,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/bench-lib.sh
 source "$REPO/scripts/bench-lib.sh"
+# shellcheck source=scripts/vpmd-config.sh
+source "$REPO/scripts/vpmd-config.sh"
 
 ROUNDS=3 MAX_ROUNDS=5 SIZES="64 256 1024 1518" DURATION=5 WARMUP=1
 BACKENDS="testpmd vpmd ovs" FRONTENDS="testpmd vpmd-bench ring-loop" OUT=$REPO/bench/results
@@ -66,18 +68,14 @@ while (($#)); do
 done
 ((MAX_ROUNDS >= ROUNDS)) || MAX_ROUNDS=$ROUNDS
 
-[[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
-VPMD=${VPMD:-$REPO/target/release/vpmd}
-VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+bl_binaries
 BENCH_HUGE=${BENCH_HUGE:-1}
 OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 BACK_CORE=1 FRONT_CORE=0
 P_FRONT=vbcfront P_BACK=vbcback P_OVS=vbcovs
 
 [[ $(id -u) -eq 0 ]] || bl_die "must run as root (hugepages, apt-get)"
-bl_lock /run/vpmd-bench-compare.lock
-BL_WORK=$(mktemp -d /tmp/vpmd-bench-compare.XXXXXX)
-W=$BL_WORK
+bl_work_dir bench-compare
 BL_PREFIXES=("$P_FRONT" "$P_BACK" "$P_OVS")
 bl_install_traps
 
@@ -85,14 +83,7 @@ bl_install_traps
 
 bl_install dpdk dpdk-dev openvswitch-switch-dpdk linux-perf jq psmisc
 [[ -x $OVS_VSWITCHD ]] || bl_die "$OVS_VSWITCHD missing after installing openvswitch-switch-dpdk"
-if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
-  bl_log "building vpmd and vpmd-bench (release)"
-  # The tree may be mid-edit by others: a failed build keeps the binaries there are.
-  (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
-    bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
-fi
-[[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
-[[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+bl_build
 "$REPO/scripts/hugepages.sh" 1024 "${BL_PREFIXES[@]}" >/dev/null || bl_die "hugepages setup failed"
 bl_clean_dpdk
 
@@ -102,12 +93,6 @@ MEAS=$W/measurements.jsonl
 : >"$MEAS"
 LOAD_START=$(bl_load_snapshot)
 
-# note KEY TEXT: record an exact command for the report (first run of KEY only).
-declare -A NOTED
-note() {
-  [[ -n ${NOTED[$1]:-} ]] && return 0
-  printf '%s\n' "$2" >>"$W/cmd.$1"
-}
 
 # ---------------------------------------------------------------- backends
 # backend_start NAME: sets SOCK_A, SOCK_B, BACK_PID (and BACK_FD for testpmd).
@@ -121,9 +106,9 @@ backend_start() {
       local args=(-l 0,$BACK_CORE --main-lcore 0 --no-pci --single-file-segments
         --file-prefix=$P_BACK --vdev "net_vhost0,iface=$SOCK_A" --vdev "net_vhost1,iface=$SOCK_B"
         -- -i --forward-mode=io --total-num-mbufs=16384)
-      note testpmd "dpdk-testpmd ${args[*]}"
-      note testpmd "testpmd> set record-core-cycles on"
-      note testpmd "testpmd> start"
+      bl_note testpmd "dpdk-testpmd ${args[*]}"
+      bl_note testpmd "testpmd> set record-core-cycles on"
+      bl_note testpmd "testpmd> start"
       bl_tp_start back "$W/testpmd/testpmd.log" "${args[@]}" || return 1
       BACK_PID=$TP_PID BACK_FD=$TP_FD
       bl_tp_cmd "$BACK_FD" "$W/testpmd/testpmd.log" "set record-core-cycles on" &&
@@ -131,30 +116,10 @@ backend_start() {
       ;;
     vpmd)
       SOCK_A=$W/vpmd/vm0.sock SOCK_B=$W/vpmd/vm1.sock
-      cat >"$W/vpmd/vpmd.toml" <<EOF
-[pmd]
-cores = [$BACK_CORE]
-control_socket = "$W/vpmd/control.sock"
-
-[[port]]
-name = "vm0"
-socket = "$SOCK_A"
-mode = "server"
-mac = "52:54:00:00:00:01"
-mtu = 1500
-
-[[port]]
-name = "vm1"
-socket = "$SOCK_B"
-mode = "server"
-mac = "52:54:00:00:00:02"
-mtu = 1500
-
-[[veth]]
-ports = ["vm0", "vm1"]
-EOF
-      note vpmd "$VPMD run --config vpmd.toml   # vpmd.toml:"
-      note vpmd "$(sed 's/^/    /' "$W/vpmd/vpmd.toml")"
+      vpmd_veth_config "$BACK_CORE" "$W/vpmd/control.sock" "$SOCK_A" "$SOCK_B" server 1500 \
+        >"$W/vpmd/vpmd.toml"
+      bl_note vpmd "$VPMD run --config vpmd.toml   # vpmd.toml:"
+      bl_note vpmd "$(sed 's/^/    /' "$W/vpmd/vpmd.toml")"
       RUST_LOG=warn,vpmd=info "$VPMD" run --config "$W/vpmd/vpmd.toml" \
         >>"$W/vpmd/vpmd.out" 2>>"$W/vpmd/vpmd.log" &
       BACK_PID=$!
@@ -166,9 +131,9 @@ EOF
       SOCK_A=$d/vhost0 SOCK_B=$d/vhost1
       export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d OVS_PKGDATADIR=/usr/share/openvswitch
       rm -f "$d/conf.db" "$SOCK_A" "$SOCK_B"
-      note ovs "export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
-      note ovs "ovsdb-tool create $d/conf.db /usr/share/openvswitch/vswitch.ovsschema"
-      note ovs "ovsdb-server $d/conf.db --remote=punix:$d/db.sock --unixctl=$d/ovsdb-server.ctl --pidfile=$d/ovsdb-server.pid --log-file=$d/ovsdb-server.log &"
+      bl_note ovs "export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
+      bl_note ovs "ovsdb-tool create $d/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+      bl_note ovs "ovsdb-server $d/conf.db --remote=punix:$d/db.sock --unixctl=$d/ovsdb-server.ctl --pidfile=$d/ovsdb-server.pid --log-file=$d/ovsdb-server.log &"
       ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
       ovsdb-server "$d/conf.db" --remote="punix:$d/db.sock" --unixctl="$d/ovsdb-server.ctl" \
         --pidfile="$d/ovsdb-server.pid" --log-file="$d/ovsdb-server.log" 2>>"$d/ovsdb-server.err" &
@@ -180,7 +145,7 @@ EOF
         other_config:dpdk-lcore-mask=0x1 "other_config:pmd-cpu-mask=$((1 << BACK_CORE))" \
         other_config:dpdk-socket-mem=512 \
         "other_config:dpdk-extra=--single-file-segments --file-prefix=$P_OVS --no-pci"
-      note ovs "$OVS_VSWITCHD unix:$d/db.sock --unixctl=$d/vswitchd.ctl --pidfile=$d/vswitchd.pid --log-file=$d/vswitchd.log &"
+      bl_note ovs "$OVS_VSWITCHD unix:$d/db.sock --unixctl=$d/vswitchd.ctl --pidfile=$d/vswitchd.pid --log-file=$d/vswitchd.log &"
       "$OVS_VSWITCHD" "unix:$d/db.sock" --unixctl="$d/vswitchd.ctl" --pidfile="$d/vswitchd.pid" \
         --log-file="$d/vswitchd.log" 2>>"$d/vswitchd.err" &
       BACK_PID=$!
@@ -198,11 +163,11 @@ EOF
 }
 
 vsctl() {
-  note ovs "ovs-vsctl --db=unix:$W/ovs/db.sock $(printf '%q ' "$@")"
+  bl_note ovs "ovs-vsctl --db=unix:$W/ovs/db.sock $(printf '%q ' "$@")"
   ovs-vsctl --db="unix:$W/ovs/db.sock" --timeout=60 "$@"
 }
 ofctl() {
-  note ovs "ovs-ofctl $*"
+  bl_note ovs "ovs-ofctl $*"
   ovs-ofctl "$@"
 }
 ovs_appctl() { ovs-appctl -t "$W/ovs/vswitchd.ctl" "$@"; }
@@ -273,71 +238,63 @@ cost_end() {
 }
 
 # ---------------------------------------------------------------- frontends
+
+# What both vpmd-bench loop modes report, as jq fields of the measurement.
+LOOP_FIELDS='mpps_ab: .directions[0].mpps, mpps_ba: .directions[1].mpps,
+  gbps_ab: .directions[0].gbps, gbps_ba: .directions[1].gbps,
+  seconds, front_cpu_share: .frontend.cpu_share,
+  front_cycles_per_frame: .frontend.busy_cycles_per_frame'
+
+# bench_loop BACKEND MODE SIZE JQ_FIELDS: vpmd-bench MODE (loopback or ring-loop)
+# through BACKEND while its cost is sampled; sets res (JQ_FIELDS of the report,
+# as a JSON object) and cost.
+bench_loop() {
+  local back=$1 mode=$2 size=$3 fields=$4 no_config=() huge=() key=$2
+  [[ $back == vpmd ]] || no_config=(--no-config)
+  ((BENCH_HUGE)) && huge=(--huge)
+  [[ $mode == loopback ]] && key=vpmd-bench
+  local cmd=("$VPMD_BENCH" "${no_config[@]}" "$mode" "$SOCK_A" "$SOCK_B" --size "$size"
+    --duration "$DURATION" --warmup "$WARMUP" --core $FRONT_CORE "${huge[@]}" --json)
+  bl_note "$key" "${cmd[*]}"
+  "${cmd[@]}" >"$W/front.json" 2>"$W/front.err" &
+  local fp=$!
+  bl_register "$fp"
+  sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.4 }')"
+  cost_begin "$back"
+  local rc=0
+  wait "$fp" || rc=$?
+  cost=$(cost_end "$back")
+  if ((rc != 0)) || ! jq -e . "$W/front.json" >/dev/null 2>&1; then
+    bl_log "vpmd-bench $mode failed ($rc): $(tail -n 3 "$W/front.err")"
+    return 1
+  fi
+  res=$(jq -c "{$fields}" "$W/front.json")
+}
+
 # measure BACKEND FRONTEND SIZE ROUND: appends one JSON line to $MEAS.
 
 measure() {
-  local back=$1 front=$2 size=$3 round=$4 res cost no_config=()
-  [[ $back == vpmd ]] || no_config=(--no-config)
+  local back=$1 front=$2 size=$3 round=$4 res cost
   case $front in
     ring-loop)
-      local huge=()
-      ((BENCH_HUGE)) && huge=(--huge)
-      local cmd=("$VPMD_BENCH" "${no_config[@]}" ring-loop "$SOCK_A" "$SOCK_B" --size "$size"
-        --duration "$DURATION" --warmup "$WARMUP" --core $FRONT_CORE "${huge[@]}" --json)
-      note ring-loop "${cmd[*]}"
-      "${cmd[@]}" >"$W/front.json" 2>"$W/front.err" &
-      local fp=$!
-      bl_register "$fp"
-      sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.4 }')"
-      cost_begin "$back"
-      local rc=0
-      wait "$fp" || rc=$?
-      cost=$(cost_end "$back")
-      if ((rc != 0)) || ! jq -e . "$W/front.json" >/dev/null 2>&1; then
-        bl_log "vpmd-bench ring-loop failed ($rc): $(tail -n 3 "$W/front.err")"
-        return 1
-      fi
-      res=$(jq -c '{mpps_ab: .directions[0].mpps, mpps_ba: .directions[1].mpps,
-                    gbps_ab: .directions[0].gbps, gbps_ba: .directions[1].gbps,
-                    seconds, front_cpu_share: .frontend.cpu_share,
-                    front_cycles_per_frame: .frontend.busy_cycles_per_frame,
-                    front_busy_share: .frontend.busy_share, front_stalled_share: .frontend.stalled_share,
-                    frames_per_burst: ((.directions[0].rx_per_burst + .directions[1].rx_per_burst) / 2),
-                    backend_drops, checks_bad: (.checks.rx_bad + .checks.tx_out_of_order),
-                    steal_s: .steal.seconds}' "$W/front.json")
+      bench_loop "$back" ring-loop "$size" "$LOOP_FIELDS,
+        front_busy_share: .frontend.busy_share, front_stalled_share: .frontend.stalled_share,
+        frames_per_burst: ((.directions[0].rx_per_burst + .directions[1].rx_per_burst) / 2),
+        backend_drops, checks_bad: (.checks.rx_bad + .checks.tx_out_of_order),
+        steal_s: .steal.seconds" || return 1
       ;;
     vpmd-bench)
-      local huge=()
-      ((BENCH_HUGE)) && huge=(--huge)
-      local cmd=("$VPMD_BENCH" "${no_config[@]}" loopback "$SOCK_A" "$SOCK_B" --size "$size"
-        --duration "$DURATION" --warmup "$WARMUP" --core $FRONT_CORE "${huge[@]}" --json)
-      note vpmd-bench "${cmd[*]}"
-      "${cmd[@]}" >"$W/front.json" 2>"$W/front.err" &
-      local fp=$!
-      bl_register "$fp"
-      sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.4 }')"
-      cost_begin "$back"
-      local rc=0
-      wait "$fp" || rc=$?
-      cost=$(cost_end "$back")
-      if ((rc != 0)) || ! jq -e . "$W/front.json" >/dev/null 2>&1; then
-        bl_log "vpmd-bench loopback failed ($rc): $(tail -n 3 "$W/front.err")"
-        return 1
-      fi
-      res=$(jq -c '{mpps_ab: .directions[0].mpps, mpps_ba: .directions[1].mpps,
-                    gbps_ab: .directions[0].gbps, gbps_ba: .directions[1].gbps,
-                    seconds, front_cpu_share: .frontend.cpu_share,
-                    front_cycles_per_frame: .frontend.busy_cycles_per_frame}' "$W/front.json")
+      bench_loop "$back" loopback "$size" "$LOOP_FIELDS" || return 1
       ;;
     testpmd)
       local log=$W/front-testpmd.log
       local args=(-l "$FRONT_CORE,$BACK_CORE" --main-lcore $BACK_CORE --no-pci --single-file-segments
         --file-prefix=$P_FRONT --vdev "net_virtio_user0,path=$SOCK_A" --vdev "net_virtio_user1,path=$SOCK_B"
         -- -i --forward-mode=io --txpkts="$size" --total-num-mbufs=16384)
-      note testpmd-front "dpdk-testpmd ${args[*]}"
-      note testpmd-front "testpmd> set record-core-cycles on"
-      note testpmd-front "testpmd> start tx_first 32"
-      note testpmd-front "testpmd> clear fwd stats all; show port stats all (twice, $DURATION s apart); show fwd stats all"
+      bl_note testpmd-front "dpdk-testpmd ${args[*]}"
+      bl_note testpmd-front "testpmd> set record-core-cycles on"
+      bl_note testpmd-front "testpmd> start tx_first 32"
+      bl_note testpmd-front "testpmd> clear fwd stats all; show port stats all (twice, $DURATION s apart); show fwd stats all"
       bl_tp_start front "$log" "${args[@]}" || return 1
       local fpid=$TP_PID ffd=$TP_FD
       sleep 1 # the backend brings the devices up
@@ -448,7 +405,7 @@ run_backend_round() {
     done
   done
   backend_stop "$back"
-  NOTED[$back]=1 NOTED[testpmd-front]=1 NOTED[vpmd-bench]=1 NOTED[ring-loop]=1
+  bl_noted "$back" testpmd-front vpmd-bench ring-loop
 }
 
 # ---------------------------------------------------------------- rounds
@@ -492,9 +449,7 @@ jq -n --argjson machine "$(bl_machine_json)" \
     '{sizes: ($sizes | split(" ") | map(select(. != "") | tonumber)), rounds: $rounds, max_rounds: $max,
       duration_s: ($d | tonumber), warmup_s: ($w | tonumber), backends: ($b | split(" ")),
       frontends: ($f | split(" ")), vpmd_bench_hugepages: ($huge == 1)}')" \
-  --argjson cmds "$(for k in testpmd vpmd ovs testpmd-front vpmd-bench ring-loop; do
-      jq -n --arg k "$k" --rawfile v <(cat "$W/cmd.$k" 2>/dev/null) '{($k): ($v | rtrimstr("\n") | split("\n"))}'
-    done | jq -s add)" \
+  --argjson cmds "$(bl_cmds_json testpmd vpmd ovs testpmd-front vpmd-bench ring-loop)" \
   --argjson perf "$PERF" \
   --slurpfile m "$MEAS" \
   '{date: $date, quick: ($quick == 1), machine: $machine, load: {start: $load_start, end: $load_end},

@@ -233,6 +233,58 @@ bl_tp_port_stat() {
     inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }'
 }
 
+# ---------------------------------------------------------------- the binaries
+
+# bl_binaries: VPMD and VPMD_BENCH, by default those in $REPO/target/release.
+bl_binaries() {
+  [[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
+  VPMD=${VPMD:-$REPO/target/release/vpmd}
+  VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+}
+
+# bl_build: build them (release) unless BUILD=0 or they were given; then they
+# must be there.
+bl_build() {
+  if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
+    bl_log "building vpmd and vpmd-bench (release)"
+    # The tree may be mid-edit by others: a failed build keeps the binaries there are.
+    (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
+      bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
+  fi
+  [[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
+  [[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+}
+
+# ---------------------------------------------------------------- the report
+
+# bl_work_dir NAME: one benchmark at a time (the lock), in a new work dir
+# /tmp/vpmd-NAME.XXXXXX: BL_WORK, also W.
+bl_work_dir() {
+  bl_lock /run/vpmd-bench-compare.lock
+  BL_WORK=$(mktemp -d "/tmp/vpmd-$1.XXXXXX")
+  W=$BL_WORK
+}
+
+# bl_note KEY TEXT: record an exact command for the report, a line of
+# $BL_WORK/cmd.KEY (only until bl_noted KEY: the first round's).
+declare -A BL_NOTED
+bl_note() {
+  [[ -n ${BL_NOTED[$1]:-} ]] && return 0
+  printf '%s\n' "$2" >>"$BL_WORK/cmd.$1"
+}
+# bl_noted KEY...: what those commands are is on record.
+bl_noted() {
+  local k
+  for k in "$@"; do BL_NOTED[$k]=1; done
+}
+# bl_cmds_json KEY...: the recorded commands as {"KEY": [line, ...], ...}.
+bl_cmds_json() {
+  local k
+  for k in "$@"; do
+    jq -n --arg k "$k" --rawfile v <(cat "$BL_WORK/cmd.$k" 2>/dev/null) '{($k): ($v | rtrimstr("\n") | split("\n"))}'
+  done | jq -s add
+}
+
 # ---------------------------------------------------------------- facts
 
 # bl_rss_kib_excluding_guest PID: resident KiB of PID's mappings other than

@@ -99,9 +99,7 @@ done
 [[ $VMS == 1 || $VMS == 2 ]] || bl_die "--vms must be 1 or 2"
 [[ $RX_PRIO == fifo || $RX_PRIO == normal ]] || bl_die "--rx-prio must be fifo or normal"
 
-[[ -n ${VPMD:-}${VPMD_BENCH:-} ]] && VPMD_FROM_ENV=1
-VPMD=${VPMD:-$REPO/target/release/vpmd}
-VPMD_BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+bl_binaries
 GEN_CORE=0 PMD_CORE=1 P_DPDK=vbmv
 NS=vpmd-bmv-$$ UP=vbmv$$ NSIF=out0
 NS_MAC=02:00:00:00:31:fe
@@ -113,9 +111,7 @@ DSTS+="${UNKNOWN_MACS[0]},${UNKNOWN_MACS[1]}"
 TCK=$(getconf CLK_TCK)
 
 [[ $(id -u) -eq 0 ]] || bl_die "must run as root (namespaces, XDP, hugepages)"
-bl_lock /run/vpmd-bench-compare.lock
-BL_WORK=$(mktemp -d /tmp/vpmd-bench-macvlan.XXXXXX)
-W=$BL_WORK
+bl_work_dir bench-macvlan
 BL_PREFIXES=("$P_DPDK")
 net_cleanup() {
   ip netns del "$NS" 2>/dev/null
@@ -128,13 +124,7 @@ bl_install_traps
 # ---------------------------------------------------------------- setup
 
 bl_install dpdk jq psmisc iproute2
-if ((BUILD)) && [[ -z ${VPMD_FROM_ENV:-} ]]; then
-  bl_log "building vpmd and vpmd-bench (release)"
-  (cd "$REPO" && cargo build --release --quiet -p vpmd -p vpmd-bench) ||
-    bl_log "WARNING: cargo build failed; using the existing binaries in target/release"
-fi
-[[ -x $VPMD ]] || bl_die "vpmd binary $VPMD missing"
-[[ -x $VPMD_BENCH ]] || bl_die "vpmd-bench binary $VPMD_BENCH missing"
+bl_build
 if [[ $CONTENDERS == *dpdk* ]] || ((HUGE)); then
   "$REPO/scripts/hugepages.sh" 1024 "$P_DPDK" >/dev/null || bl_die "hugepages setup failed"
   bl_clean_dpdk
@@ -166,13 +156,6 @@ ip -n "$NS" link set "$NSIF" mtu 1504 address "$NS_MAC" up
 MEAS=$W/measurements.jsonl
 : >"$MEAS"
 LOAD_START=$(bl_load_snapshot)
-declare -A NOTED
-# note KEY TEXT: record an exact command for the report (first time only).
-note() {
-  [[ -n ${NOTED[$1]:-} ]] && return 0
-  printf '%s\n' "$2" >>"$W/cmd.$1"
-}
-noted() { NOTED[$1]=1; }
 
 # link_stats NS IF: rtnetlink stats64 of IF (NS "" = ours) as JSON.
 link_stats() {
@@ -191,6 +174,27 @@ thread_cpu() {
 # vCPUs (/proc/stat steal, clock ticks); a polling thread that does not run for
 # milliseconds lets the AF_XDP ring overflow whatever it does.
 steal_ticks() { awk '$1 == "cpu0" { a = $9 } $1 == "cpu1" { b = $9 } END { print a + 0, b + 0 }' /proc/stat; }
+
+# timed_run OUT ERR CMD...: run CMD (stdout to OUT, stderr to ERR) and wait for
+# it, reading the polling thread's CPU time, the steal time and the clock before
+# and after: sets the caller's cpu0 cpu1, st0 st1, t0 t1, load1 (1-minute load
+# average at the end) and rc (CMD's exit status).
+timed_run() {
+  local out=$1 err=$2 p
+  shift 2
+  cpu0=$(thread_cpu "$BACK_PID" "$PMD_TID")
+  st0=$(steal_ticks)
+  t0=$(date +%s.%N)
+  "$@" >"$out" 2>"$err" &
+  p=$!
+  bl_register "$p"
+  rc=0
+  wait "$p" || rc=$?
+  cpu1=$(thread_cpu "$BACK_PID" "$PMD_TID")
+  st1=$(steal_ticks)
+  t1=$(date +%s.%N)
+  load1=$(cut -d' ' -f1 /proc/loadavg)
+}
 
 # find_thread PID COMM_REGEX: the thread of PID whose name matches.
 find_thread() {
@@ -222,9 +226,9 @@ backend_start() {
       done
       printf '\n[[macvlan]]\nuplink = "%s"\nqueues = 1\nmode = "bridge"\nports = [%s]\n' \
         "$UP" "$ports" >>"$d/vpmd.toml"
-      note "$c" "$VPMD run --config vpmd.toml   # vpmd.toml:"
-      note "$c" "$(sed 's/^/    /' "$d/vpmd.toml")"
-      noted "$c"
+      bl_note "$c" "$VPMD run --config vpmd.toml   # vpmd.toml:"
+      bl_note "$c" "$(sed 's/^/    /' "$d/vpmd.toml")"
+      bl_noted "$c"
       RUST_LOG=warn,vpmd=info "$VPMD" run --config "$d/vpmd.toml" >"$d/vpmd.out" 2>"$d/vpmd.log" &
       BACK_PID=$!
       bl_register "$BACK_PID"
@@ -237,9 +241,9 @@ backend_start() {
       local args=(-l "$GEN_CORE,$PMD_CORE" --main-lcore "$GEN_CORE" --no-pci --single-file-segments
         --file-prefix=$P_DPDK --vdev "net_af_xdp0,iface=$UP,start_queue=0,queue_count=1"
         --vdev "net_vhost0,iface=${SOCKS[0]}" -- -i --forward-mode=io --total-num-mbufs=32768)
-      note dpdk "dpdk-testpmd ${args[*]}"
-      note dpdk "testpmd> start"
-      noted dpdk
+      bl_note dpdk "dpdk-testpmd ${args[*]}"
+      bl_note dpdk "testpmd> start"
+      bl_noted dpdk
       bl_tp_start dpdk "$d/testpmd.log" "${args[@]}" || return 1
       BACK_PID=$TP_PID BACK_FD=$TP_FD
       PMD_TID=$(find_thread "$BACK_PID" "lcore-worker-$PMD_CORE|rte-worker-$PMD_CORE") ||
@@ -304,12 +308,12 @@ measure_in() {
   for i in "${!SOCKS[@]}"; do
     local cmd=("${prio[@]}" "$VPMD_BENCH" "${no_config[@]}" rxonly "${SOCKS[i]}" --dst-mac "${VM_MACS[i]}"
       --queue-size "$RX_QSIZE" "${HUGE_ARG[@]}" --idle-timeout 2 --json "${rxcore[@]}")
-    note "rx-$c" "${cmd[*]} &"
+    bl_note "rx-$c" "${cmd[*]} &"
     "${cmd[@]}" >"$d/rx$i.json" 2>"$d/rx$i.err" &
     pids+=($!)
     bl_register $!
   done
-  noted "rx-$c"
+  bl_noted "rx-$c"
   for i in "${!SOCKS[@]}"; do
     bl_wait_for 30 "receiver $i" grep -q "rxonly ready" "$d/rx$i.err" || return 1
   done
@@ -324,20 +328,10 @@ measure_in() {
   [[ $c == dpdk ]] || s0=$(vpmd_stats "$d")
   local gen=(ip netns exec "$NS" "$VPMD_BENCH" xdp-txonly --iface "$NSIF" --src-mac "$NS_MAC"
     --dst-mac "$DSTS" --size "$size" --duration "$DURATION" --core "$GEN_CORE" --json)
-  note gen "${gen[*]}"
-  noted gen
-  cpu0=$(thread_cpu "$BACK_PID" "$PMD_TID")
-  st0=$(steal_ticks)
-  t0=$(date +%s.%N)
-  "${gen[@]}" >"$d/gen.json" 2>"$d/gen.err" &
-  local gp=$!
-  bl_register "$gp"
-  wait "$gp" || rc=$?
-  cpu1=$(thread_cpu "$BACK_PID" "$PMD_TID")
-  st1=$(steal_ticks)
-  t1=$(date +%s.%N)
+  bl_note gen "${gen[*]}"
+  bl_noted gen
   local load1
-  load1=$(cut -d' ' -f1 /proc/loadavg)
+  timed_run "$d/gen.json" "$d/gen.err" "${gen[@]}"
   ((rc == 0)) || { bl_log "generator failed ($rc): $(tail -n 3 "$d/gen.err")"; return 1; }
   # The receivers stop 2 s after their last frame; SIGINT (they still report) if not.
   for i in "${!pids[@]}"; do
@@ -402,20 +396,10 @@ measure_out() {
   local cmd=("$VPMD_BENCH" "${no_config[@]}" txonly "${SOCKS[0]}" --src-mac "${VM_MACS[0]}"
     --dst-mac "$NS_MAC" --size "$size" --duration "$DURATION" --queue-size "$RX_QSIZE" "${HUGE_ARG[@]}"
     --core "$GEN_CORE" --json)
-  note "tx-$c" "${cmd[*]}"
-  noted "tx-$c"
-  cpu0=$(thread_cpu "$BACK_PID" "$PMD_TID")
-  st0=$(steal_ticks)
-  t0=$(date +%s.%N)
-  "${cmd[@]}" >"$d/tx.json" 2>"$d/tx.err" &
-  local tp=$!
-  bl_register "$tp"
-  wait "$tp" || rc=$?
-  cpu1=$(thread_cpu "$BACK_PID" "$PMD_TID")
-  st1=$(steal_ticks)
-  t1=$(date +%s.%N)
+  bl_note "tx-$c" "${cmd[*]}"
+  bl_noted "tx-$c"
   local load1
-  load1=$(cut -d' ' -f1 /proc/loadavg)
+  timed_run "$d/tx.json" "$d/tx.err" "${cmd[@]}"
   ((rc == 0)) || { bl_log "txonly failed ($rc): $(tail -n 3 "$d/tx.err")"; return 1; }
   sleep 0.3
   local ns1 s1="{}"
@@ -486,9 +470,7 @@ LOAD_END=$(bl_load_snapshot)
 mkdir -p "$OUT"
 NAME=macvlan-$(date +%Y%m%d-%H%M%S)
 ((QUICK)) && NAME=macvlan-quick
-cmds=$(for k in vpmd-busy vpmd-sleep dpdk gen rx-vpmd-busy rx-dpdk tx-vpmd-busy tx-dpdk; do
-  jq -n --arg k "$k" --rawfile v <(cat "$W/cmd.$k" 2>/dev/null) '{($k): ($v | rtrimstr("\n") | split("\n"))}'
-done | jq -s add)
+cmds=$(bl_cmds_json vpmd-busy vpmd-sleep dpdk gen rx-vpmd-busy rx-dpdk tx-vpmd-busy tx-dpdk)
 jq -n --argjson machine "$(bl_machine_json)" \
   --argjson load_start "$LOAD_START" --argjson load_end "$LOAD_END" \
   --arg date "$(date -Is)" --argjson quick "$QUICK" --argjson cmds "$cmds" \

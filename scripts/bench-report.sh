@@ -16,14 +16,12 @@
 # >= 1.5x at 256 and 1024 B.
 set -euo pipefail
 
+LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) # bench-report.jq
+
 RAW=${1:?usage: bench-report.sh RAW.json OUT_BASENAME}
 OUT=${2:?usage: bench-report.sh RAW.json OUT_BASENAME}
 
-jq '
-  def median: sort | if length == 0 then null
-    elif length % 2 == 1 then .[length / 2 | floor]
-    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-  def r3: if . == null then null else . * 1000 | round / 1000 end;
+jq -L "$LIB" 'include "bench-report";
   def target($f; $s): if $f == "ring-loop" then
       (if ($s == 64 or $s == 1518) then 2.0 elif ($s == 256 or $s == 1024) then 1.5 else null end)
     elif $s == 64 then 1.0 elif ($s == 1024 or $s == 1518) then 1.3 else null end;
@@ -64,12 +62,7 @@ jq '
                                    then .backends.vpmd.mpps_max / $top | r3 else null end)}] as $summary
   | $raw + {summary: $summary}' "$RAW" >"$OUT.json"
 
-jq -r '
-  def f($d): if . == null then "–" elif $d == 0 then (round | tostring)
-    else (. * pow(10; $d) | round | tostring) as $n
-      | ("0" * ([$d + 1 - ($n | length), 0] | max) + $n) as $p
-      | $p[:($p | length) - $d] + "." + $p[($p | length) - $d:] end;
-  def x: if . == null then "–" else (f(2) + "×") end;
+jq -r -L "$LIB" 'include "bench-report";
   def name: {testpmd: "DPDK testpmd (net_virtio_user, io fwd, start tx_first 32)",
              "vpmd-bench": "vpmd-bench loopback (zero-copy io fwd, 32 bursts injected)",
              "ring-loop": "vpmd-bench ring-loop (the backend alone: rings filled once, only indexes moved)"}[.] // .;
@@ -77,8 +70,7 @@ jq -r '
   | "# Loopback throughput: vpmd vs DPDK testpmd vs OVS-DPDK\n",
     "\(.date)\(if .quick then " — **quick mode** (1 round, smoke test)" else "" end)\n",
     "- Machine: \(.machine.cpu), \(.machine.cores) cores, kernel \(.machine.kernel), \(.machine.os); DPDK \(.machine.dpdk), OVS \(.machine.ovs)",
-    "- Load at start: loadavg \(.load.start.loadavg); other busy processes: \(.load.start.others_busy | if . == "" then "none" else . end)",
-    "- Load at end: loadavg \(.load.end.loadavg); other busy processes: \(.load.end.others_busy | if . == "" then "none" else . end)",
+    load_lines,
     "- 1-minute load average at each measurement (2.0 = both cores busy, which the two polling threads alone make): \([.measurements[].loadavg1] | sort | "min \(.[0]), median \(.[length / 2 | floor]), max \(.[-1])"); CPU share the vpmd-bench frontend got on its core: \([.measurements[] | .front_cpu_share | select(. != null)] | sort | if length == 0 then "–" else "min \(.[0] * 100 | round) %, median \(.[length / 2 | floor] * 100 | round) %" end).",
     "- Each backend forwards with one polling core (core 1); each frontend runs on core 0. \(.config.duration_s) s measured after \(.config.warmup_s) s warm-up; median of \(.config.rounds) rounds (up to \(.config.max_rounds) where the spread exceeded 15 %), contenders alternating round by round.",
     "- Mpps and Gbit/s are **per direction** (mean of the two directions of a run); Gbit/s counts frame bytes (no FCS, preamble or gap). Frame size = Ethernet frame without FCS (testpmd --txpkts).",

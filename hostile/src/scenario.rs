@@ -51,6 +51,16 @@ impl Scenario {
         }
     }
 
+    /// Starts the scenario, connects the well-behaved [`Sender`] on `p` and a hostile
+    /// frontend on `h`, and waits for `h` to be up: the opening of most attacks.
+    pub fn start_with_h(name: &str) -> (Scenario, Sender, HostileVm) {
+        let sc = Scenario::start(name);
+        let p = Sender::connect(&sc.vpmd);
+        let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("hostile setup");
+        sc.vpmd.wait_up(&["h"]);
+        (sc, p, vm)
+    }
+
     /// Seconds since the attack started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

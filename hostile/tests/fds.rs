@@ -227,11 +227,8 @@ fn a_hugetlbfs_file_truncated_or_punched_under_running_rings_never_crashes_vpmd(
 
 #[test]
 fn a_call_eventfd_made_blocking_and_saturated_never_freezes_the_switch() {
-    let sc = Scenario::start("callfd");
-    let mut p = Sender::connect(&sc.vpmd);
     // First the counter alone: vpmd's write fails at once, counted, nothing stops.
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, vm) = Scenario::start_with_h("callfd");
     post_rx(&vm, 128);
     let call = vm.vring_eventfd(RX, false);
     assert_eq!(eventfd_write(call, u64::MAX - 1), 8);
@@ -254,10 +251,7 @@ fn a_call_eventfd_made_blocking_and_saturated_never_freezes_the_switch() {
 
 #[test]
 fn a_replaced_kick_fd_is_let_go_of_and_the_old_one_written_and_made_blocking_harms_nobody() {
-    let sc = Scenario::start("kickfd");
-    let mut p = Sender::connect(&sc.vpmd);
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, vm) = Scenario::start_with_h("kickfd");
     let fds_before = sc.vpmd.open_fds();
     let mut old = Vec::new();
     for _ in 0..100 {
@@ -397,10 +391,7 @@ fn connections_carrying_as_many_fds_as_they_can_do_not_exhaust_vpmd() {
 
 #[test]
 fn a_second_thread_rewriting_descriptors_and_headers_mid_burst_harms_nobody() {
-    let sc = Scenario::start("rewrite");
-    let mut p = Sender::connect(&sc.vpmd);
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, vm) = Scenario::start_with_h("rewrite");
     let tx = vm.tx_ring();
     let stop = AtomicBool::new(false);
     let mut offered = 0u64;

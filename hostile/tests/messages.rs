@@ -276,10 +276,7 @@ fn saturated_blocking_call_eventfd_does_not_stall_the_polling_thread() {
 
 #[test]
 fn memory_table_replaced_and_cut_while_frames_flow() {
-    let sc = Scenario::start("memswap");
-    let mut p = Sender::connect(&sc.vpmd);
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, vm) = Scenario::start_with_h("memswap");
     let f = frame_to_p(9);
     let (addr, len) = vm.tx_frame(0, &f);
     let tx = vm.tx_ring();

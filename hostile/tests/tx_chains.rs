@@ -106,10 +106,7 @@ fn buffers_outside_across_or_past_guest_memory_are_skipped() {
 
 #[test]
 fn malformed_chains_and_indirect_tables_are_skipped() {
-    let sc = Scenario::start("tx-chains");
-    let mut p = Sender::connect(&sc.vpmd);
-    let vm = HostileVm::start(&sc.vpmd.socket("h")).expect("hostile setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, vm) = Scenario::start_with_h("tx-chains");
     let tx = vm.tx_ring();
     let n = tx.layout.size;
     let f = frame_to_p(7, 300);
@@ -229,10 +226,7 @@ fn long_chains_of_empty_descriptors_do_not_stall_other_ports() {
 
 #[test]
 fn avail_idx_jumping_past_the_ring_stops_the_queue_until_reset() {
-    let sc = Scenario::start("tx-avail");
-    let mut p = Sender::connect(&sc.vpmd);
-    let mut vm = HostileVm::start(&sc.vpmd.socket("h")).expect("hostile setup");
-    sc.vpmd.wait_up(&["h"]);
+    let (sc, mut p, mut vm) = Scenario::start_with_h("tx-avail");
     let f = frame_to_p(3, 128);
     let (addr, len) = vm.tx_frame(0, &f);
     {

@@ -23,9 +23,7 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-[[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
 NS=vpmd-bms-$$
 UP=vpmdbs$$               # vpmd's uplink (this namespace)

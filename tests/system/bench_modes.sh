@@ -26,37 +26,13 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
 SOCK0=$WORK/vm0.sock
 SOCK1=$WORK/vm1.sock
 RATE=20000
 
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-[[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
-cat >"$WORK/vpmd.toml" <<EOF
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$SOCK0"
-mode = "server"
-mac = "52:54:00:00:00:01"
-mtu = 1500
-
-[[port]]
-name = "vm1"
-socket = "$SOCK1"
-mode = "server"
-mac = "52:54:00:00:00:02"
-mtu = 1500
-
-[[veth]]
-ports = ["vm0", "vm1"]
-EOF
+write_config "$WORK/vpmd.toml" server 1500 "$WORK"
 start_vpmd "$WORK/vpmd.toml"
 
 # jfield FILE JQ_EXPR: a field of a JSON report, which must be there.

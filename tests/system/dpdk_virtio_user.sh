@@ -37,10 +37,12 @@
 #   KEEP_WORK=1  keep the work dir (logs, config) even when the test passes
 # Needs root (hugepages, apt-get when DPDK is missing).
 set -euo pipefail
+# shellcheck source=tests/system/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# dpdk-testpmd at its prompt, bl_install, bl_clean_dpdk.
+# shellcheck source=scripts/bench-lib.sh
+source "$REPO/scripts/bench-lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TEST_NAME=dpdk_virtio_user
-VPMD=${VPMD:-target/release/vpmd}
 [[ $VPMD == /* ]] || VPMD=$REPO/$VPMD          # relative paths are from the repo root
 BACKEND=${BACKEND:-vpmd}
 RUN_SECONDS=${RUN_SECONDS:-5}
@@ -49,36 +51,14 @@ BACK_PREFIX=vpmdtestback       # --file-prefix of the reference backend (BACKEND
 RING_SIZE=256                  # virtio-user's default queue_size (we do not change it)
 TESTPMD_EXIT_TIMEOUT=30        # seconds for `quit` (stops ports over vhost-user)
 
-WORK=$(mktemp -d "/tmp/vpmd-$TEST_NAME.XXXXXX")
 SOCK0=$WORK/vm0.sock
 SOCK1=$WORK/vm1.sock
-CONTROL=$WORK/control.sock
 FRONT_LOG=$WORK/testpmd-front.log
 BACK_LOG=$WORK/backend.log     # vpmd's or the reference testpmd's output
 FRONT_PID="" BACK_PID=""
 FRONT_FD="" BACK_FD=""         # write ends of the fifos feeding testpmd's prompt
-FAILED=0
-
-log() { echo "[$TEST_NAME $(date +%T)] $*"; }
-
-# alive PID: the process exists and is not a zombie (an exited child that has
-# not been waited for still answers kill -0).
-alive() {
-  kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
-}
-
-# stop_pid PID [SIGNAL] [WAIT_S]: signal one of our children, SIGKILL it if it
-# is still there after WAIT_S seconds.
-stop_pid() {
-  local pid=$1 sig=${2:-TERM} wait_s=${3:-10} i
-  alive "$pid" || return 0
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < wait_s * 10; i++)); do
-    alive "$pid" || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
+BL_WORK=$WORK                  # where bl_tp_start puts its fifos
+BL_NAME=$TEST_NAME             # in bench-lib.sh's messages
 
 # wait_exit PID TIMEOUT_S: wait for one of our children to exit and set
 # EXIT_RC to its exit status. Returns 1 if it is still running at the timeout.
@@ -95,9 +75,8 @@ wait_exit() {
   wait "$pid" 2>/dev/null || EXIT_RC=$?
 }
 
-cleanup() {
-  local status=$? p
-  set +e
+# At exit, before lib.sh's cleanup: the testpmds, then their hugepage files.
+stop_testpmds() {
   # Closing a fifo's write end gives testpmd EOF at its prompt, which makes it
   # quit by itself; the signals are for whatever did not.
   [[ -n $FRONT_FD ]] && exec {FRONT_FD}>&-
@@ -107,33 +86,10 @@ cleanup() {
   wait 2>/dev/null
   # --single-file-segments leaves <prefix>map_* hugepage files behind (they
   # keep their hugepages reserved); also drop DPDK's runtime dir of our prefixes.
-  for p in "$FRONT_PREFIX" "$BACK_PREFIX"; do
-    rm -f /dev/hugepages/"${p}"map_*
-    rm -rf "/var/run/dpdk/$p"
-  done
-  find "$WORK" -type s -delete 2>/dev/null
-  if [[ $status -ne 0 || $FAILED -ne 0 ]]; then
-    echo "[$TEST_NAME] logs kept in $WORK" >&2
-  elif [[ ${KEEP_WORK:-0} != 1 ]]; then
-    rm -rf "$WORK"
-  fi
+  BL_PREFIXES=("$FRONT_PREFIX" "$BACK_PREFIX")
+  bl_clean_dpdk
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# fail MESSAGE: print the message and the tails of the logs, exit 1.
-fail() {
-  FAILED=1
-  echo "FAIL: $TEST_NAME: $*" >&2
-  local f
-  for f in "$WORK"/*.log; do
-    [[ -f $f ]] || continue
-    echo "----- tail of $f" >&2
-    tail -n 40 "$f" >&2
-  done
-  exit 1
-}
+on_exit stop_testpmds
 
 # ---------------------------------------------------------------- helpers
 
@@ -145,26 +101,13 @@ log_has_after() {
 # tp_cmd FD LOG COMMAND [TIMEOUT_S]: type COMMAND at a testpmd prompt and wait
 # until testpmd has printed its next prompt (the command is done). Sets CMD_OFF
 # to the byte offset in LOG where this command's output starts.
-CMD_OFF=0
-tp_cmd() {
-  local fd=$1 logf=$2 cmd=$3 t=${4:-20} i
-  CMD_OFF=$(stat -c %s "$logf")
-  echo "$cmd" >&"$fd"
-  for ((i = 0; i < t * 10; i++)); do
-    log_has_after "$logf" "$CMD_OFF" "testpmd> " && return 0
-    sleep 0.1
-  done
-  fail "testpmd did not finish '$cmd' within ${t}s ($logf)"
-}
+tp_cmd() { bl_tp_cmd "$@" || fail "testpmd did not finish '$3' within ${4:-20}s ($2)"; }
 
-# port_stat LOG OFFSET PORT FIELD: value of FIELD (RX-packets, TX-bytes, ...)
+# tp_port_stat LOG OFFSET PORT FIELD: value of FIELD (RX-packets, TX-bytes, ...)
 # in the first `show port stats` block of PORT after byte OFFSET of LOG.
-port_stat() {
+tp_port_stat() {
   local v
-  v=$(tail -c "+$(($2 + 1))" "$1" | awk -v p="$3" -v f="$4:" '
-    /NIC statistics for port/ { inb = ($0 ~ ("for port " p " ")); next }
-    /^ *#+ *$/ { inb = 0 }
-    inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }')
+  v=$(bl_tp_port_stat "$@")
   [[ $v =~ ^[0-9]+$ ]] || fail "no $4 for port $3 in the output of 'show port stats all' ($1)"
   echo "$v"
 }
@@ -182,30 +125,12 @@ accum_stat() {
 }
 
 # start_testpmd NAME LOG EAL_ARGS... -- APP_ARGS...: start dpdk-testpmd at its
-# interactive prompt, fed from a fifo. Sets TP_PID and TP_FD (our write end).
-start_testpmd() {
-  local name=$1 logf=$2 fifo=$WORK/$1.in
-  shift 2
-  mkfifo "$fifo"
-  # Opening the fifo read-write never blocks (a write-only open would wait for
-  # the reader), and keeps testpmd's stdin open until we close it.
-  exec {TP_FD}<>"$fifo"
-  # stdbuf: testpmd's stdout is a file, line buffering keeps its output in
-  # step with our commands (block buffering would hold the stats back).
-  stdbuf -oL dpdk-testpmd "$@" <"$fifo" >"$logf" 2>&1 &
-  TP_PID=$!
-}
+# interactive prompt, fed from a fifo, and wait for the prompt. Sets TP_PID and
+# TP_FD (our write end).
+start_testpmd() { bl_tp_start "$@" || fail "testpmd $1 did not reach its prompt ($2)"; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: retry COMMAND every 0.2 s.
-wait_for() {
-  local t=$1 what=$2 i
-  shift 2
-  for ((i = 0; i < t * 5; i++)); do
-    "$@" && return 0
-    sleep 0.2
-  done
-  fail "timed out after ${t}s waiting for $what"
-}
+wait_for() { bl_wait_for "$@" || fail "timed out after ${1}s waiting for $2"; }
 
 sockets_exist() { [[ -S $SOCK0 && -S $SOCK1 ]]; }
 log_has() { grep -qF -- "$2" "$1" 2>/dev/null; }
@@ -226,17 +151,8 @@ vpmd_ports_state() {
 case $BACKEND in vpmd | dpdk) ;; *) fail "BACKEND must be vpmd or dpdk, got '$BACKEND'" ;; esac
 
 # DPDK and jq come from Debian; install them only when missing.
-missing=()
-command -v dpdk-testpmd >/dev/null || missing+=(dpdk)
-command -v jq >/dev/null || missing+=(jq)
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bl_install dpdk jq
 command -v dpdk-testpmd >/dev/null || fail "dpdk-testpmd not found after installing dpdk"
-
 # 1024 hugepages, hugetlbfs mounted, stale map files of our prefixes removed.
 "$REPO/scripts/hugepages.sh" 1024 "$FRONT_PREFIX" "$BACK_PREFIX" >/dev/null ||
   fail "could not set up hugepages (scripts/hugepages.sh)"
@@ -257,26 +173,7 @@ FRONT_ARGS=(-l 0,1 --main-lcore 1 --no-pci --single-file-segments --file-prefix=
 
 if [[ $BACKEND == vpmd ]]; then
   [[ -x $VPMD ]] || fail "vpmd binary $VPMD not found (cargo build --release, or set VPMD)"
-  cat >"$WORK/vpmd.toml" <<EOF
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$SOCK0"
-mode = "server"
-mac = "52:54:00:00:00:01"
-
-[[port]]
-name = "vm1"
-socket = "$SOCK1"
-mode = "server"
-mac = "52:54:00:00:00:02"
-
-[[veth]]
-ports = ["vm0", "vm1"]
-EOF
+  write_config "$WORK/vpmd.toml" server 1500 "$WORK"
   log "starting vpmd ($VPMD)"
   "$VPMD" run --config "$WORK/vpmd.toml" >"$BACK_LOG" 2>&1 &
   BACK_PID=$!
@@ -294,7 +191,6 @@ else
     --file-prefix="$BACK_PREFIX" --vdev "net_vhost0,iface=$SOCK0" --vdev "net_vhost1,iface=$SOCK1" \
     -- -i --forward-mode=io --total-num-mbufs=16384
   BACK_PID=$TP_PID BACK_FD=$TP_FD
-  wait_for 30 "the backend's prompt" eval 'back_alive; log_has "$BACK_LOG" "testpmd> "'
   sockets_exist || fail "the backend testpmd did not create $SOCK0 and $SOCK1"
   tp_cmd "$BACK_FD" "$BACK_LOG" start
 fi
@@ -302,7 +198,6 @@ fi
 log "starting the frontend: dpdk-testpmd ${FRONT_ARGS[*]}"
 start_testpmd frontend "$FRONT_LOG" "${FRONT_ARGS[@]}"
 FRONT_PID=$TP_PID FRONT_FD=$TP_FD
-wait_for 60 "the frontend testpmd's prompt" eval 'alive $FRONT_PID || fail "frontend testpmd exited early"; log_has "$FRONT_LOG" "testpmd> "'
 log_has "$FRONT_LOG" "No probed ethernet devices" && fail "the frontend testpmd found no virtio-user ports"
 log_has "$FRONT_LOG" "Port 1: " || fail "the frontend testpmd did not configure port 1"
 back_alive
@@ -344,10 +239,10 @@ END_OFF=$CMD_OFF
 declare -A TP      # testpmd counters: TP[mid,RX-packets,0], TP[end,TX-bytes,1], ...
 for p in 0 1; do
   for f in RX-packets TX-packets RX-bytes TX-bytes; do
-    TP[end,$f,$p]=$(port_stat "$FRONT_LOG" "$END_OFF" $p $f)
+    TP[end,$f,$p]=$(tp_port_stat "$FRONT_LOG" "$END_OFF" $p $f)
   done
   for f in RX-packets TX-packets; do
-    TP[mid,$f,$p]=$(port_stat "$FRONT_LOG" "$MID_OFF" $p $f)
+    TP[mid,$f,$p]=$(tp_port_stat "$FRONT_LOG" "$MID_OFF" $p $f)
   done
 done
 TP_TX_DROPPED=$(accum_stat "$FRONT_LOG" "$STOP_OFF" TX-dropped)
@@ -391,9 +286,9 @@ if [[ $BACKEND == vpmd ]]; then
 else
   tp_cmd "$BACK_FD" "$BACK_LOG" "show port stats all"
   for p in 0 1; do
-    B_TX[$p]=$(port_stat "$BACK_LOG" "$CMD_OFF" $p RX-packets)
-    B_RX[$p]=$(port_stat "$BACK_LOG" "$CMD_OFF" $p TX-packets)
-    B_TXB[$p]=$(port_stat "$BACK_LOG" "$CMD_OFF" $p RX-bytes)
+    B_TX[$p]=$(tp_port_stat "$BACK_LOG" "$CMD_OFF" $p RX-packets)
+    B_RX[$p]=$(tp_port_stat "$BACK_LOG" "$CMD_OFF" $p TX-packets)
+    B_TXB[$p]=$(tp_port_stat "$BACK_LOG" "$CMD_OFF" $p RX-bytes)
   done
   # The vhost PMD's port counters count only frames it enqueued; io forwarding
   # counts the ones it could not enqueue (and freed) as TX-dropped on `stop`.
@@ -464,4 +359,4 @@ else
   [[ $EXIT_RC == 0 ]] || fail "backend testpmd exited with status $EXIT_RC"
 fi
 
-echo "PASS $TEST_NAME"
+pass

@@ -17,8 +17,7 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
 DIR=$WORK/sock
 write_pairs_config "$WORK/vpmd.toml" "$DIR" 1
@@ -26,16 +25,15 @@ start_vpmd "$WORK/vpmd.toml"
 fds0=$(fd_count "$VPMD_PID") thr0=$(thread_count "$VPMD_PID")
 log "vpmd at start: $fds0 fds, $thr0 threads"
 
-# settled PID: "fds threads" once they have not changed for a second.
-settled() {
-  local last="" now i
-  for ((i = 0; i < 50; i++)); do
-    now="$(fd_count "$1") $(thread_count "$1")"
-    [[ $now == "$last" ]] && { echo "$now"; return; }
-    last=$now
-    sleep 1
-  done
-  echo "$now"
+# start_receiver NAME: rxonly NAME on p0b, ready, p0b up and its rx_packets
+# moving; sets RX_PID, and RX_RATE to the frames it got in a second.
+start_receiver() {
+  start_bench "$1" rxonly "$DIR/p0b.sock" --duration 120 --idle-timeout 120
+  RX_PID=$BENCH_PID
+  wait_for_log "$WORK/$1.log" "rxonly ready" 30 "$RX_PID" || fail "rxonly $1 did not start"
+  wait_port_state p0b up 20 || fail "p0b not up after rxonly $1 connected"
+  RX_RATE=$(counter_delta p0b .rx_packets)
+  ((RX_RATE > 0)) || fail "rxonly $1 is not receiving (p0b rx_packets +$RX_RATE in a second)"
 }
 
 # --------------------------------------------------------------- 1. kill the receiver
@@ -45,21 +43,13 @@ wait_port_state p0a up 20 || fail "p0a not up after txonly connected"
 read -r fdsA thrA <<<"$(settled "$VPMD_PID")"
 log "with the sender connected: $fdsA fds, $thrA threads"
 
-start_bench rx1 rxonly "$DIR/p0b.sock" --duration 120 --idle-timeout 120
-RX_PID=$BENCH_PID
-wait_for_log "$WORK/rx1.log" "rxonly ready" 30 "$RX_PID" || fail "rxonly did not start"
-wait_port_state p0b up 20 || fail "p0b not up after rxonly connected"
-# The receiver is getting frames: p0b's rx_packets moves.
-r1=$(port_stat "$(vpmd_stats_json)" p0b .rx_packets)
-sleep 1
-r2=$(port_stat "$(vpmd_stats_json)" p0b .rx_packets)
-((r2 > r1)) || fail "rxonly is not receiving (p0b rx_packets $r1 -> $r2)"
+start_receiver rx1
 rx_inodes=$(memfd_inodes "$RX_PID")
 [[ -n $rx_inodes ]] || fail "rxonly maps no memfd"
 for ino in $rx_inodes; do
   memfd_inodes "$VPMD_PID" | grep -qx "$ino" || fail "vpmd does not map rxonly's memfd (inode $ino)"
 done
-log "receiving $(((r2 - r1))) frames/s; vpmd maps rxonly's guest memory (memfd inode $rx_inodes)"
+log "receiving $RX_RATE frames/s; vpmd maps rxonly's guest memory (memfd inode $rx_inodes)"
 
 kill -KILL "$RX_PID"
 wait "$RX_PID" 2>/dev/null || true
@@ -73,21 +63,12 @@ for ino in $rx_inodes; do
   ! memfd_inodes "$VPMD_PID" | grep -qx "$ino" || fail "vpmd still maps the dead rxonly's memfd (inode $ino)"
 done
 log "dead receiver released: $fdsA fds, $thrA threads, its memfd unmapped"
-p1=$(port_stat "$(vpmd_stats_json)" p0a .drops.peer_down)
-sleep 1
-p2=$(port_stat "$(vpmd_stats_json)" p0a .drops.peer_down)
-((p2 > p1)) || fail "p0a's frames are not counted as peer_down after its peer died ($p1 -> $p2)"
-log "the sender's frames now count as peer_down: +$((p2 - p1)) in a second"
+p=$(counter_delta p0a .drops.peer_down)
+((p > 0)) || fail "p0a's frames are not counted as peer_down after its peer died (+$p in a second)"
+log "the sender's frames now count as peer_down: +$p in a second"
 
 # --------------------------------------------------------------- 2. kill the sender
-start_bench rx2 rxonly "$DIR/p0b.sock" --duration 120 --idle-timeout 120
-RX_PID=$BENCH_PID
-wait_for_log "$WORK/rx2.log" "rxonly ready" 30 "$RX_PID" || fail "second rxonly did not start"
-wait_port_state p0b up 20 || fail "p0b not up after the second rxonly connected"
-r1=$(port_stat "$(vpmd_stats_json)" p0b .rx_packets)
-sleep 1
-r2=$(port_stat "$(vpmd_stats_json)" p0b .rx_packets)
-((r2 > r1)) || fail "the reconnected receiver gets no frames (p0b rx_packets $r1 -> $r2)"
+start_receiver rx2
 tx_inodes=$(memfd_inodes "$TX_PID")
 kill -KILL "$TX_PID"
 wait "$TX_PID" 2>/dev/null || true

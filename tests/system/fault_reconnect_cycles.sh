@@ -27,8 +27,7 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
 CYCLES=${CYCLES:-100}
 WARMUP=10
@@ -55,22 +54,10 @@ cycle() {
     >"$WORK/cycle.out" 2>&1 || fail "cycle $1: txonly failed: $(cat "$WORK/cycle.out")"
 }
 
-# settled PID: "fds threads" once unchanged for a second.
-settled() {
-  local last="" now i
-  for ((i = 0; i < 30; i++)); do
-    now="$(fd_count "$1") $(thread_count "$1")"
-    [[ $now == "$last" ]] && { echo "$now"; return; }
-    last=$now
-    sleep 1
-  done
-  echo "$now"
-}
-
 mem() { echo "VmRSS $(rss_kib "$1") RssAnon $(rss_kib "$1" RssAnon) RssShmem $(rss_kib "$1" RssShmem) KiB"; }
 
 for ((i = 0; i < WARMUP; i++)); do cycle "$i"; done
-read -r fds0 thr0 <<<"$(settled "$VPMD_PID")"
+read -r fds0 thr0 <<<"$(settled "$VPMD_PID" 30)"
 rss0=$(rss_kib "$VPMD_PID" RssAnon)
 rx_before=$(port_stat "$(vpmd_stats_json)" p0b .rx_packets)
 log "after $WARMUP warm-up cycles: $fds0 fds, $thr0 threads, $(mem "$VPMD_PID")"
@@ -84,7 +71,7 @@ done
 log "$CYCLES cycles in $((SECONDS - start)) s"
 wait_port_state p1a down 20 || fail "p1a still up after the last cycle"
 
-wait_value 30 "$fds0 $thr0" settled "$VPMD_PID" ||
+wait_value 30 "$fds0 $thr0" settled "$VPMD_PID" 30 ||
   fail "after $CYCLES cycles vpmd holds '$WAIT_GOT' (fds threads), not '$fds0 $thr0'"
 rss1=$(rss_kib "$VPMD_PID" RssAnon)
 log "after $CYCLES cycles: $fds0 fds, $thr0 threads (exactly as before); $(mem "$VPMD_PID"); RssAnon change $((rss1 - rss0)) KiB"

@@ -13,6 +13,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VPMD=${VPMD:-$REPO/target/release/vpmd}
 GUEST_DIR=${GUEST_DIR:-$REPO/target/guest}
 RUN_QEMU=$REPO/scripts/guest/run-qemu.sh
+# shellcheck source=scripts/vpmd-config.sh
+source "$REPO/scripts/vpmd-config.sh"
 TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "/tmp/vpmd-$TEST_NAME.XXXXXX")
 CONTROL=$WORK/control.sock
@@ -20,6 +22,11 @@ VPMD_PID=""
 VPMD_N=0          # how many times vpmd was started (log file suffix)
 _PIDS=()          # "pid:comm" of every process we started
 _FAILED=0
+_EXIT_HOOKS=()    # functions run first at exit (on_exit)
+
+# on_exit FUNCTION: run FUNCTION at exit, pass or fail, before the processes
+# started here are stopped (for what a test must take down in its own order).
+on_exit() { _EXIT_HOOKS+=("$1"); }
 
 log() { echo "[$TEST_NAME $(date +%T)] $*"; }
 
@@ -75,6 +82,7 @@ add_veth() {
 _cleanup() {
   local status=$? entry pid comm
   set +e
+  for entry in "${_EXIT_HOOKS[@]}"; do "$entry"; done
   for entry in "${_PIDS[@]}"; do
     pid=${entry%%:*}; comm=${entry#*:}
     if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]; then
@@ -308,28 +316,7 @@ assert_accounting() {
 write_config() {
   local file=$1 mode=$2 mtu=$3 sockdir=$4
   mkdir -p "$sockdir"
-  cat >"$file" <<TOML
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$sockdir/vm0.sock"
-mode = "$mode"
-mac = "52:54:00:00:00:01"
-mtu = $mtu
-
-[[port]]
-name = "vm1"
-socket = "$sockdir/vm1.sock"
-mode = "$mode"
-mac = "52:54:00:00:00:02"
-mtu = $mtu
-
-[[veth]]
-ports = ["vm0", "vm1"]
-TOML
+  vpmd_veth_config 1 "$CONTROL" "$sockdir/vm0.sock" "$sockdir/vm1.sock" "$mode" "$mtu" >"$file"
 }
 
 # ---------------------------------------------------------------------------
@@ -337,6 +324,13 @@ TOML
 # privileges).
 
 BENCH=${VPMD_BENCH:-$REPO/target/release/vpmd-bench}
+
+# check_bench_prereqs: the binaries and tools these tests use.
+check_bench_prereqs() {
+  [[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
+  [[ -x $BENCH ]] || fail "vpmd-bench binary $BENCH missing (cargo build --release)"
+  command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+}
 
 # start_bench NAME ARGS...: run vpmd-bench ARGS in the background, stdout to
 # $WORK/NAME.out, stderr to $WORK/NAME.log; its pid is left in BENCH_PID and
@@ -347,6 +341,28 @@ start_bench() {
   "$BENCH" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   BENCH_PID=$!
   register_pid "$BENCH_PID" vpmd-bench
+}
+
+# settled PID [TRIES]: "fds threads" of PID once they have not changed for a
+# second (or as they are after TRIES seconds, default 50).
+settled() {
+  local last="" now i
+  for ((i = 0; i < ${2:-50}; i++)); do
+    now="$(fd_count "$1") $(thread_count "$1")"
+    [[ $now == "$last" ]] && { echo "$now"; return; }
+    last=$now
+    sleep 1
+  done
+  echo "$now"
+}
+
+# counter_delta PORT JQ_PATH: how much that counter of vpmd's PORT moves in a second.
+counter_delta() {
+  local a b
+  a=$(port_stat "$(vpmd_stats_json)" "$1" "$2")
+  sleep 1
+  b=$(port_stat "$(vpmd_stats_json)" "$1" "$2")
+  echo $((b - a))
 }
 
 # fd_count PID / thread_count PID / rss_kib PID [FIELD]: what a process holds.

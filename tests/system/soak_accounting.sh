@@ -21,8 +21,7 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-[[ -x $VPMD ]] || fail "vpmd binary $VPMD missing (cargo build --release)"
-command -v jq >/dev/null || fail "jq missing (run scripts/install-deps.sh)"
+check_bench_prereqs
 
 SOAK_SECONDS=${SOAK_SECONDS:-150}
 PER=2000

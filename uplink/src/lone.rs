@@ -8,11 +8,7 @@
 //! receiving does), so the interface stays as it is: no program attached,
 //! every received frame goes to the kernel stack as before.
 
-use std::sync::Arc;
-
-use crate::netlink;
-use crate::socket::{SocketSetup, XskSocket};
-use crate::umem::UmemArea;
+use crate::socket::XskSocket;
 use crate::uplink::{UplinkConfig, UplinkError};
 
 /// Opens one AF_XDP socket on `config.ifname`, RX/TX queue `config.queues[0]`
@@ -37,30 +33,10 @@ pub fn open_unattached(config: &UplinkConfig) -> Result<XskSocket, UplinkError> 
             })
         }
     };
-    let ifindex = netlink::ifindex(ifname).map_err(|source| UplinkError::Interface {
-        ifname: ifname.into(),
-        source,
-    })?;
+    let ifindex = config.ifindex()?;
     let chunks = u64::from(config.umem.chunks_per_queue);
-    let umem: Arc<UmemArea> =
-        UmemArea::map(chunks, &config.umem).map_err(|source| UplinkError::Umem {
-            ifname: ifname.into(),
-            source,
-        })?;
-    let setup = SocketSetup {
-        umem: &umem,
-        ifindex,
-        queue_id,
-        rings: config.rings,
-        chunks: 0..chunks,
-        share_with: None,
-        preference: config.bind,
-    };
-    let socket = XskSocket::open(&setup).map_err(|source| UplinkError::Socket {
-        ifname: ifname.into(),
-        queue: queue_id,
-        source,
-    })?;
+    let umem = config.map_umem(chunks)?;
+    let socket = config.open_socket(&umem, ifindex, queue_id, 0..chunks, None)?;
     log::info!(
         "{ifname}: lone AF_XDP socket on queue {queue_id} in {} mode (no XDP program)",
         socket.bind_mode()

@@ -22,6 +22,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -156,17 +157,34 @@ impl<T: Copy> RingView<T> {
     }
 }
 
-/// A ring we produce into (fill, TX).
+/// Role marker of a ring we produce into (fill, TX): see [`ProducerRing`].
 #[derive(Debug)]
-pub(crate) struct ProducerRing<T> {
+pub(crate) enum Produce {}
+/// Role marker of a ring we consume from (RX, completion): see [`ConsumerRing`].
+#[derive(Debug)]
+pub(crate) enum Consume {}
+
+/// One mapped ring and our cached view of its two indices; what we may do
+/// with it depends on our `Role` on it ([`Produce`] or [`Consume`]).
+#[derive(Debug)]
+pub(crate) struct Ring<T, Role> {
     view: RingView<T>,
-    /// Our producer index, published by [`Self::submit`].
+    /// Producer index: ours on a producer ring (published by
+    /// [`ProducerRing::submit`]), else the last one read from the kernel.
     cached_prod: u32,
-    /// Last consumer index read from the kernel (never ahead of the real one).
+    /// Consumer index: ours on a consumer ring (published by
+    /// [`ConsumerRing::release`]), else the last one read from the kernel
+    /// (never ahead of the real one).
     cached_cons: u32,
+    _role: PhantomData<Role>,
 }
 
-impl<T: Copy> ProducerRing<T> {
+/// A ring we produce into (fill, TX).
+pub(crate) type ProducerRing<T> = Ring<T, Produce>;
+/// A ring we consume from (RX, completion).
+pub(crate) type ConsumerRing<T> = Ring<T, Consume>;
+
+impl<T: Copy, Role> Ring<T, Role> {
     pub(crate) fn map(
         fd: BorrowedFd<'_>,
         pgoff: i64,
@@ -176,16 +194,25 @@ impl<T: Copy> ProducerRing<T> {
         Ok(Self::from_view(RingView::map(fd, pgoff, offsets, size)?))
     }
 
+    /// Both indices as they stand (acquire: the side that is not ours may
+    /// have published entries already).
     fn from_view(view: RingView<T>) -> Self {
-        let cached_prod = view.producer().load(Ordering::Relaxed);
+        let cached_prod = view.producer().load(Ordering::Acquire);
         let cached_cons = view.consumer().load(Ordering::Acquire);
         Self {
             view,
             cached_prod,
             cached_cons,
+            _role: PhantomData,
         }
     }
 
+    pub(crate) fn size(&self) -> u32 {
+        self.view.size
+    }
+}
+
+impl<T: Copy> ProducerRing<T> {
     /// Free slots by the cached view.
     fn cached_free(&self) -> u32 {
         self.view.size - self.cached_prod.wrapping_sub(self.cached_cons)
@@ -235,42 +262,9 @@ impl<T: Copy> ProducerRing<T> {
     pub(crate) fn needs_wakeup(&self) -> bool {
         self.view.flags().load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
-
-    pub(crate) fn size(&self) -> u32 {
-        self.view.size
-    }
-}
-
-/// A ring we consume from (RX, completion).
-#[derive(Debug)]
-pub(crate) struct ConsumerRing<T> {
-    view: RingView<T>,
-    /// Last producer index read from the kernel.
-    cached_prod: u32,
-    /// Our consumer index, published by [`Self::release`].
-    cached_cons: u32,
 }
 
 impl<T: Copy> ConsumerRing<T> {
-    pub(crate) fn map(
-        fd: BorrowedFd<'_>,
-        pgoff: i64,
-        offsets: &libc::xdp_ring_offset,
-        size: u32,
-    ) -> io::Result<Self> {
-        Ok(Self::from_view(RingView::map(fd, pgoff, offsets, size)?))
-    }
-
-    fn from_view(view: RingView<T>) -> Self {
-        let cached_cons = view.consumer().load(Ordering::Relaxed);
-        let cached_prod = view.producer().load(Ordering::Acquire);
-        Self {
-            view,
-            cached_prod,
-            cached_cons,
-        }
-    }
-
     fn cached_available(&self) -> u32 {
         self.cached_prod.wrapping_sub(self.cached_cons)
     }
@@ -304,18 +298,12 @@ impl<T: Copy> ConsumerRing<T> {
             .consumer()
             .store(self.cached_cons, Ordering::Release);
     }
-
-    pub(crate) fn size(&self) -> u32 {
-        self.view.size
-    }
 }
 
 // SAFETY: the rings point into mappings they own; the memory is shared with
 // the kernel only, through the atomic protocol above. Moving a ring to
 // another thread moves the only user-space handle on it.
-unsafe impl<T: Send> Send for ProducerRing<T> {}
-// SAFETY: as for ProducerRing.
-unsafe impl<T: Send> Send for ConsumerRing<T> {}
+unsafe impl<T: Send, Role> Send for Ring<T, Role> {}
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,9 @@ use crate::packet_tap::{PacketTap, PacketTapConfig, PacketTapError};
 use crate::program::{ProgramError, RedirectPolicy, XdpProgram};
 use crate::socket::{BindMode, BindPreference, RingSizes, SocketError, SocketSetup, XskSocket};
 use crate::umem::{UmemArea, UmemConfig, UmemError};
-use std::os::fd::AsFd;
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 
 /// What to build on which interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,49 @@ impl UplinkConfig {
             group_tap: GroupTap::default(),
             tap: PacketTapConfig::default(),
         }
+    }
+
+    /// The interface's index.
+    pub(crate) fn ifindex(&self) -> Result<u32, UplinkError> {
+        netlink::ifindex(&self.ifname).map_err(|source| UplinkError::Interface {
+            ifname: self.ifname.clone(),
+            source,
+        })
+    }
+
+    /// A UMEM of `chunks` chunks, laid out as `self.umem` says.
+    pub(crate) fn map_umem(&self, chunks: u64) -> Result<Arc<UmemArea>, UplinkError> {
+        UmemArea::map(chunks, &self.umem).map_err(|source| UplinkError::Umem {
+            ifname: self.ifname.clone(),
+            source,
+        })
+    }
+
+    /// The socket of RX/TX queue `queue_id` of interface `ifindex`, owning
+    /// `chunks` of `umem`, with `self.rings` and `self.bind`; `share_with` is
+    /// the socket that registered the UMEM (`None`: this one does).
+    pub(crate) fn open_socket(
+        &self,
+        umem: &Arc<UmemArea>,
+        ifindex: u32,
+        queue_id: u32,
+        chunks: Range<u64>,
+        share_with: Option<BorrowedFd<'_>>,
+    ) -> Result<XskSocket, UplinkError> {
+        let setup = SocketSetup {
+            umem,
+            ifindex,
+            queue_id,
+            rings: self.rings,
+            chunks,
+            share_with,
+            preference: self.bind,
+        };
+        XskSocket::open(&setup).map_err(|source| UplinkError::Socket {
+            ifname: self.ifname.clone(),
+            queue: queue_id,
+            source,
+        })
     }
 }
 
@@ -168,10 +213,7 @@ impl Uplink {
                 });
             }
         }
-        let ifindex = netlink::ifindex(ifname).map_err(|source| UplinkError::Interface {
-            ifname: ifname.into(),
-            source,
-        })?;
+        let ifindex = config.ifindex()?;
         // Refuse before building anything if the interface is taken.
         attach::refuse_if_attached(ifname, ifindex)?;
 
@@ -185,30 +227,18 @@ impl Uplink {
             })?;
 
         let per_queue = u64::from(config.umem.chunks_per_queue);
-        let umem =
-            UmemArea::map(per_queue * queues.len() as u64, &config.umem).map_err(|source| {
-                UplinkError::Umem {
-                    ifname: ifname.into(),
-                    source,
-                }
-            })?;
+        let umem = config.map_umem(per_queue * queues.len() as u64)?;
         let mut sockets: Vec<XskSocket> = Vec::with_capacity(queues.len());
         for (i, &queue_id) in queues.iter().enumerate() {
             let first = i as u64 * per_queue;
-            let setup = SocketSetup {
-                umem: &umem,
+            let share_with = sockets.first().map(|owner| owner.as_fd());
+            let socket = config.open_socket(
+                &umem,
                 ifindex,
                 queue_id,
-                rings: config.rings,
-                chunks: first..first + per_queue,
-                share_with: sockets.first().map(|owner| owner.as_fd()),
-                preference: config.bind,
-            };
-            let socket = XskSocket::open(&setup).map_err(|source| UplinkError::Socket {
-                ifname: ifname.into(),
-                queue: queue_id,
-                source,
-            })?;
+                first..first + per_queue,
+                share_with,
+            )?;
             sockets.push(socket);
         }
         for socket in &sockets {

@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vpmd_uplink::{PacketTapConfig, Uplink, UplinkConfig};
+use vpmd_uplink::{PacketTap, PacketTapConfig, Uplink, UplinkConfig, XskSocket};
 
 /// `IFF_ALLMULTI` in the interface flags.
 const IFF_ALLMULTI: u32 = 0x200;
@@ -35,6 +35,19 @@ fn config(net: &TestNet) -> UplinkConfig {
     config
 }
 
+/// The uplink on `net` with [`VM_MAC`] registered, its one socket and its group tap
+/// (keep the uplink for as long as they are used).
+fn open_with_vm(net: &TestNet) -> (Uplink, XskSocket, PacketTap) {
+    let mut uplink = Uplink::open(&config(net)).expect("open uplink");
+    uplink
+        .mac_table()
+        .insert(VM_MAC, 1)
+        .expect("register VM MAC");
+    let socket = uplink.take_sockets().remove(0);
+    let tap = uplink.take_group_tap().expect("group tap");
+    (uplink, socket, tap)
+}
+
 /// The sender's protocol address of an ARP frame.
 fn arp_sender_ip(frame: &[u8]) -> Option<[u8; 4]> {
     (frame.len() >= 42 && frame[12..14] == ETH_P_ARP).then(|| frame[28..32].try_into().unwrap())
@@ -49,13 +62,7 @@ fn host_stack_answers_arp_and_ping_and_its_own_frames_stay_out_of_the_tap() {
     let net = TestNet::new("arp", 1, 1500);
     net.set_host_mac();
     net.add_addresses("198.18.5.1/24", "198.18.5.2/24");
-    let mut uplink = Uplink::open(&config(&net)).expect("open uplink");
-    uplink
-        .mac_table()
-        .insert(VM_MAC, 1)
-        .expect("register VM MAC");
-    let mut socket = uplink.take_sockets().remove(0);
-    let mut tap = uplink.take_group_tap().expect("group tap");
+    let (_uplink, mut socket, mut tap) = open_with_vm(&net);
 
     // The namespace resolves the host's address (a broadcast ARP request the
     // host stack must see) and pings it.
@@ -121,13 +128,7 @@ fn group_frames_reach_the_tap_intact_and_unicast_does_not() {
         return;
     }
     let net = TestNet::new("grp", 1, 1500);
-    let mut uplink = Uplink::open(&config(&net)).expect("open uplink");
-    uplink
-        .mac_table()
-        .insert(VM_MAC, 1)
-        .expect("register VM MAC");
-    let mut socket = uplink.take_sockets().remove(0);
-    let mut tap = uplink.take_group_tap().expect("group tap");
+    let (_uplink, mut socket, mut tap) = open_with_vm(&net);
     assert!(tap.max_frame_len() >= 1518, "MTU + 18 by default");
     assert_ne!(
         net.host_flags() & IFF_ALLMULTI,

@@ -22,10 +22,10 @@ use serde::Serialize;
 use vpmd_uplink::tsc;
 
 use crate::frame::{Endpoints, FrameTemplate};
+use crate::modes::loop_report::{self, CoreCost, Rate, Stopwatch};
 use crate::modes::{self, DeviceArgs, Global, ModeError};
 use crate::net_rx::{RxFrame, RxQueue, MAX_BURST};
 use crate::net_tx::{TxQueue, ZERO_HDR};
-use crate::pacing::thread_cpu_time;
 use crate::pool::BufPool;
 use crate::port::Port;
 
@@ -59,37 +59,14 @@ pub struct LoopbackArgs {
 /// One direction's numbers.
 #[derive(Clone, Debug, Serialize)]
 pub struct Direction {
-    /// Sending port ("a" or "b").
-    pub from: &'static str,
-    /// Receiving port.
-    pub to: &'static str,
-    /// Frames received by `to` while measuring.
-    pub frames: u64,
-    /// Their bytes.
+    /// Frames received and their rate.
+    #[serde(flatten)]
+    pub rate: Rate,
+    /// Bytes of those frames.
     pub bytes: u64,
-    /// Millions of frames per second.
-    pub mpps: f64,
-    /// Gigabits per second of frame bytes.
-    pub gbps: f64,
     /// Frames received by `to` that its peer's full TX ring refused (freed, as testpmd's
     /// io forwarding does).
     pub tx_dropped: u64,
-}
-
-/// This frontend's own cost.
-#[derive(Clone, Debug, Serialize)]
-pub struct FrontendCost {
-    /// TSC cycles per frame received (both directions) on the frontend's core, busy or
-    /// not: as it always polls, the inverse of its throughput.
-    pub cycles_per_frame: f64,
-    /// TSC cycles per frame spent in forwarding steps that moved frames (as testpmd's
-    /// `record-core-cycles` and vpmd's busy_cycles count): the frontend's own work, whose
-    /// inverse is the most it could forward.
-    pub busy_cycles_per_frame: f64,
-    /// TSC frequency measured over the run, GHz.
-    pub tsc_ghz: f64,
-    /// CPU time the frontend got / wall time (1.0: a whole core).
-    pub cpu_share: f64,
 }
 
 /// What `loopback` measured.
@@ -113,8 +90,9 @@ pub struct LoopbackReport {
     pub kicks: u64,
     /// Multi-buffer or malformed frames dropped on receive.
     pub rx_errors: u64,
-    /// Cost on the frontend's core.
-    pub frontend: FrontendCost,
+    /// Cost on the frontend's core: TSC cycles per frame received (both directions),
+    /// busy (in forwarding steps that moved frames) or not, and the share of it it got.
+    pub frontend: CoreCost,
     /// Whether a signal cut the run short.
     pub interrupted: bool,
 }
@@ -127,17 +105,9 @@ impl fmt::Display for LoopbackReport {
             self.size, self.seconds, self.injected
         )?;
         for d in &self.directions {
-            writeln!(
-                f,
-                "  {} -> {}: {:>12} frames  {:8.3} Mpps  {:8.3} Gbit/s  (tx dropped {})",
-                d.from, d.to, d.frames, d.mpps, d.gbps, d.tx_dropped
-            )?;
+            writeln!(f, "{}  (tx dropped {})", d.rate, d.tx_dropped)?;
         }
-        writeln!(
-            f,
-            "  total : {:8.3} Mpps  {:8.3} Gbit/s",
-            self.total_mpps, self.total_gbps
-        )?;
+        loop_report::write_total(f, self.total_mpps, self.total_gbps)?;
         write!(
             f,
             "  frontend: {:.1} busy cycles/frame ({:.1} with idle polls) at {:.2} GHz TSC, \
@@ -148,11 +118,7 @@ impl fmt::Display for LoopbackReport {
             self.frontend.cpu_share * 100.0,
             self.kicks,
             self.rx_errors,
-            if self.interrupted {
-                " (interrupted)"
-            } else {
-                ""
-            }
+            loop_report::interrupted_note(self.interrupted)
         )
     }
 }
@@ -224,30 +190,30 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
     }
 
     let before = c;
-    let (t0, tsc0, cpu0) = (Instant::now(), tsc::now(), thread_cpu_time());
+    let clock = Stopwatch::start();
     if !interrupted {
-        interrupted = !spin(a, b, &mut pool, &fwd, t0 + args.run.duration, &mut c);
+        interrupted = !spin(
+            a,
+            b,
+            &mut pool,
+            &fwd,
+            clock.deadline(args.run.duration),
+            &mut c,
+        );
     }
-    let (secs, cycles, cpu) = (
-        t0.elapsed().as_secs_f64(),
-        tsc::now().wrapping_sub(tsc0),
-        thread_cpu_time().checked_sub(cpu0).unwrap().as_secs_f64(),
-    );
+    let elapsed = clock.read();
+    let secs = elapsed.secs;
 
-    let dir = |i: usize, from, to| {
+    let dir = |i: usize| {
         let (frames, bytes) = (c[i].frames - before[i].frames, c[i].bytes - before[i].bytes);
         Direction {
-            from,
-            to,
-            frames,
+            rate: Rate::new(i, frames, bytes, secs),
             bytes,
-            mpps: modes::mpps(frames, secs),
-            gbps: modes::gbps(bytes, secs),
             tx_dropped: c[i].dropped - before[i].dropped,
         }
     };
-    let directions = [dir(0, "a", "b"), dir(1, "b", "a")];
-    let frames: u64 = directions.iter().map(|d| d.frames).sum();
+    let directions = [dir(0), dir(1)];
+    let frames: u64 = directions.iter().map(|d| d.rate.frames).sum();
     let bytes: u64 = directions.iter().map(|d| d.bytes).sum();
     let busy: u64 = (0..2)
         .map(|i| c[i].busy_cycles - before[i].busy_cycles)
@@ -266,24 +232,7 @@ pub fn run(args: &LoopbackArgs, g: &Global) -> Result<LoopbackReport, ModeError>
         injected,
         kicks: a.kicks() + b.kicks(),
         rx_errors,
-        frontend: FrontendCost {
-            cycles_per_frame: if frames > 0 {
-                cycles as f64 / frames as f64
-            } else {
-                0.0
-            },
-            busy_cycles_per_frame: if frames > 0 {
-                busy as f64 / frames as f64
-            } else {
-                0.0
-            },
-            tsc_ghz: if secs > 0.0 {
-                cycles as f64 / secs / 1e9
-            } else {
-                0.0
-            },
-            cpu_share: if secs > 0.0 { cpu / secs } else { 0.0 },
-        },
+        frontend: CoreCost::new(&elapsed, frames, busy),
         interrupted,
     };
     for p in ports {

@@ -4,6 +4,7 @@
 //! - [`rxonly`]: a checking sink on one port (waits on its call eventfd by default).
 //! - [`loopback`]: two ports, a burst injected, then zero-copy io forwarding between them.
 //! - [`ring_loop`]: two ports, rings filled once, only indexes moved: the backend alone.
+//! - [`loop_report`]: what `loopback` and `ring_loop` measure and print alike.
 //! - [`latency`]: timestamped frames through a pair at a fixed rate, a histogram.
 //! - [`xdp_txonly`]: a packet generator on a kernel interface (AF_XDP), for macvlan uplinks.
 //!
@@ -13,6 +14,7 @@
 #![allow(unsafe_code)] // signal(2) for SIGINT/SIGTERM, sched_setaffinity(2).
 
 pub mod latency;
+pub mod loop_report;
 pub mod loopback;
 pub mod ring_loop;
 pub mod rxonly;
@@ -23,13 +25,14 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, Endpoints, FrameError};
-use crate::guest_mem::{GuestMem, MemError, HUGE_PAGE};
-use crate::pacing::RunLimit;
-use crate::pool::{BufPool, PoolError, BUF_ALIGN};
-use crate::port::{Handshake, Port, PortError, PortOptions};
+use crate::frontend::FrontendError;
+use crate::guest_mem::{GuestMem, HUGE_PAGE};
+use crate::pacing::{Pacer, RunLimit};
+use crate::pool::{BufPool, BUF_ALIGN};
+use crate::port::{Handshake, Port, PortOptions};
 
 /// Options every mode has for its device(s).
 #[derive(clap::Args, Clone, Debug)]
@@ -118,6 +121,15 @@ impl TrafficArgs {
         }
     }
 
+    /// The flow after `flow`: each in turn, `--flows` of them.
+    pub fn next_flow(&self, flow: u16) -> u16 {
+        if flow + 1 == self.flows {
+            0
+        } else {
+            flow + 1
+        }
+    }
+
     /// When the run ends: `--count`, `--duration`, or 10 s when neither is given.
     pub fn limit(&self) -> RunLimit {
         RunLimit {
@@ -132,15 +144,10 @@ impl TrafficArgs {
 /// Why a mode could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModeError {
-    /// Guest memory could not be created.
-    #[error("guest memory")]
-    Memory(#[from] MemError),
-    /// The buffer pool could not be created.
-    #[error("buffer pool")]
-    Pool(#[from] PoolError),
-    /// A device could not be connected or set up.
+    /// Guest memory, the buffer pool or a device could not be set up (as for a
+    /// [`NetFrontend`](crate::NetFrontend)).
     #[error(transparent)]
-    Port(#[from] PortError),
+    Setup(#[from] FrontendError),
     /// The frame options are invalid.
     #[error("frame")]
     Frame(#[from] FrameError),
@@ -239,7 +246,7 @@ pub fn memory(
     ports: u32,
     count: u32,
     buf_size: u32,
-) -> Result<(GuestMem, BufPool), ModeError> {
+) -> Result<(GuestMem, BufPool), FrontendError> {
     let q = u64::from(dev.queue_size);
     // Per queue: descriptors, avail and used rings, each on its own pages.
     let ring_bytes = (16 * q).next_multiple_of(4096)
@@ -266,7 +273,7 @@ pub fn connect_all(
     g: &Global,
     mem: &mut GuestMem,
     pool: &mut BufPool,
-) -> Result<Vec<Port>, ModeError> {
+) -> Result<Vec<Port>, FrontendError> {
     let shakes: Vec<Handshake> = sockets
         .iter()
         .map(|s| Port::handshake(&port_options(s, dev, g)))
@@ -304,6 +311,27 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is not a valid duration"))
+}
+
+/// A generator's next burst: how many frames to send now, at most `burst` and what
+/// `limit` leaves after `sent` since `start`, waiting until `pacer` lets at least one go;
+/// `None` once the run is over or a stop signal came.
+pub fn next_burst(
+    pacer: &mut Pacer,
+    limit: &RunLimit,
+    start: Instant,
+    sent: u64,
+    burst: u64,
+) -> Option<u64> {
+    while !limit.done(sent, start.elapsed()) && !stop_requested() {
+        let burst = burst.min(limit.left(sent));
+        let want = pacer.allowed(sent, burst);
+        if want > 0 {
+            return Some(want);
+        }
+        pacer.wait(sent, burst);
+    }
+    None
 }
 
 /// Millions of frames per second.

@@ -129,13 +129,7 @@ pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
     let start = Instant::now();
     let mut last = start;
     let (mut sent, mut corrupted, mut flow) = (0u64, 0u64, 0u16);
-    while !limit.done(sent, start.elapsed()) && !modes::stop_requested() {
-        let burst = args.burst.min(limit.left(sent));
-        let want = pacer.allowed(sent, burst);
-        if want == 0 {
-            pacer.wait(sent, burst);
-            continue;
-        }
+    while let Some(want) = modes::next_burst(&mut pacer, &limit, start, sent, args.burst) {
         port.tx.reclaim_for(&mut pool, want as u16);
         let mut n = 0;
         while n < want {
@@ -157,10 +151,7 @@ pub fn run(args: &TxOnlyArgs, g: &Global) -> Result<TxOnlyReport, ModeError> {
                 pool.put(buf);
                 break;
             }
-            flow += 1;
-            if flow == args.traffic.flows {
-                flow = 0;
-            }
+            flow = args.traffic.next_flow(flow);
             n += 1;
         }
         port.tx.flush();

@@ -284,24 +284,14 @@ pub fn run(args: &XdpTxOnlyArgs) -> Result<XdpTxOnlyReport, ModeError> {
     let start = Instant::now();
     let mut last = start;
     let (mut sent, mut slot, mut flow) = (0u64, 0usize, 0u16);
-    while !limit.done(sent, start.elapsed()) && !modes::stop_requested() {
-        let burst = args.burst.min(limit.left(sent));
-        let want = pacer.allowed(sent, burst);
-        if want == 0 {
-            pacer.wait(sent, burst);
-            continue;
-        }
+    while let Some(want) = modes::next_burst(&mut pacer, &limit, start, sent, args.burst) {
         let mut tx = socket.transmit_burst(want as usize);
         while let Some(buf) = tx.buffer() {
             let d = order[slot];
             slot = if slot + 1 == order.len() { 0 } else { slot + 1 };
             let len = templates[d].write(buf, args.first_seq + per_dst[d], flow, 0);
             per_dst[d] += 1;
-            flow = if flow + 1 == args.traffic.flows {
-                0
-            } else {
-                flow + 1
-            };
+            flow = args.traffic.next_flow(flow);
             tx.commit(len);
         }
         let n = tx.queued() as u64;

@@ -17,6 +17,14 @@ fn parse(text: &str) -> Result<Config, String> {
     Config::parse_for(text, "t.toml", &host()).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
+/// `config` with `line` (one or more) added after its line `anchor`.
+fn with_line(config: &str, anchor: &str, line: &str) -> String {
+    config.replace(anchor, &format!("{anchor}\n{line}"))
+}
+
+/// The line that opens port "a" of [`PAIR`].
+const PORT_A: &str = r#"name = "a""#;
+
 const PAIR: &str = r#"
 [pmd]
 cores = [1]
@@ -76,16 +84,17 @@ fn socket_owner_group_and_capabilities() {
         (None, None)
     );
     assert_eq!(c.keep_capabilities, 0);
-    let text = PAIR
-        .replace(
-            "name = \"a\"",
-            "name = \"a\"\nsocket_mode = \"0660\"\nsocket_owner = \"qemu\"\nsocket_group = \"kvm\"",
-        )
-        .replace(
-            "cores = [1]",
-            "cores = [1]\ncontrol_socket_mode = \"0640\"\ncontrol_socket_owner = 0\n\
-             control_socket_group = \"1234\"\nkeep_capabilities = [\"CAP_DAC_OVERRIDE\", \"net_raw\"]",
-        );
+    let text = with_line(
+        PAIR,
+        PORT_A,
+        "socket_mode = \"0660\"\nsocket_owner = \"qemu\"\nsocket_group = \"kvm\"",
+    );
+    let text = with_line(
+        &text,
+        "cores = [1]",
+        "control_socket_mode = \"0640\"\ncontrol_socket_owner = 0\n\
+         control_socket_group = \"1234\"\nkeep_capabilities = [\"CAP_DAC_OVERRIDE\", \"net_raw\"]",
+    );
     let c = parse(&text).unwrap();
     let p = &c.ports[0];
     assert_eq!(
@@ -102,7 +111,7 @@ fn socket_owner_group_and_capabilities() {
     );
     assert_eq!(c.keep_capabilities, (1 << 1) | (1 << 13));
     // Numeric ids need not exist, as with chown(1).
-    let c = parse(&PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_owner = 4242")).unwrap();
+    let c = parse(&with_line(PAIR, PORT_A, "socket_owner = 4242")).unwrap();
     assert_eq!(c.ports[0].socket_owner, Some(4242));
 }
 
@@ -117,9 +126,10 @@ fn macvlan_defaults_and_fields() {
     );
     assert_eq!(m.ports, vec![0, 1]);
     assert!(c.ports[1].allow_mac_spoofing);
-    let c = parse(&MACVLAN.replace(
-        "ports = [\"vm2\"",
-        "queues = 2\nmode = \"vepa\"\nports = [\"vm2\"",
+    let c = parse(&with_line(
+        MACVLAN,
+        r#"uplink = "eth1""#,
+        "queues = 2\nmode = \"vepa\"",
     ))
     .unwrap();
     assert_eq!(
@@ -135,9 +145,10 @@ fn connection_limits_default_and_parse() {
         c.ports[0].limits,
         vpmd_backend::conn_limits::ConnLimits::DEFAULT
     );
-    let c = parse(&PAIR.replace(
+    let c = parse(&with_line(
+        PAIR,
         "mtu = 9000",
-        "mtu = 9000\nmax_memory_mib = 1024\nmax_messages_per_sec = 50",
+        "max_memory_mib = 1024\nmax_messages_per_sec = 50",
     ))
     .unwrap();
     assert_eq!(c.ports[1].limits.max_memory, 1 << 30);
@@ -146,134 +157,149 @@ fn connection_limits_default_and_parse() {
 
 #[test]
 fn errors_name_the_field() {
-    let both = format!("{PAIR}\n{MACVLAN}");
-    let cases = [
-        (PAIR.replace("mtu = 9000", "mtu = 9001"), "port[1].mtu"),
+    // (config, this text, replaced by this, the field the error names)
+    let replaced = [
+        (PAIR, "mtu = 9000", "mtu = 9001", "port[1].mtu"),
         (
-            PAIR.replace("mtu = 9000", "mtu = 9000\nmax_memory_mib = 0"),
+            PAIR,
+            "52:54:00:00:00:02",
+            "52:54:00:00:00:01",
+            "port[1].mac",
+        ),
+        (
+            PAIR,
+            "52:54:00:00:00:02",
+            "01:00:5e:00:00:01",
+            "port[1].mac",
+        ),
+        (PAIR, "52:54:00:00:00:02", "nope", "port[1].mac"),
+        (PAIR, "cores = [1]", "cores = [7]", "pmd.cores[0]"),
+        (PAIR, r#"["a", "b"]"#, r#"["a", "c"]"#, "veth[0].ports[1]"),
+        (PAIR, r#"["a", "b"]"#, r#"["a", "a"]"#, "veth[0].ports[1]"),
+        (PAIR, "/tmp/b.sock", "/tmp/a.sock", "port[1].socket"),
+        (PAIR, r#"mode = "client""#, r#"mode = "both""#, "mode"),
+        (MACVLAN, r#""eth1""#, r#""nosuch0""#, "macvlan[0].uplink"),
+        (
+            MACVLAN,
+            r#""vm2", "vm3"]"#,
+            r#""vm2", "vm9"]"#,
+            "macvlan[0].ports[1]",
+        ),
+        (
+            MACVLAN,
+            "52:54:00:00:00:13",
+            "52:54:00:00:00:12",
+            "port[1].mac",
+        ),
+        (
+            MACVLAN,
+            r#"ports = ["vm2", "vm3"]"#,
+            r#"ports = ["vm2"]"#,
+            "port[1]",
+        ),
+    ];
+    // (config, after this line, this line added, the field the error names)
+    let added = [
+        (
+            PAIR,
+            "mtu = 9000",
+            "max_memory_mib = 0",
             "port[1].max_memory_mib",
         ),
         (
-            PAIR.replace("mtu = 9000", "mtu = 9000\nmax_messages_per_sec = 1"),
+            PAIR,
+            "mtu = 9000",
+            "max_messages_per_sec = 1",
             "port[1].max_messages_per_sec",
         ),
+        (PAIR, "mtu = 9000", "colour = 1", "colour"),
         (
-            PAIR.replace("52:54:00:00:00:02", "52:54:00:00:00:01"),
-            "port[1].mac",
-        ),
-        (
-            PAIR.replace("52:54:00:00:00:02", "01:00:5e:00:00:01"),
-            "port[1].mac",
-        ),
-        (PAIR.replace("52:54:00:00:00:02", "nope"), "port[1].mac"),
-        (PAIR.replace("cores = [1]", "cores = [7]"), "pmd.cores[0]"),
-        (
-            PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"c\"]"),
-            "veth[0].ports[1]",
-        ),
-        (
-            PAIR.replace("[\"a\", \"b\"]", "[\"a\", \"a\"]"),
-            "veth[0].ports[1]",
-        ),
-        (PAIR.replace("/tmp/b.sock", "/tmp/a.sock"), "port[1].socket"),
-        (PAIR.replace("mode = \"client\"", "mode = \"both\""), "mode"),
-        (
-            PAIR.replace("mtu = 9000", "mtu = 9000\ncolour = 1"),
-            "colour",
-        ),
-        (
-            PAIR.replace("cores = [1]", "cores = [1]\nmax_sleep_us = 20000"),
+            PAIR,
+            "cores = [1]",
+            "max_sleep_us = 20000",
             "pmd.max_sleep_us",
         ),
         (
-            PAIR.replace(
-                "name = \"a\"",
-                "name = \"a\"\nsocket_owner = \"nobody-here\"",
-            ),
+            PAIR,
+            PORT_A,
+            r#"socket_owner = "nobody-here""#,
             "port[0].socket_owner",
         ),
         (
-            PAIR.replace(
-                "name = \"a\"",
-                "name = \"a\"\nsocket_group = \"nogroup-here\"",
-            ),
+            PAIR,
+            PORT_A,
+            r#"socket_group = "nogroup-here""#,
             "port[0].socket_group",
         ),
         (
-            PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_owner = 4294967295"),
+            PAIR,
+            PORT_A,
+            "socket_owner = 4294967295",
             "port[0].socket_owner",
         ),
         // Client role: the frontend creates the socket.
         (
-            PAIR.replace(
-                "mode = \"client\"",
-                "mode = \"client\"\nsocket_group = \"kvm\"",
-            ),
+            PAIR,
+            r#"mode = "client""#,
+            r#"socket_group = "kvm""#,
             "port[1].socket_group",
         ),
         (
-            PAIR.replace("name = \"a\"", "name = \"a\"\nsocket_mode = \"0999\""),
+            PAIR,
+            PORT_A,
+            r#"socket_mode = "0999""#,
             "port[0].socket_mode",
         ),
         (
-            PAIR.replace(
-                "cores = [1]",
-                "cores = [1]\ncontrol_socket_group = \"nope\"",
-            ),
+            PAIR,
+            "cores = [1]",
+            r#"control_socket_group = "nope""#,
             "pmd.control_socket_group",
         ),
         (
-            PAIR.replace("cores = [1]", "cores = [1]\ncontrol_socket_mode = \"rw\""),
+            PAIR,
+            "cores = [1]",
+            r#"control_socket_mode = "rw""#,
             "pmd.control_socket_mode",
         ),
         (
-            PAIR.replace(
-                "cores = [1]",
-                "cores = [1]\nkeep_capabilities = [\"CAP_CHOWN\", \"CAP_FLY\"]",
-            ),
+            PAIR,
+            "cores = [1]",
+            r#"keep_capabilities = ["CAP_CHOWN", "CAP_FLY"]"#,
             "pmd.keep_capabilities[1]",
         ),
         (
-            MACVLAN.replace("\"eth1\"", "\"nosuch0\""),
-            "macvlan[0].uplink",
-        ),
-        (
-            MACVLAN.replace("ports = [\"vm2\", \"vm3\"]", "ports = [\"vm2\", \"vm9\"]"),
-            "macvlan[0].ports[1]",
-        ),
-        (
-            MACVLAN.replace("ports = [\"vm2\"", "mode = \"passthru\"\nports = [\"vm2\""),
+            MACVLAN,
+            r#"uplink = "eth1""#,
+            r#"mode = "passthru""#,
             "macvlan[0].ports",
         ),
         (
-            MACVLAN.replace("ports = [\"vm2\"", "queues = 0\nports = [\"vm2\""),
+            MACVLAN,
+            r#"uplink = "eth1""#,
+            "queues = 0",
             "macvlan[0].queues",
         ),
-        (
-            MACVLAN.replace("ports = [\"vm2\"", "mode = \"hub\"\nports = [\"vm2\""),
-            "mode",
-        ),
-        (
-            MACVLAN.replace("52:54:00:00:00:13", "52:54:00:00:00:12"),
-            "port[1].mac",
-        ),
-        (
-            MACVLAN.replace("ports = [\"vm2\", \"vm3\"]", "ports = [\"vm2\"]"),
-            "port[1]",
-        ),
-        (
-            format!("{MACVLAN}\n[[macvlan]]\nuplink = \"eth1\"\nports = [\"vm3\"]"),
-            "macvlan[1].uplink",
-        ),
-        // One port in both a veth pair and a macvlan.
-        (
-            both.replace(
-                "ports = [\"vm2\", \"vm3\"]",
-                "ports = [\"vm2\", \"vm3\", \"a\"]",
-            ),
-            "macvlan[0].ports[2]",
-        ),
+        (MACVLAN, r#"uplink = "eth1""#, r#"mode = "hub""#, "mode"),
     ];
+    let mut cases: Vec<(String, &str)> = replaced
+        .iter()
+        .map(|&(config, from, to, field)| (config.replace(from, to), field))
+        .chain(
+            added
+                .iter()
+                .map(|&(config, anchor, line, field)| (with_line(config, anchor, line), field)),
+        )
+        .collect();
+    cases.push((
+        format!("{MACVLAN}\n[[macvlan]]\nuplink = \"eth1\"\nports = [\"vm3\"]"),
+        "macvlan[1].uplink",
+    ));
+    // One port in both a veth pair and a macvlan.
+    cases.push((
+        format!("{PAIR}\n{MACVLAN}").replace(r#""vm2", "vm3"]"#, r#""vm2", "vm3", "a"]"#),
+        "macvlan[0].ports[2]",
+    ));
     for (text, field) in cases {
         let err = parse(&text).unwrap_err();
         assert!(err.contains(field), "{err:?} should name {field}");

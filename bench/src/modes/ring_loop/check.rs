@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `ring-loop`'s sampled checks: a received frame intact and from the other port, a TX
+//! completion in ring order.
+
+#![allow(unsafe_code)] // descriptors read in place in our guest memory.
+
+use super::report::Checks;
+use super::ring::Ring;
+use super::MACS;
+use crate::frame;
+use crate::pool::BufPool;
+use crate::split_queue::SplitQueue;
+use crate::virtio_net::NetLayout;
+
+/// What the sampled checks compare against.
+pub(super) struct Checker<'p> {
+    pool: &'p BufPool,
+    /// Pool buffer of each RX descriptor, per receiving port.
+    rx_bufs: [Vec<u32>; 2],
+    layout: [NetLayout; 2],
+    size: usize,
+    queue_size: u16,
+    pub(super) every: u64,
+    /// Per sending port: check when `received` reaches this.
+    pub(super) next_rx: [u64; 2],
+    pub(super) next_tx: [u64; 2],
+    pub(super) out: Checks,
+}
+
+impl<'p> Checker<'p> {
+    /// Checks every `every` frames (0: none) of `size` bytes sent over rings of
+    /// `queue_size`, received on the RX queues `rx` (buffers from `pool`, headers as
+    /// `layout` says) of ports 0 and 1.
+    pub(super) fn new(
+        pool: &'p BufPool,
+        rx: [&SplitQueue; 2],
+        layout: [NetLayout; 2],
+        size: usize,
+        queue_size: u16,
+        every: u64,
+    ) -> Self {
+        Checker {
+            pool,
+            rx_bufs: rx.map(|q| desc_bufs(q, pool)),
+            layout,
+            size,
+            queue_size,
+            every,
+            next_rx: [1; 2],
+            next_tx: [1; 2],
+            out: Checks::default(),
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        self.out.first_problem.get_or_insert(p);
+    }
+
+    /// Checks the last frame `rx` (port `to`) received, sent by port `from`.
+    #[cold]
+    pub(super) fn check_rx(&mut self, rx: &Ring, from: usize, to: usize) {
+        self.out.rx_sampled += 1;
+        let (id, len) = rx.last_used();
+        let hdr_len = self.layout[to].hdr_len;
+        let bad = if id != rx.last_slot() {
+            Some(format!("RX used id {id} in slot {}", rx.last_slot()))
+        } else if len as usize != hdr_len + self.size {
+            Some(format!(
+                "RX used length {len}, expected {}",
+                hdr_len + self.size
+            ))
+        } else {
+            let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len as usize);
+            let (hdr, frame) = bytes.split_at(hdr_len);
+            if self.layout[to].num_buffers(hdr) != 1 {
+                Some(format!(
+                    "num_buffers {} in a one-buffer frame",
+                    self.layout[to].num_buffers(hdr)
+                ))
+            } else if frame[6..12] != MACS[from] {
+                Some(format!("frame on port {to} not from port {from}"))
+            } else {
+                match frame::check(frame) {
+                    Ok(p) if p.len == self.size && p.seq < u64::from(self.queue_size) => None,
+                    Ok(p) => Some(format!("test frame seq {} of {} bytes", p.seq, p.len)),
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        };
+        if let Some(p) = bad {
+            self.out.rx_bad += 1;
+            self.problem(p);
+        }
+    }
+
+    /// Checks that the last TX completion seen is in ring order.
+    #[cold]
+    pub(super) fn check_tx(&mut self, tx: &Ring) {
+        self.out.tx_sampled += 1;
+        let (id, _) = tx.last_used();
+        if id != tx.last_slot() {
+            self.out.tx_out_of_order += 1;
+            self.problem(format!("TX used id {id} in slot {}", tx.last_slot()));
+        }
+    }
+}
+
+/// The pool buffer behind each descriptor of `q`'s table.
+fn desc_bufs(q: &SplitQueue, pool: &BufPool) -> Vec<u32> {
+    let desc = q.config_data().desc_table_addr as *const u64;
+    let stride = pool.addr(1) - pool.addr(0);
+    (0..usize::from(q.size()))
+        .map(|i| {
+            // SAFETY: descriptor `i < size` of the table laid out by `SplitQueue::new`
+            // (16 bytes each, `addr` first, 8-byte aligned), mapped while `q` lives; we
+            // wrote it and the device only reads it.
+            let addr = u64::from_le(unsafe { desc.add(2 * i).read_volatile() });
+            ((addr - pool.addr(0)) / stride) as u32
+        })
+        .collect()
+}

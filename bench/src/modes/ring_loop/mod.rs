@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `ring-loop`: a benchmark of the backend alone. The frontend's own cost per frame is
+//! close to nothing, so the backend's polling core is the bottleneck and the frames per
+//! second it moves are its capacity.
+//!
+//! Over two ports of a backend that cross-connects them (a vpmd veth pair, testpmd io
+//! forwarding between two net_vhost ports):
+//! - each port's TX ring is filled once, descriptor `i` in avail slot `i` pointing at a
+//!   prebuilt frame (virtio-net header + `--size` bytes, sequence number `i`, the sending
+//!   port's MAC as source); each RX ring is filled once with buffers, likewise in order;
+//! - per poll, on each port: one load of TX `used.idx`; whatever the backend has taken is
+//!   republished by moving TX `avail.idx` on by as much (the avail slots already name the
+//!   right descriptors, and the frames never change); one load of RX `used.idx`; whatever
+//!   arrived is counted and its buffers given back by moving RX `avail.idx` on. No copy,
+//!   no descriptor or avail entry written per frame;
+//! - about one frame in `--check-every` received is sampled (the last of the burst that
+//!   reaches N frames since the last sample: used entry id and length, header, test frame
+//!   intact, sent by the other port), and as many TX completions are checked to come back
+//!   in order (what republishing in place relies on);
+//! - no notifications either way: interrupts stay suppressed (NO_INTERRUPT, or EVENT_IDX
+//!   `used_event` kept half the index space ahead) and the frontend never kicks, except
+//!   once a millisecond while nothing moves at all (a backend that waits for kicks still
+//!   runs, slowly; the report counts them).
+//!
+//! The TX side is an open loop: the backend takes frames as fast as it can whatever
+//! arrives; what it cannot place in the peer's RX ring it drops. After the run the
+//! frontend stops republishing and drains, so `taken - received` per direction is what
+//! the backend dropped.
+//!
+//! Here: the options, the setup (frames prebuilt, rings filled once) and the run's phases
+//! (warm-up, measured run, drain); `ring`: the rings driven by their indexes and the
+//! polling loop with its counters; `check`: the sampled checks; `report`: what the mode
+//! reports, and the steal time it reads.
+
+mod check;
+mod report;
+mod ring;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use self::check::Checker;
+use self::report::{read_steal, steal_over};
+pub use self::report::{Checks, Direction, DirectionTotals, FrontendCost, RingLoopReport, Steal};
+use self::ring::{Counters, Rings};
+use crate::frame::{Endpoints, FrameError, FrameTemplate};
+use crate::modes::loop_report::{ratio, CoreCost, Rate, Stopwatch, PORT_NAMES};
+use crate::modes::{self, DeviceArgs, Global, ModeError};
+use crate::net_tx::{TxQueue, ZERO_HDR};
+use crate::pool::BufPool;
+use crate::port::Port;
+
+/// The drain ends once nothing moved for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// The drain ends after this long in any case.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Source MACs of the frames sent by port A and by port B.
+const MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]];
+
+/// Options of `vpmd-bench ring-loop`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RingLoopArgs {
+    /// Ports, frame size and the run's phases.
+    #[command(flatten)]
+    pub run: modes::LoopArgs,
+    /// Check about one received frame in N (the last of the burst that reaches N since the
+    /// last check) and as many TX completions; 0: none.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub check_every: u64,
+    /// Device options.
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+/// The frames port `p` sends: from its MAC to the other port's.
+fn template(p: usize, size: usize) -> Result<FrameTemplate, FrameError> {
+    let ep = Endpoints {
+        src_mac: MACS[p],
+        dst_mac: MACS[1 - p],
+        ..Endpoints::default()
+    };
+    FrameTemplate::new(&ep, size)
+}
+
+/// Fills a TX ring with `q` frames (seq `i` in descriptor `i`) and publishes them at
+/// once.
+fn fill_tx(tx: &mut TxQueue, pool: &mut BufPool, template: &FrameTemplate, q: u16) {
+    let hdr_len = tx.hdr_len();
+    for i in 0..q {
+        let buf = pool.get().expect("pool sized for every ring");
+        let bytes = pool.bytes_mut(buf);
+        bytes[..hdr_len].copy_from_slice(&ZERO_HDR[..hdr_len]);
+        let len = template.write(&mut bytes[hdr_len..], u64::from(i), 0, 0);
+        assert!(tx.post(pool, buf, len as u32), "a fresh TX ring is free");
+    }
+    tx.flush();
+}
+
+/// Runs the ring loop.
+pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError> {
+    modes::pin(args.dev.core)?;
+    let q = args.dev.queue_size;
+    // Every ring full, once: 2 ports x (RX + TX).
+    let (mut mem, mut pool) = modes::memory(
+        &args.dev,
+        2,
+        4 * u32::from(q),
+        modes::buf_size_for(args.run.size),
+    )?;
+    let sockets = [args.run.a.as_path(), args.run.b.as_path()];
+    let mut ports = modes::connect_all(&sockets, &args.dev, g, &mut mem, &mut pool)?;
+    std::thread::sleep(args.run.settle);
+    for (p, port) in ports.iter_mut().enumerate() {
+        fill_tx(&mut port.tx, &mut pool, &template(p, args.run.size)?, q);
+    }
+    let setup_kicks: u64 = ports.iter().map(Port::kicks).sum();
+
+    let event_idx = |p: &Port| {
+        p.info().negotiated.features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0
+    };
+    let mut chk = Checker::new(
+        &pool,
+        [ports[0].rx.queue(), ports[1].rx.queue()],
+        [ports[0].info().layout, ports[1].info().layout],
+        args.run.size,
+        q,
+        args.check_every,
+    );
+    let mut rings = Rings::new(
+        [ports[0].tx.queue(), ports[1].tx.queue()],
+        [ports[0].rx.queue(), ports[1].rx.queue()],
+        [event_idx(&ports[0]), event_idx(&ports[1])],
+    );
+
+    let mut c = Counters::default();
+    let (mut ok, _) = rings.spin(
+        &mut c,
+        &mut chk,
+        Instant::now() + args.run.warmup,
+        true,
+        None,
+    );
+    let before = c;
+    let steal0 = read_steal();
+    let clock = Stopwatch::start();
+    if ok {
+        let until = clock.deadline(args.run.duration);
+        ok = rings.spin(&mut c, &mut chk, until, true, None).0;
+    }
+    let elapsed = clock.read();
+    let (secs, cycles) = (elapsed.secs, elapsed.cycles);
+    let steal1 = read_steal();
+    let during = c;
+    // Drain: no more TX; take what is still in flight.
+    let (_, drained) = rings.spin(
+        &mut c,
+        &mut chk,
+        Instant::now() + DRAIN_MAX,
+        false,
+        Some(DRAIN_QUIET),
+    );
+    if c.received == [0; 2] {
+        return Err(ModeError::NoTraffic(args.run.warmup + args.run.duration));
+    }
+
+    let directions = [0, 1].map(|p| {
+        let frames = during.received[p] - before.received[p];
+        let taken = during.taken[p] - before.taken[p];
+        Direction {
+            rate: Rate::new(p, frames, frames * args.run.size as u64, secs),
+            taken,
+            taken_mpps: modes::mpps(taken, secs),
+            rx_per_burst: ratio(
+                frames as f64,
+                (during.rx_polls[p] - before.rx_polls[p]) as f64,
+            ),
+            tx_per_burst: ratio(
+                taken as f64,
+                (during.tx_polls[p] - before.tx_polls[p]) as f64,
+            ),
+        }
+    });
+    let totals = [0, 1].map(|p| DirectionTotals {
+        from: PORT_NAMES[p],
+        to: PORT_NAMES[1 - p],
+        taken: c.taken[p],
+        received: c.received[p],
+        backend_drops: c.taken[p] as i64 - c.received[p] as i64,
+    });
+    let frames: u64 = directions.iter().map(|d| d.rate.frames).sum();
+    let busy = during.busy_cycles - before.busy_cycles;
+    let report = RingLoopReport {
+        mode: "ring-loop",
+        size: args.run.size,
+        queue_size: q,
+        seconds: secs,
+        total_mpps: modes::mpps(frames, secs),
+        total_gbps: modes::gbps(frames * args.run.size as u64, secs),
+        directions,
+        backend_drops: totals.iter().map(|t| t.backend_drops).sum(),
+        totals,
+        drained,
+        frontend: FrontendCost {
+            core: CoreCost::new(&elapsed, frames, busy),
+            busy_share: ratio(busy as f64, cycles as f64),
+            stalled_share: ratio(
+                (during.stalled_cycles - before.stalled_cycles) as f64,
+                cycles as f64,
+            ),
+            polls_per_us: ratio((during.polls - before.polls) as f64, secs * 1e6),
+        },
+        steal: steal_over(&steal0, &steal1, secs),
+        checks: chk.out,
+        kicks: setup_kicks + c.kicks,
+        kicks_measured: during.kicks - before.kicks,
+        interrupted: !ok,
+    };
+    for p in ports {
+        let _ = p.disconnect();
+    }
+    Ok(report)
+}

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The rings as `ring-loop` drives them, indexes only ([`Ring`]), and the polling loop
+//! over both ports' rings ([`Rings::spin`]) with its [`Counters`].
+
+#![allow(unsafe_code)] // ring indexes and used elements read in place in our guest memory.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+use vpmd_uplink::tsc;
+
+use super::check::Checker;
+use crate::modes;
+use crate::split_queue::SplitQueue;
+
+/// Polls between clock checks.
+const POLLS_PER_CHECK: u32 = 64;
+/// With nothing moving for this long, kick every queue once (and again after as long).
+const IDLE_KICK: Duration = Duration::from_millis(1);
+/// A poll longer than this (TSC cycles, ~20 us) was descheduled or interrupted: its
+/// time counts as stalled, not busy (the poll after a preemption always sees movement).
+const STALL_CYCLES: u64 = 50_000;
+
+/// One ring as this mode drives it: indexes only.
+pub(super) struct Ring<'a> {
+    /// `avail.idx`.
+    avail_idx: &'a AtomicU16,
+    /// `used.idx`.
+    used_idx: &'a AtomicU16,
+    /// First used element (`{id: u32, len: u32}` each).
+    used_elems: *const u32,
+    /// `used_event` when EVENT_IDX is on.
+    used_event: Option<&'a AtomicU16>,
+    kick: &'a EventFd,
+    mask: u16,
+    /// Our `avail.idx`, as published.
+    avail: u16,
+    /// `used.idx` as last seen.
+    used: u16,
+    /// `used_event` as last set.
+    event: u16,
+}
+
+impl<'a> Ring<'a> {
+    /// Takes over `q`, whose avail ring must hold descriptor `i` in slot `i` (as the
+    /// queue's free list hands them out on a fresh ring) with all of them published.
+    fn new(q: &'a SplitQueue, event_idx: bool) -> Ring<'a> {
+        let c = q.config_data();
+        let size = usize::from(q.size());
+        let avail = c.avail_ring_addr as *const u16;
+        let used = c.used_ring_addr as *const u8;
+        // SAFETY: the three areas were laid out by `SplitQueue::new` in guest memory that
+        // `q` keeps mapped for `'a` (its `mem`): the avail ring is `flags, idx,
+        // ring[size], used_event` as u16s (2-byte aligned, page-aligned start), the used
+        // ring `flags, idx` then the 8-byte elements. The device accesses the indexes
+        // concurrently, hence atomics; the elements are only read (volatile).
+        let (avail_idx, used_idx, used_elems, used_event) = unsafe {
+            (
+                AtomicU16::from_ptr(avail.add(1).cast_mut()),
+                AtomicU16::from_ptr(used.cast::<u16>().add(1).cast_mut()),
+                used.add(4).cast::<u32>(),
+                AtomicU16::from_ptr(avail.add(2 + size).cast_mut()),
+            )
+        };
+        for slot in 0..size {
+            // SAFETY: `2 + slot < 2 + size`: an avail ring entry; we wrote it at setup and
+            // the device only reads it.
+            let id = u16::from_le(unsafe { avail.add(2 + slot).read_volatile() });
+            assert_eq!(
+                usize::from(id),
+                slot,
+                "ring-loop needs descriptor i in avail slot i"
+            );
+        }
+        let avail_now = u16::from_le(avail_idx.load(Ordering::Relaxed));
+        assert_eq!(usize::from(avail_now), size, "ring-loop needs a full ring");
+        Ring {
+            avail_idx,
+            used_idx,
+            used_elems,
+            used_event: event_idx.then_some(used_event),
+            kick: q.kick_fd(),
+            mask: q.size() - 1,
+            avail: avail_now,
+            used: 0,
+            event: u16::from_le(used_event.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// How far `used.idx` moved since last time (and remembers it).
+    #[inline(always)]
+    fn poll(&mut self) -> u16 {
+        let u = u16::from_le(self.used_idx.load(Ordering::Acquire));
+        let d = u.wrapping_sub(self.used);
+        self.used = u;
+        d
+    }
+
+    /// Hands `n` more descriptors (the ones just used, in order) back to the device.
+    #[inline(always)]
+    fn republish(&mut self, n: u16) {
+        self.avail = self.avail.wrapping_add(n);
+        self.avail_idx.store(self.avail.to_le(), Ordering::Release);
+    }
+
+    /// The used element for `used.idx - 1` (the last one seen): id and length.
+    pub(super) fn last_used(&self) -> (u32, u32) {
+        let slot = usize::from(self.used.wrapping_sub(1) & self.mask);
+        // SAFETY: `slot <= mask < size`: an element of the used ring laid out by
+        // `SplitQueue::new`; the device wrote it before the `used.idx` we loaded
+        // (acquire) and does not write it again before we republish its descriptor.
+        unsafe {
+            let e = self.used_elems.add(2 * slot);
+            (
+                u32::from_le(e.read_volatile()),
+                u32::from_le(e.add(1).read_volatile()),
+            )
+        }
+    }
+
+    /// The slot (= descriptor id, in order) of the last used element seen.
+    pub(super) fn last_slot(&self) -> u32 {
+        u32::from(self.used.wrapping_sub(1) & self.mask)
+    }
+
+    /// Keeps EVENT_IDX `used_event` half the index space ahead of `used.idx`, so the
+    /// device never gets to it (a store only every 16384 entries).
+    fn keep_quiet(&mut self) {
+        if let Some(ev) = self.used_event {
+            if self.used.wrapping_sub(self.event.wrapping_sub(0x7fff)) >= 0x4000 {
+                self.event = self.used.wrapping_add(0x7fff);
+                ev.store(self.event.to_le(), Ordering::Release);
+            }
+        }
+    }
+
+    fn kick(&self) {
+        // Writing 1 to an eventfd only fails on counter overflow, which a reader prevents.
+        let _ = self.kick.write(1);
+    }
+}
+
+/// Counters, cumulative from setup.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counters {
+    /// Per sending port: TX descriptors taken by the backend.
+    pub(super) taken: [u64; 2],
+    /// Per sending port: polls that saw its TX `used.idx` move.
+    pub(super) tx_polls: [u64; 2],
+    /// Per sending port: frames the other port received.
+    pub(super) received: [u64; 2],
+    /// Per sending port: polls that saw the other port's RX `used.idx` move.
+    pub(super) rx_polls: [u64; 2],
+    /// TSC cycles of polls that moved something.
+    pub(super) busy_cycles: u64,
+    /// TSC cycles of polls longer than [`STALL_CYCLES`].
+    pub(super) stalled_cycles: u64,
+    /// Polls of all four rings.
+    pub(super) polls: u64,
+    pub(super) kicks: u64,
+}
+
+/// The rings of both ports: `tx[p]`, `rx[p]` for port p.
+pub(super) struct Rings<'a> {
+    tx: [Ring<'a>; 2],
+    rx: [Ring<'a>; 2],
+}
+
+impl<'a> Rings<'a> {
+    /// Takes over the TX and RX queues of ports 0 and 1 (see [`Ring::new`]), with
+    /// EVENT_IDX as each port negotiated.
+    pub(super) fn new(
+        tx: [&'a SplitQueue; 2],
+        rx: [&'a SplitQueue; 2],
+        event_idx: [bool; 2],
+    ) -> Self {
+        Rings {
+            tx: [0, 1].map(|p| Ring::new(tx[p], event_idx[p])),
+            rx: [0, 1].map(|p| Ring::new(rx[p], event_idx[p])),
+        }
+    }
+
+    /// Polls until `until` (republishing TX only if `transmit`); with `quiet`, returns
+    /// early once nothing moved for that long. Returns (not interrupted, ended quiet).
+    #[inline(never)]
+    pub(super) fn spin(
+        &mut self,
+        c: &mut Counters,
+        chk: &mut Checker,
+        until: Instant,
+        transmit: bool,
+        quiet: Option<Duration>,
+    ) -> (bool, bool) {
+        let mut t = tsc::now();
+        let mut last_move = Instant::now();
+        let mut last_kick = last_move;
+        let mut moved_since_check = false;
+        loop {
+            for _ in 0..POLLS_PER_CHECK {
+                let mut moved = false;
+                for p in 0..2 {
+                    let n = self.tx[p].poll();
+                    if n != 0 {
+                        moved = true;
+                        if transmit {
+                            self.tx[p].republish(n);
+                        }
+                        c.taken[p] += u64::from(n);
+                        c.tx_polls[p] += 1;
+                        if c.taken[p] >= chk.next_tx[p] && chk.every > 0 {
+                            chk.next_tx[p] = c.taken[p] + chk.every;
+                            chk.check_tx(&self.tx[p]);
+                        }
+                    }
+                    // Frames sent by p arrive on the other port.
+                    let to = 1 - p;
+                    let n = self.rx[to].poll();
+                    if n != 0 {
+                        moved = true;
+                        c.received[p] += u64::from(n);
+                        c.rx_polls[p] += 1;
+                        if c.received[p] >= chk.next_rx[p] && chk.every > 0 {
+                            chk.next_rx[p] = c.received[p] + chk.every;
+                            chk.check_rx(&self.rx[to], p, to);
+                        }
+                        self.rx[to].republish(n);
+                    }
+                }
+                c.polls += 1;
+                let now = tsc::now();
+                let dt = now.wrapping_sub(t);
+                if dt > STALL_CYCLES {
+                    c.stalled_cycles += dt;
+                } else if moved {
+                    c.busy_cycles += dt;
+                }
+                moved_since_check |= moved;
+                t = now;
+            }
+            let now = Instant::now();
+            if moved_since_check {
+                last_move = now;
+                moved_since_check = false;
+                for r in self.tx.iter_mut().chain(self.rx.iter_mut()) {
+                    r.keep_quiet();
+                }
+            } else {
+                if quiet.is_some_and(|q| now.duration_since(last_move) >= q) {
+                    return (true, true);
+                }
+                if now.duration_since(last_move) >= IDLE_KICK
+                    && now.duration_since(last_kick) >= IDLE_KICK
+                {
+                    for r in self.tx.iter().chain(self.rx.iter()) {
+                        r.kick();
+                        c.kicks += 1;
+                    }
+                    last_kick = now;
+                }
+            }
+            if now >= until {
+                return (true, quiet.is_none());
+            }
+            if modes::stop_requested() {
+                return (false, false);
+            }
+            t = tsc::now();
+        }
+    }
+}
