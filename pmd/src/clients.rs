@@ -124,3 +124,51 @@ impl Drop for Acceptor {
         self.stop();
     }
 }
+
+/// How often a non-blocking accept loop looks for a new client (and the stop flag).
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What answers one client of an [`accept_loop`].
+pub type Answer<S> = Arc<dyn Fn(&S) -> std::io::Result<()> + Send + Sync>;
+
+/// Accepts clients with `accept` (a non-blocking accept giving the stream and a
+/// peer description) until `stop` is set, and answers each with `answer` on a
+/// thread named `thread_name`, at most `limit` at once (the oldest cut off). `what`
+/// names the server in log lines.
+pub fn accept_loop<S: Client + 'static>(
+    what: &'static str,
+    thread_name: &str,
+    limit: usize,
+    stop: &AtomicBool,
+    mut accept: impl FnMut() -> std::io::Result<(S, String)>,
+    answer: Answer<S>,
+) {
+    let clients = Arc::new(Clients::<S>::default());
+    while !stop.load(Ordering::Acquire) {
+        match accept() {
+            Ok((stream, peer)) => {
+                let slot = Slot::take(&clients, &stream, limit, what);
+                let answer = answer.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(thread_name.into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            if let Err(e) = answer(&stream) {
+                                log::debug!("{what}: request{peer} failed: {e}");
+                            }
+                        });
+                if let Err(e) = spawned {
+                    log::warn!("{what}: cannot start a client thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            Err(e) => {
+                log::warn!("{what}: accept failed: {e}");
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+    }
+}

@@ -30,14 +30,14 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clients::{Acceptor, Clients, Slot};
+use crate::clients::{self, Acceptor};
 use crate::stats::{Registry, Snapshot};
 
 /// A request on the control socket, as JSON: `{"request": "<kebab-case name>", ...}`.
@@ -102,8 +102,6 @@ pub trait Requests: Send + Sync {
 
 /// How long a client may take to send its request and read the answer, in all.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at the stop flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest request line accepted, newline included.
 const MAX_REQUEST: usize = 4096;
 /// How long a client waits for the answer to a request that changes ports (closing
@@ -370,31 +368,14 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     limits: Limits,
 ) {
-    let clients = Arc::new(Clients::<UnixStream>::default());
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let slot = Slot::take(&clients, &stream, limits.clients, "control socket");
-                let handlers = registry.clone();
-                let spawned = thread::Builder::new()
-                    .name("vpmd-control-client".into())
-                    .spawn(move || {
-                        let _slot = slot;
-                        if let Err(e) = answer(&stream, &handlers, limits.deadline) {
-                            log::debug!("control socket: request failed: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("control socket: cannot start a client thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL_INTERVAL),
-            Err(e) => {
-                log::warn!("control socket: accept failed: {e}");
-                thread::sleep(POLL_INTERVAL);
-            }
-        }
-    }
+    clients::accept_loop(
+        "control socket",
+        "vpmd-control-client",
+        limits.clients,
+        &stop,
+        || listener.accept().map(|(s, _)| (s, String::new())),
+        Arc::new(move |stream: &UnixStream| answer(stream, &registry, limits.deadline)),
+    );
 }
 
 /// Reads one request line and writes the answer, all before `deadline` has passed

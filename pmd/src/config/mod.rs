@@ -9,6 +9,8 @@
 #[cfg(test)]
 mod request_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_ops;

@@ -2,33 +2,12 @@
 //! Ports sent at runtime (`vpmd port add`): the file's checks, errors naming
 //! `port.<field>`, uniqueness against the running ports; and the empty config.
 
+use super::test_support::{host, PORTS_AB};
 use super::*;
 
-fn host() -> Host {
-    Host {
-        cpus: 2,
-        interface_exists: |name| name == "eth1",
-        user_id: |name| (name == "qemu").then_some(107),
-        group_id: |name| (name == "kvm").then_some(36),
-    }
-}
-
 fn running() -> Vec<Port> {
-    let text = r#"
-[pmd]
-cores = [1]
-[[port]]
-name = "a"
-socket = "/tmp/a.sock"
-mac = "52:54:00:00:00:01"
-[[port]]
-name = "b"
-socket = "/tmp/b.sock"
-mac = "52:54:00:00:00:02"
-[[veth]]
-ports = ["a", "b"]
-"#;
-    Config::parse_for(text, "t.toml", &host()).unwrap().ports
+    let text = format!("[pmd]\ncores = [1]\n{PORTS_AB}");
+    Config::parse_for(&text, "t.toml", &host()).unwrap().ports
 }
 
 /// The port `c` with `extra` fields merged in, checked against `a` and `b`.

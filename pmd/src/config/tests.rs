@@ -1,16 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Config parsing and validation: the shapes that work, and every error naming its field.
 
+use super::test_support::host;
 use super::*;
-
-fn host() -> Host {
-    Host {
-        cpus: 2,
-        interface_exists: |name| name == "eth1" || name == "eth2",
-        user_id: |name| (name == "qemu").then_some(107),
-        group_id: |name| (name == "kvm").then_some(36),
-    }
-}
 
 fn parse(text: &str) -> Result<Config, String> {
     // As vpmd prints it: the error and its causes, once each.

@@ -1,33 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Config checks of the operations fields (`pmd.metrics`), apart from `tests.rs`.
 
+use super::test_support::{host, PORTS_AB};
 use super::*;
 
-fn host() -> Host {
-    Host {
-        cpus: 2,
-        interface_exists: |_| false,
-        user_id: |_| None,
-        group_id: |_| None,
-    }
-}
-
 fn with_pmd(pmd: &str) -> Result<Config, String> {
-    let text = format!(
-        "[pmd]\n{pmd}\n{}",
-        r#"
-[[port]]
-name = "a"
-socket = "/tmp/a.sock"
-mac = "52:54:00:00:00:01"
-[[port]]
-name = "b"
-socket = "/tmp/b.sock"
-mac = "52:54:00:00:00:02"
-[[veth]]
-ports = ["a", "b"]
-"#
-    );
+    let text = format!("[pmd]\n{pmd}\n{PORTS_AB}");
     Config::parse_for(&text, "t.toml", &host()).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 

@@ -25,12 +25,12 @@ pub use render::render;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::clients::{Acceptor, Clients, Slot};
+use crate::clients::{self, Acceptor};
 use crate::stats::Registry;
 
 /// How long a client may take to send its request head and read the answer, in all.
@@ -39,8 +39,6 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_REQUEST: usize = 8192;
 /// Most clients answered at once.
 pub const MAX_CLIENTS: usize = 8;
-/// How often the accept loop looks at the stop flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The exposition format served.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -119,31 +117,19 @@ impl MetricsServer {
 }
 
 fn accept_loop(listener: &TcpListener, registry: &Arc<Registry>, stop: &AtomicBool) {
-    let clients = Arc::new(Clients::<TcpStream>::default());
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let slot = Slot::take(&clients, &stream, MAX_CLIENTS, "metrics");
-                let registry = registry.clone();
-                let spawned = thread::Builder::new()
-                    .name("vpmd-metrics-client".into())
-                    .spawn(move || {
-                        let _slot = slot;
-                        if let Err(e) = answer(&stream, &registry) {
-                            log::debug!("metrics: request from {peer} failed: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("metrics: cannot start a client thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL_INTERVAL),
-            Err(e) => {
-                log::warn!("metrics: accept failed: {e}");
-                thread::sleep(POLL_INTERVAL);
-            }
-        }
-    }
+    let registry = registry.clone();
+    clients::accept_loop(
+        "metrics",
+        "vpmd-metrics-client",
+        MAX_CLIENTS,
+        stop,
+        || {
+            listener
+                .accept()
+                .map(|(s, peer)| (s, format!(" from {peer}")))
+        },
+        Arc::new(move |stream: &TcpStream| answer(stream, &registry)),
+    );
 }
 
 /// The time left until `end`, or a timeout error once it has passed.
