@@ -186,16 +186,20 @@ impl Registry {
 }
 
 impl Snapshot {
-    /// The table `vpmd stats` prints.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let w = self
-            .ports
+    /// Width of the port-name column of the tables: the longest name, at least 4.
+    pub fn name_width(&self) -> usize {
+        self.ports
             .iter()
             .map(|p| p.name.len())
             .max()
             .unwrap_or(4)
-            .max(4);
+            .max(4)
+    }
+
+    /// The table `vpmd stats` prints.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let w = self.name_width();
         let _ = writeln!(
             out,
             "{:<w$}  {:<5}  {:>12} {:>14}  {:>12} {:>14}  {:>10}",

@@ -118,13 +118,7 @@ pub fn rates_text(d: &Snapshot, secs: f64) -> String {
     let rate = |n: u64| human(n as f64 / secs);
     let bits = |n: u64| human(n as f64 * 8.0 / secs);
     let mut out = String::new();
-    let w = d
-        .ports
-        .iter()
-        .map(|p| p.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = d.name_width();
     let _ = writeln!(
         out,
         "{:<w$}  {:<5}  {:>9} {:>9}  {:>9} {:>9}  {:>9}  DROP REASONS (per s)",

@@ -29,23 +29,6 @@ start_vpmd "$WORK/client.toml" --no-ready
 assert_ping a 56 5
 assert_ping b 56 5
 
-# oks NAME: how many watch pings of guest NAME got an answer so far.
-oks() { grep -ac ' ok' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
-losts() { grep -ac ' lost' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
-
-# wait_more NAME FIELD N TIMEOUT_S: until guest NAME has N more FIELD (oks or
-# losts) than now.
-wait_more() {
-  local name=$1 what=$2 n=$3 timeout=$4 from deadline
-  from=$($what "$name")
-  deadline=$((SECONDS + timeout))
-  until (($($what "$name") >= from + n)); do
-    alive "$(guest_pid "$name")" || fail "guest $name's QEMU exited"
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
-
 wait_more a oks 5 60 || fail "guest a: no answered watch pings before the kill"
 wait_more b oks 5 60 || fail "guest b: no answered watch pings before the kill"
 log "both guests ping each other through vpmd (pid $VPMD_PID); killing vpmd (SIGKILL)"

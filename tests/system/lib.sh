@@ -449,3 +449,41 @@ assert_checked_stream() {
   log "$src -> $dst: $sent sent = $got delivered intact and in order + $drops dropped$( ((drops)) &&
     echo " ($(port_stat "$json" "$src" '.drops | with_entries(select(.value > 0)) | tostring'))")"
 }
+
+# ---------------------------------------------------------------------------
+# Helpers for tests that change ports at runtime and watch guests' pings.
+
+vctl() { "$VPMD" "$@" --control "$CONTROL"; }
+# What `port list` shows, without the link states (they change as guests come up).
+layout() { vctl port list --json | jq -c '{ports: [.ports[] | del(.state)], veths, threads}'; }
+
+# refused FIELD CMD...: CMD (a vpmd subcommand) fails with an error naming FIELD
+# and leaves the ports as they were.
+refused() {
+  local field=$1 before after err
+  shift
+  before=$(layout)
+  if err=$(vctl "$@" 2>&1); then fail "vpmd $*: accepted, wanted an error naming $field"; fi
+  [[ $err == *"$field"* ]] || fail "vpmd $*: error does not name $field: $err"
+  after=$(layout)
+  [[ $before == "$after" ]] || fail "vpmd $*: refused, but the ports changed: $before -> $after"
+  log "refused as it should be: vpmd $* -> ${err#vpmd: }"
+}
+
+# oks/losts NAME: answered / lost watch pings (vpmd.watch) of guest NAME so far.
+oks() { grep -ac ' ok' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
+losts() { grep -ac ' lost' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
+
+# wait_more NAME FIELD N TIMEOUT_S [--vpmd]: until guest NAME has N more FIELD
+# (oks or losts) than now; fails if its QEMU (or, with --vpmd, vpmd) exits.
+wait_more() {
+  local name=$1 what=$2 n=$3 timeout=$4 check_vpmd=${5:-} from deadline
+  from=$($what "$name")
+  deadline=$((SECONDS + timeout))
+  until (($($what "$name") >= from + n)); do
+    alive "$(guest_pid "$name")" || fail "guest $name's QEMU exited"
+    [[ -z $check_vpmd ]] || alive "$VPMD_PID" || fail "vpmd exited"
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}

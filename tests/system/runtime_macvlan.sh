@@ -52,18 +52,6 @@ write_config() {
 }
 write_config vm0
 
-vctl() { "$VPMD" "$@" --control "$CONTROL"; }
-layout() { vctl port list --json | jq -c '{ports: [.ports[] | del(.state)], veths, threads}'; }
-refused() {
-  local field=$1 before after err
-  shift
-  before=$(layout)
-  if err=$(vctl "$@" 2>&1); then fail "vpmd $*: accepted, wanted an error naming $field"; fi
-  [[ $err == *"$field"* ]] || fail "vpmd $*: error does not name $field: $err"
-  after=$(layout)
-  [[ $before == "$after" ]] || fail "vpmd $*: refused, but the ports changed: $before -> $after"
-  log "refused as it should be: vpmd $* -> ${err#vpmd: }"
-}
 # ns_pings N: how many of N pings from the namespace the guest answers.
 ns_pings() {
   ip -n "$NS" neigh flush dev "$OUT"

@@ -35,24 +35,9 @@ mkdir -p "$DIR"
 # four guests): long enough to cover steps 4-5 (about 70 s here), checked below.
 WATCH=300
 
-vctl() { "$VPMD" "$@" --control "$CONTROL"; }
 mac_of() { printf '52:54:00:00:00:0%s' "$1"; }
 add_port() { vctl port add "$1" --socket "$DIR/$1.sock" --mac "$(mac_of "$1")" --mode client "${@:2}"; }
-# What `port list` shows, without the link states (they change as guests come up).
-layout() { vctl port list --json | jq -c '{ports: [.ports[] | del(.state)], veths, threads}'; }
 
-# refused FIELD CMD...: CMD (a vpmd subcommand) fails with an error naming FIELD
-# and leaves the ports as they were.
-refused() {
-  local field=$1 before after err
-  shift
-  before=$(layout)
-  if err=$(vctl "$@" 2>&1); then fail "vpmd $*: accepted, wanted an error naming $field"; fi
-  [[ $err == *"$field"* ]] || fail "vpmd $*: error does not name $field: $err"
-  after=$(layout)
-  [[ $before == "$after" ]] || fail "vpmd $*: refused, but the ports changed: $before -> $after"
-  log "refused as it should be: vpmd $* -> ${err#vpmd: }"
-}
 
 # write_file PORTS... [-- VETHS...] [--cores LIST]: the config file with these
 # ports (client role, as added above) and pairs "x-y".
@@ -78,21 +63,6 @@ write_file() {
   done
 }
 
-# oks/losts NAME: answered / lost watch pings of guest NAME so far.
-oks() { grep -ac ' ok' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
-losts() { grep -ac ' lost' <(grep -a '^VPMD-WATCH ' "$WORK/$1.log") || true; }
-# wait_more NAME FIELD N TIMEOUT_S: until guest NAME has N more FIELD than now.
-wait_more() {
-  local name=$1 what=$2 n=$3 timeout=$4 from deadline
-  from=$($what "$name")
-  deadline=$((SECONDS + timeout))
-  until (($($what "$name") >= from + n)); do
-    alive "$(guest_pid "$name")" || fail "guest $name's QEMU exited"
-    alive "$VPMD_PID" || fail "vpmd exited"
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
 # first_pair_drops: every drop counter of a and b (constant while they lose nothing).
 first_pair_drops() {
   vpmd_stats_json | jq -c '[.ports[] | select(.name == "a" or .name == "b") | {name, drops, rx_dropped, ring_errors}]'
@@ -137,8 +107,8 @@ start_guest d "$DIR/d.sock" client "$(mac_of d)" "" \
   "vpmd.ip=198.18.1.4/24 vpmd.peer=198.18.1.3 vpmd.count=5 vpmd.size=56 vpmd.wait=280"
 assert_ping a 56 5
 assert_ping b 56 5
-wait_more a oks 3 60 || fail "guest a: its watch pings are not answered"
-wait_more b oks 3 60 || fail "guest b: its watch pings are not answered"
+wait_more a oks 3 60 --vpmd || fail "guest a: its watch pings are not answered"
+wait_more b oks 3 60 --vpmd || fail "guest b: its watch pings are not answered"
 DROPS_BEFORE=$(first_pair_drops)
 log "first pair up and streaming; its drop counters: $DROPS_BEFORE"
 
@@ -150,7 +120,7 @@ grep -aE 'stream c->d assigned to the pmd thread on core 1' "$VPMD_LOG" >/dev/nu
   fail "no log line for the new streams' thread"
 assert_ping c 56 5
 assert_ping d 56 5
-wait_more c oks 3 60 || fail "guest c: its watch pings of d are not answered"
+wait_more c oks 3 60 --vpmd || fail "guest c: its watch pings of d are not answered"
 wait_port_state d up 10 || fail "port d not up"
 # d's guest memory (QEMU's memfd) is mapped by vpmd while d is connected, and
 # unmapped once d is removed.
@@ -167,10 +137,10 @@ log "guest d's memory (memfd inode $d_mem) unmapped by vpmd once port del d retu
 jq -e '.in_flight["c->d"] >= 0 and .in_flight["d->c"] >= 0' <<<"$del" >/dev/null ||
   fail "port del d: no in-flight counts: $del"
 [[ $(vctl port list --json | jq '[.ports[].name] | index("d")') == null ]] || fail "d still listed"
-wait_more c losts 2 30 || fail "guest c: pings of a removed d were answered"
+wait_more c losts 2 30 --vpmd || fail "guest c: pings of a removed d were answered"
 add_port d >/dev/null || fail "port add d again"
 vctl veth add d c >/dev/null || fail "veth add d c"
-wait_more c oks 3 90 || fail "guest c: no answers from d after it was added back"
+wait_more c oks 3 90 --vpmd || fail "guest c: no answers from d after it was added back"
 log "d removed under c's stream (pings lost) and added back (answered again)"
 
 # 5. The same through the config file and `vpmd reload` (SIGHUP once).
@@ -181,16 +151,16 @@ write_file a b c d+ -- a-b c-d
 r=$(vctl reload) || fail "reload with d changed failed"
 [[ $(jq -c .restarted <<<"$r") == '["d"]' ]] || fail "reload with d changed: d not restarted: $r"
 log "reload with d changed: $r"
-wait_more c oks 3 90 || fail "guest c: no answers from d after its restart"
+wait_more c oks 3 90 --vpmd || fail "guest c: no answers from d after its restart"
 write_file a b -- a-b
 r=$(vctl reload) || fail "reload without c and d failed"
 [[ $(jq -c .del_ports <<<"$r") == '["c","d"]' ]] || fail "reload without c, d: $r"
-wait_more c losts 2 30 || fail "guest c: pings answered with c and d removed"
+wait_more c losts 2 30 --vpmd || fail "guest c: pings answered with c and d removed"
 write_file a b c d -- a-b c-d
 kill -HUP "$VPMD_PID"
 wait_for_log "$VPMD_LOG" 'SIGHUP: reload: .*"add_ports":\["c","d"\]' 30 "$VPMD_PID" ||
   fail "SIGHUP did not add c and d back"
-wait_more c oks 3 90 || fail "guest c: no answers from d after the reload added them back"
+wait_more c oks 3 90 --vpmd || fail "guest c: no answers from d after the reload added them back"
 log "reload: c and d removed, then added back by SIGHUP; c's pings answered again"
 write_file a b c d -- a-b c-d --cores '[0, 1]'
 refused pmd.cores reload
