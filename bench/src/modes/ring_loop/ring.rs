@@ -182,7 +182,8 @@ impl<'a> Rings<'a> {
     }
 
     /// Polls until `until` (republishing TX only if `transmit`); with `quiet`, returns
-    /// early once nothing moved for that long. Returns (not interrupted, ended quiet).
+    /// early once nothing moved for that long and the backend has given back every
+    /// TX descriptor. Returns (not interrupted, ended quiet).
     #[inline(never)]
     pub(super) fn spin(
         &mut self,
@@ -246,7 +247,13 @@ impl<'a> Rings<'a> {
                     r.keep_quiet();
                 }
             } else {
-                if quiet.is_some_and(|q| now.duration_since(last_move) >= q) {
+                // Quiet, and every TX descriptor offered has come back: nothing is
+                // in flight in the backend (it publishes RX before or with the TX
+                // it took the frames from). Quiet alone is not enough: a backend
+                // preempted mid-burst is quiet too.
+                if quiet.is_some_and(|q| now.duration_since(last_move) >= q)
+                    && self.tx.iter().all(|r| r.avail == r.used)
+                {
                     return (true, true);
                 }
                 if now.duration_since(last_move) >= IDLE_KICK
