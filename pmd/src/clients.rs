@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A connected stream that can be cut off from another thread.
 pub trait Client: Send + Sized {
@@ -18,25 +19,27 @@ pub trait Client: Send + Sized {
     fn handle(&self) -> Option<Self>;
     /// Ends the connection both ways: its thread's reads and writes fail at once.
     fn cut_off(&self);
+    /// Bounds the next writes.
+    fn set_write_timeout(&self, t: Duration) -> std::io::Result<()>;
 }
 
-impl Client for UnixStream {
-    fn handle(&self) -> Option<Self> {
-        self.try_clone().ok()
-    }
-    fn cut_off(&self) {
-        let _ = self.shutdown(Shutdown::Both);
-    }
+/// Both kinds of stream the servers answer on have the same three methods.
+macro_rules! impl_client {
+    ($($ty:ty),*) => {$(
+        impl Client for $ty {
+            fn handle(&self) -> Option<Self> {
+                self.try_clone().ok()
+            }
+            fn cut_off(&self) {
+                let _ = self.shutdown(Shutdown::Both);
+            }
+            fn set_write_timeout(&self, t: Duration) -> std::io::Result<()> {
+                <$ty>::set_write_timeout(self, Some(t))
+            }
+        }
+    )*};
 }
-
-impl Client for TcpStream {
-    fn handle(&self) -> Option<Self> {
-        self.try_clone().ok()
-    }
-    fn cut_off(&self) {
-        let _ = self.shutdown(Shutdown::Both);
-    }
-}
+impl_client!(UnixStream, TcpStream);
 
 /// The clients being answered, oldest first.
 pub struct Clients<S> {
@@ -171,4 +174,34 @@ pub fn accept_loop<S: Client + 'static>(
             }
         }
     }
+}
+
+/// The time left until `end`, or a timeout error once it has passed.
+pub fn left(end: Instant) -> std::io::Result<Duration> {
+    match end.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client too slow: deadline passed",
+        )),
+    }
+}
+
+/// Writes all of `bytes` to a client, each write limited to the time left until `end`.
+pub fn write_all_by<S: Client>(stream: &S, mut bytes: &[u8], end: Instant) -> std::io::Result<()>
+where
+    for<'a> &'a S: std::io::Write,
+{
+    use std::io::Write as _;
+    while !bytes.is_empty() {
+        stream.set_write_timeout(left(end)?)?;
+        let mut w = stream;
+        match w.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clients::{self, Acceptor};
+use crate::clients::{self, left, write_all_by, Acceptor};
 use crate::stats::{Registry, Snapshot};
 
 /// A request on the control socket, as JSON: `{"request": "<kebab-case name>", ...}`.
@@ -411,17 +411,6 @@ enum Line {
     TooLong,
 }
 
-/// The time left until `end`, or a timeout error once it has passed.
-fn left(end: Instant) -> io::Result<Duration> {
-    match end.checked_duration_since(Instant::now()) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client too slow: deadline passed",
-        )),
-    }
-}
-
 /// Reads one request line, each read limited to the time left until `end`.
 fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Line> {
     let mut buf = [0u8; MAX_REQUEST];
@@ -450,20 +439,6 @@ fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Line> {
     Ok(Line::Line(
         String::from_utf8_lossy(&buf[..len]).into_owned(),
     ))
-}
-
-/// Writes all of `bytes`, each write limited to the time left until `end`.
-fn write_all_by(mut stream: &UnixStream, mut bytes: &[u8], end: Instant) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.set_write_timeout(Some(left(end)?))?;
-        match stream.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Sends `request` to the vpmd listening on `path` and returns its answer; an

@@ -23,14 +23,14 @@ mod render;
 
 pub use render::render;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::clients::{self, Acceptor};
+use crate::clients::{self, left, write_all_by, Acceptor};
 use crate::stats::Registry;
 
 /// How long a client may take to send its request head and read the answer, in all.
@@ -130,17 +130,6 @@ fn accept_loop(listener: &TcpListener, registry: &Arc<Registry>, stop: &AtomicBo
         },
         Arc::new(move |stream: &TcpStream| answer(stream, &registry)),
     );
-}
-
-/// The time left until `end`, or a timeout error once it has passed.
-fn left(end: Instant) -> io::Result<Duration> {
-    match end.checked_duration_since(Instant::now()) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client too slow: deadline passed",
-        )),
-    }
 }
 
 /// Reads the request head (up to the blank line), each read limited to the time
@@ -251,22 +240,10 @@ fn answer(stream: &TcpStream, registry: &Registry) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `bytes`, each write limited to the time left until `end`.
-fn write_all_by(mut stream: &TcpStream, mut bytes: &[u8], end: Instant) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.set_write_timeout(Some(left(end)?))?;
-        match stream.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn registry() -> Arc<Registry> {
