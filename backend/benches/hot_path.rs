@@ -36,6 +36,7 @@ const BUFS: u64 = 0x10_0000;
 const LAYOUT: NetLayout = NetLayout {
     hdr_len: 12,
     mrg_rxbuf: true,
+    offloads: vpmd_backend::net::Offloads::NONE,
 };
 
 fn guest() -> (GuestMemoryMmap, GuestMemoryAtomicMmap) {
@@ -159,7 +160,7 @@ fn bench_chain_walk(c: &mut Criterion) {
     for (name, head, segs) in [("1desc", 0u16, 1usize), ("indirect4", 1, 4)] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                chain::walk(&ring, &map, black_box(head), false, 0, &mut out).unwrap();
+                chain::walk(&ring, &map, black_box(head), false, 0, &mut out, &mut []).unwrap();
                 assert_eq!(out.segs().len(), segs);
             });
         });

@@ -52,8 +52,10 @@ pub enum ChainError {
 /// Walks the chain at `head`, appending its buffers to `out` (cleared first), minus
 /// its first `skip` bytes (a TX chain's virtio-net header: dropped while walking
 /// rather than shifted out afterwards). `writable` selects the direction every
-/// buffer must have. Skipped bytes are bounds-checked like the rest. Returns the
-/// chain's length including the skipped bytes.
+/// buffer must have. Skipped bytes are bounds-checked like the rest, and the first
+/// `header.len()` of them are copied into `header` (a TX chain's offload fields;
+/// bytes the chain does not have stay as they were). Returns the chain's length
+/// including the skipped bytes.
 pub fn walk(
     ring: &SplitRing,
     map: &MemMap,
@@ -61,6 +63,7 @@ pub fn walk(
     writable: bool,
     skip: u32,
     out: &mut SegList,
+    header: &mut [u8],
 ) -> Result<u32, ChainError> {
     out.clear();
     let mut skip_left = skip;
@@ -119,6 +122,11 @@ pub fn walk(
                 .translate(d.addr, d.len)
                 .ok_or(ChainError::BufferOutsideMemory)?;
             total = total.checked_add(d.len).ok_or(ChainError::TooManyBuffers)?;
+            let at = (skip - skip_left) as usize;
+            if skip_left > 0 && at < header.len() {
+                let n = (skip_left as usize).min(header.len() - at);
+                buf.read_at(0, &mut header[at..at + n]);
+            }
             if skip_left >= d.len {
                 skip_left -= d.len;
             } else {

@@ -91,7 +91,7 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn features(&self) -> u64 {
-        features::device_features()
+        features::device_features(self.port.offloads())
     }
 
     fn acked_features(&self, features: u64) {

@@ -1,18 +1,27 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The virtio and vhost-user features vpmd offers, and the device config space.
 //!
-//! Offered: VERSION_1, MAC, MTU, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, IN_ORDER and
-//! the vhost-user protocol-features bit; protocol features REPLY_ACK, CONFIG, MQ and
-//! CONFIGURE_MEM_SLOTS, all of which vhost-user-backend handles. Offloads (CSUM,
-//! GSO) and more queue pairs are later additions: they only add bits here, header
-//! handling in `net.rs` and queues in `device.rs`.
+//! Offered: VERSION_1, MAC, MTU, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, IN_ORDER, the
+//! port's offloads ([`OFFLOADS`]: checksum, TSO and ECN, each way; all on unless the
+//! port's config switches them off) and the vhost-user protocol-features bit;
+//! protocol features REPLY_ACK, CONFIG, MQ and CONFIGURE_MEM_SLOTS, all of which
+//! vhost-user-backend handles.
+//!
+//! Not offered: UFO (IPv4 fragmentation of UDP, which Linux guests no longer send
+//! and vpmd does not do) and USO (QEMU 7.2 and DPDK 22.11, the frontends here,
+//! cannot negotiate it; the segmenter handles UDP already), CTRL_VQ and
+//! CTRL_GUEST_OFFLOADS (no control queue).
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::net::NetLayout;
+use crate::net::{NetLayout, Offloads};
 
 /// Virtio feature bits offered to the driver.
 ///
@@ -25,8 +34,12 @@ use crate::net::NetLayout;
 /// bit use cheaper paths for it (DPDK's virtio PMD: the in-order RX and TX
 /// functions, as against DPDK's own vhost, which offers it too); drivers that do
 /// not (Linux 6.1) leave it unacknowledged, which changes nothing.
-pub fn device_features() -> u64 {
-    (1 << VIRTIO_F_VERSION_1)
+///
+/// `offloads` is the port's choice of [`OFFLOADS`], already closed under their
+/// dependencies ([`offload_closure`]).
+pub fn device_features(offloads: u64) -> u64 {
+    (offloads & OFFLOADS)
+        | (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MAC)
         | (1 << VIRTIO_NET_F_MTU)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
@@ -44,8 +57,52 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
-/// The virtio features vpmd offers, by the names logs, stats and metrics use.
-pub const OFFERED_NAMES: [(u32, &str); 7] = [
+/// Every offload vpmd can offer (5.1.3): the guest may send frames whose checksum
+/// is left to do (CSUM) or that are up to 64 KiB of TCP to be segmented (HOST_TSO4/6,
+/// HOST_ECN with CWR), and may receive such frames (GUEST_CSUM, GUEST_TSO4/6,
+/// GUEST_ECN). The names say which way: HOST_* the device takes, GUEST_* the
+/// driver takes.
+pub const OFFLOADS: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN);
+
+/// The offloads of `wanted` whose prerequisites are in it too (5.1.3.1: TSO and
+/// ECN need the checksum offload of their direction, ECN needs a TSO): a port
+/// whose config switches `csum` off offers no HOST_TSO either.
+pub fn offload_closure(wanted: u64) -> u64 {
+    let has = |bit: u32| wanted & (1 << bit) != 0;
+    let mut out = wanted & OFFLOADS;
+    if !has(VIRTIO_NET_F_CSUM) {
+        out &= !((1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6));
+    }
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        out &= !((1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO6));
+    }
+    if out & ((1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6)) == 0 {
+        out &= !(1 << VIRTIO_NET_F_HOST_ECN);
+    }
+    if out & ((1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO6)) == 0 {
+        out &= !(1 << VIRTIO_NET_F_GUEST_ECN);
+    }
+    out
+}
+
+/// The virtio features vpmd offers, by the names logs, stats, metrics and the
+/// config file (lower case) use.
+pub const OFFERED_NAMES: [(u32, &str); 15] = [
+    (VIRTIO_NET_F_CSUM, "CSUM"),
+    (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+    (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+    (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+    (VIRTIO_NET_F_GUEST_ECN, "GUEST_ECN"),
+    (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+    (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+    (VIRTIO_NET_F_HOST_ECN, "HOST_ECN"),
     (VIRTIO_F_VERSION_1, "VERSION_1"),
     (VIRTIO_NET_F_MAC, "MAC"),
     (VIRTIO_NET_F_MTU, "MTU"),
@@ -82,6 +139,7 @@ pub fn layout(acked: u64) -> NetLayout {
     NetLayout {
         hdr_len: if version_1 || mrg_rxbuf { 12 } else { 10 },
         mrg_rxbuf,
+        offloads: Offloads(acked & OFFLOADS),
     }
 }
 
@@ -134,9 +192,26 @@ mod tests {
             (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_F_IN_ORDER);
         assert_eq!(describe(acked), "VERSION_1 EVENT_IDX IN_ORDER");
         assert_eq!(
-            describe(device_features()).split(' ').count(),
-            7,
+            describe(device_features(OFFLOADS)).split(' ').count(),
+            OFFERED_NAMES.len(),
             "every offered bit named"
         );
+        assert_eq!(describe(device_features(0)).split(' ').count(), 7);
+    }
+
+    #[test]
+    fn offloads_need_their_prerequisites() {
+        let bit = |b: u32| 1u64 << b;
+        assert_eq!(offload_closure(OFFLOADS), OFFLOADS);
+        let no_csum = offload_closure(OFFLOADS & !bit(VIRTIO_NET_F_CSUM));
+        assert_eq!(
+            describe(no_csum),
+            "GUEST_CSUM GUEST_TSO4 GUEST_TSO6 GUEST_ECN"
+        );
+        let no_guest_csum = offload_closure(OFFLOADS & !bit(VIRTIO_NET_F_GUEST_CSUM));
+        assert_eq!(describe(no_guest_csum), "CSUM HOST_TSO4 HOST_TSO6 HOST_ECN");
+        let ecn_only = offload_closure(bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_ECN));
+        assert_eq!(describe(ecn_only), "CSUM");
+        assert_eq!(offload_closure(u64::MAX), OFFLOADS, "nothing else passes");
     }
 }

@@ -16,10 +16,6 @@ pub const MAX_RX_BUFFERS: usize = 64;
 /// Offset of `num_buffers` in `virtio_net_hdr_mrg_rxbuf`.
 const NUM_BUFFERS_OFFSET: u32 = 10;
 
-/// The RX header: no offloads are negotiated, so all zero but `num_buffers` (in
-/// the 12-byte form), 1 unless the frame takes more chains.
-const RX_HEADER: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-
 /// Why a TX chain does not carry a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TxError {
@@ -52,10 +48,118 @@ pub struct NetLayout {
     pub hdr_len: u32,
     /// MRG_RXBUF negotiated: frames may span several RX chains.
     pub mrg_rxbuf: bool,
+    /// The offloads negotiated.
+    pub offloads: Offloads,
+}
+
+/// The offload feature bits a driver negotiated ([`crate::features::OFFLOADS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads(pub u64);
+
+impl Offloads {
+    /// None at all.
+    pub const NONE: Offloads = Offloads(0);
+
+    #[inline]
+    fn has(self, bit: u32) -> bool {
+        self.0 & (1 << bit) != 0
+    }
+
+    /// CSUM: the driver may send frames with the checksum left to do. Every other
+    /// HOST_* offload needs it, so without it the TX header is not even read.
+    #[inline]
+    pub fn host_csum(self) -> bool {
+        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM)
+    }
+
+    /// HOST_TSO4 (`ipv6` false) or HOST_TSO6: the driver may send TCP to segment.
+    #[inline]
+    pub fn host_tso(self, ipv6: bool) -> bool {
+        use virtio_bindings::virtio_net::{VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6};
+        self.has(if ipv6 {
+            VIRTIO_NET_F_HOST_TSO6
+        } else {
+            VIRTIO_NET_F_HOST_TSO4
+        })
+    }
+
+    /// HOST_ECN: the driver may send TSO frames with CWR set.
+    #[inline]
+    pub fn host_ecn(self) -> bool {
+        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_ECN)
+    }
+
+    /// GUEST_CSUM: the driver takes frames whose checksum is left to do.
+    #[inline]
+    pub fn guest_csum(self) -> bool {
+        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM)
+    }
+
+    /// GUEST_TSO4 (`ipv6` false) or GUEST_TSO6: the driver takes large TCP frames.
+    #[inline]
+    pub fn guest_tso(self, ipv6: bool) -> bool {
+        use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6};
+        self.has(if ipv6 {
+            VIRTIO_NET_F_GUEST_TSO6
+        } else {
+            VIRTIO_NET_F_GUEST_TSO4
+        })
+    }
+
+    /// GUEST_ECN: the driver takes TSO frames with CWR set.
+    #[inline]
+    pub fn guest_ecn(self) -> bool {
+        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_ECN)
+    }
+}
+
+/// What goes into RX buffers for one frame: the virtio-net header's offload fields,
+/// then `head` (headers vpmd built: a segment's, or a frame's first bytes with the
+/// checksum filled in), then `body_len` bytes of `body` from `body_at` on.
+#[derive(Clone, Copy)]
+pub struct RxFrame<'a> {
+    /// Flags, GSO and checksum fields (the first 10 header bytes).
+    pub vnet: [u8; 10],
+    /// Bytes of vpmd's own ahead of the body.
+    pub head: &'a [u8],
+    /// The sender's buffers.
+    pub body: &'a SegList,
+    /// Where in `body` the bytes start.
+    pub body_at: u32,
+    /// How many.
+    pub body_len: u32,
+}
+
+impl<'a> RxFrame<'a> {
+    /// A frame delivered as it was sent: `len` bytes of `frame`, no offload fields.
+    #[inline]
+    pub fn whole(frame: &'a SegList, len: u32) -> Self {
+        RxFrame {
+            vnet: [0; 10],
+            head: &[],
+            body: frame,
+            body_at: 0,
+            body_len: len,
+        }
+    }
+
+    /// Ethernet length.
+    #[inline]
+    pub fn len(&self) -> u32 {
+        self.head.len() as u32 + self.body_len
+    }
+
+    /// Whether there are no bytes at all.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Walks the TX chain at `head` into `frame` and strips the virtio-net header.
 /// Returns the Ethernet frame length.
+/// The header's offload fields are not read: for a driver without CSUM they carry
+/// nothing vpmd acts on (see [`take_tx_frame_with_header`]).
 #[inline]
 pub fn take_tx_frame(
     q: &VirtQueue<'_>,
@@ -63,7 +167,21 @@ pub fn take_tx_frame(
     layout: NetLayout,
     frame: &mut SegList,
 ) -> Result<u32, TxError> {
-    let total = q.chain_skipping(head, false, layout.hdr_len, frame)?;
+    take_tx_frame_with_header(q, head, layout, frame, &mut [])
+}
+
+/// [`take_tx_frame`], also copying the first `vnet.len()` header bytes into `vnet`
+/// (once, while walking: the guest may rewrite them afterwards, and vpmd acts only
+/// on this copy).
+#[inline]
+pub fn take_tx_frame_with_header(
+    q: &VirtQueue<'_>,
+    head: u16,
+    layout: NetLayout,
+    frame: &mut SegList,
+    vnet: &mut [u8],
+) -> Result<u32, TxError> {
+    let total = q.chain_with_header(head, layout.hdr_len, frame, vnet)?;
     if total < layout.hdr_len {
         return Err(TxError::ShortHeader);
     }
@@ -92,6 +210,7 @@ impl RxScratch {
 /// Copies `frame` (`len` bytes) into the RX buffers of `q`, behind a virtio-net header.
 /// On error no buffer is consumed, except chains found malformed, which are returned
 /// to the driver empty so that they are not retried forever.
+#[inline]
 pub fn deliver_rx_frame(
     q: &mut VirtQueue<'_>,
     layout: NetLayout,
@@ -99,9 +218,29 @@ pub fn deliver_rx_frame(
     len: u32,
     s: &mut RxScratch,
 ) -> Result<(), RxError> {
+    deliver_rx(q, layout, &RxFrame::whole(frame, len), s)
+}
+
+/// Copies `frame` into the RX buffers of `q` behind a virtio-net header made of
+/// its offload fields (and `num_buffers`), as [`deliver_rx_frame`] does.
+pub fn deliver_rx(
+    q: &mut VirtQueue<'_>,
+    layout: NetLayout,
+    frame: &RxFrame<'_>,
+    s: &mut RxScratch,
+) -> Result<(), RxError> {
     let start = q.avail_position();
-    let need = layout.hdr_len + len;
+    let need = layout.hdr_len + frame.len();
     let mut src = Cursor::default();
+    if frame.body_at > 0 {
+        seglist::skip(frame.body, &mut src, frame.body_at);
+    }
+    // The header: the offload fields, and num_buffers 1 (in the 12-byte form)
+    // unless the frame takes more chains.
+    let mut header = [0u8; 12];
+    header[..10].copy_from_slice(&frame.vnet);
+    header[10] = 1;
+    let mut head_left = frame.head;
     let mut left = need;
     s.used.clear();
     while left > 0 {
@@ -133,14 +272,20 @@ pub fn deliver_rx_frame(
                 return Err(RxError::NoBuffers);
             }
             match layout.hdr_len {
-                12 => dst.write_array_at(0, &RX_HEADER),
-                n => dst.write_at(0, &RX_HEADER[..n as usize]),
+                12 => dst.write_array_at(0, &header),
+                n => dst.write_at(0, &header[..n as usize]),
             };
             seglist::skip(dst, &mut pos, layout.hdr_len);
             written = layout.hdr_len;
             left -= layout.hdr_len;
         }
-        let copied = seglist::copy(dst, &mut pos, frame, &mut src, left);
+        if !head_left.is_empty() {
+            let n = seglist::write(dst, &mut pos, head_left);
+            head_left = &head_left[n as usize..];
+            written += n;
+            left -= n;
+        }
+        let copied = seglist::copy(dst, &mut pos, frame.body, &mut src, left);
         written += copied;
         left -= copied;
         s.used.push((head, written));

@@ -195,6 +195,7 @@ pub struct VirtioNetPort {
     name: String,
     mac: [u8; 6],
     mtu: u16,
+    offloads: u64,
     limits: ConnLimits,
     faults: Arc<PortFaults>,
     active: Mutex<Option<Arc<ActiveRings>>>,
@@ -211,6 +212,7 @@ impl VirtioNetPort {
             name: name.to_string(),
             mac,
             mtu,
+            offloads: features::OFFLOADS,
             limits: ConnLimits::DEFAULT,
             faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
@@ -222,6 +224,18 @@ impl VirtioNetPort {
     pub fn with_limits(mut self, limits: ConnLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The same port offering other offloads (closed under their dependencies,
+    /// [`features::offload_closure`]).
+    pub fn with_offloads(mut self, offloads: u64) -> Self {
+        self.offloads = features::offload_closure(offloads);
+        self
+    }
+
+    /// The offload feature bits this port offers.
+    pub fn offloads(&self) -> u64 {
+        self.offloads
     }
 
     /// What each connection of this port may use.

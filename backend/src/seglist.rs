@@ -151,6 +151,51 @@ pub fn copy(
     n - left
 }
 
+/// Writes `bytes` into `dst` at `pos`, advancing it; returns the bytes written
+/// (fewer when the list ends).
+pub fn write(dst: &SegList, pos: &mut Cursor, bytes: &[u8]) -> u32 {
+    let mut done = 0usize;
+    while done < bytes.len() && pos.seg < dst.count {
+        let d = &dst.segs[pos.seg];
+        let n = d.write_at(pos.off, &bytes[done..]);
+        done += n as usize;
+        pos.off += n;
+        if pos.off == d.len() {
+            pos.seg += 1;
+            pos.off = 0;
+        }
+    }
+    done as u32
+}
+
+/// Adds the `len` bytes of `src` from `at` on to `sum`, reading them through a
+/// small buffer of ours (the guest may change them meanwhile: the sum is then
+/// wrong for its own frame only). Returns the bytes summed.
+pub fn sum(src: &SegList, at: u32, len: u32, sum: &mut crate::offload::csum::Checksum) -> u32 {
+    let mut chunk = [0u8; 512];
+    let mut skip = at;
+    let mut left = len;
+    for seg in src.segs() {
+        if left == 0 {
+            break;
+        }
+        if skip >= seg.len() {
+            skip -= seg.len();
+            continue;
+        }
+        let mut off = skip;
+        skip = 0;
+        while off < seg.len() && left > 0 {
+            let want = left.min(seg.len() - off).min(chunk.len() as u32) as usize;
+            let n = seg.read_at(off, &mut chunk[..want]);
+            sum.add(&chunk[..n as usize]);
+            off += n;
+            left -= n;
+        }
+    }
+    len - left
+}
+
 /// Moves a cursor forward by `n` bytes without copying; returns the bytes skipped.
 pub fn skip(list: &SegList, pos: &mut Cursor, n: u32) -> u32 {
     let mut left = n;

@@ -280,20 +280,21 @@ impl<'a> VirtQueue<'a> {
     /// Walks the chain at `head` into `out`; `writable` for RX buffers.
     #[inline]
     pub fn chain(&self, head: u16, writable: bool, out: &mut SegList) -> Result<(), ChainError> {
-        chain::walk(&self.ring, self.map, head, writable, 0, out).map(|_| ())
+        chain::walk(&self.ring, self.map, head, writable, 0, out, &mut []).map(|_| ())
     }
 
-    /// Walks the chain at `head` into `out` without its first `skip` bytes; returns
-    /// the chain's whole length.
+    /// Walks the TX chain at `head` into `out` without its first `skip` bytes (the
+    /// virtio-net header), copying the first `header.len()` of those into `header`;
+    /// returns the chain's whole length.
     #[inline]
-    pub fn chain_skipping(
+    pub fn chain_with_header(
         &self,
         head: u16,
-        writable: bool,
         skip: u32,
         out: &mut SegList,
+        header: &mut [u8],
     ) -> Result<u32, ChainError> {
-        chain::walk(&self.ring, self.map, head, writable, skip, out)
+        chain::walk(&self.ring, self.map, head, false, skip, out, header)
     }
 
     /// Records that the chain at `head` is done, `len` bytes written into it.

@@ -13,11 +13,12 @@ pub fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no port {name} in stats: {stats}"))
 }
 
-/// A counter of port `name`: `"tx_packets"`, or a drop reason as `"drops.peer_down"`.
+/// A counter of port `name`: `"tx_packets"`, a drop reason as `"drops.peer_down"`,
+/// an offload counter as `"offloads.sw_segments"`.
 pub fn counter(stats: &Value, name: &str, field: &str) -> u64 {
     let p = port(stats, name);
-    let v = match field.strip_prefix("drops.") {
-        Some(reason) => &p["drops"][reason],
+    let v = match field.split_once('.') {
+        Some((group, name)) => &p[group][name],
         None => &p[field],
     };
     v.as_u64()

@@ -244,6 +244,7 @@ fuzz_target!(|data: &[u8]| {
     let layout = NetLayout {
         hdr_len: if flags & 2 != 0 { 10 } else { 12 },
         mrg_rxbuf: flags & 4 != 0,
+        offloads: net::Offloads::NONE,
     };
 
     let atomic = GuestMemoryAtomicMmap::new(g.mem.clone());

@@ -278,10 +278,19 @@ impl HostileVm {
 
     /// [`HostileVm::start_with`] on an already connected VM (with memory of its own).
     pub fn start_on(
-        mut vm: HostileVm,
+        vm: HostileVm,
         mem_table: impl FnOnce(&HostileVm) -> Result<(), VmError>,
     ) -> Result<HostileVm, VmError> {
-        vm.negotiate(F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC)?;
+        Self::start_negotiating(vm, F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC, mem_table)
+    }
+
+    /// [`HostileVm::start_on`] accepting `wanted` of the offered features.
+    pub fn start_negotiating(
+        mut vm: HostileVm,
+        wanted: u64,
+        mem_table: impl FnOnce(&HostileVm) -> Result<(), VmError>,
+    ) -> Result<HostileVm, VmError> {
+        vm.negotiate(wanted)?;
         mem_table(&vm)?;
         vm.setup_queue(RX, vm.rx)?;
         vm.setup_queue(TX, vm.tx)?;

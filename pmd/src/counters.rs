@@ -37,6 +37,12 @@ macro_rules! named_counters {
             pub fn pairs(&self) -> [(&'static str, u64); Self::NAMES.len()] {
                 [$((stringify!($name), self.$name)),+]
             }
+
+            /// What each counter added since `before`; a counter that went
+            /// backwards (a restarted vpmd) counts from zero.
+            pub fn since(&self, before: &Self) -> Self {
+                $ty { $($name: self.$name.checked_sub(before.$name).unwrap_or(self.$name)),+ }
+            }
         }
     };
 }
@@ -91,7 +97,51 @@ drop_reasons! {
     UplinkBusy => uplink_busy,
     /// No port has the destination MAC (or the only one is the sender).
     NoDestination => no_destination,
+    /// The frame's virtio-net header asks for an offload that does not fit the frame
+    /// or was not negotiated (a bad `gso_type`, `gso_size`, `csum_start`...).
+    BadOffload => bad_offload,
 }
+
+/// Declares the offload counters once, like the drop reasons.
+macro_rules! offload_events {
+    ($( $(#[doc = $doc:literal])+ $variant:ident => $name:ident, )+) => {
+        /// Offload work done for a frame taken from a port.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum OffloadEvent {
+            $( $(#[doc = $doc])+ $variant, )+
+        }
+
+        named_counters! {
+            /// Frames by the offload work vpmd did for them, one field per
+            /// [`OffloadEvent`], counted on the port that sent them.
+            pub struct OffloadCounts {
+                $( $(#[doc = $doc])+ $name, )+
+            }
+        }
+    };
+}
+
+offload_events! {
+    /// Large (TSO) frames passed whole to a receiver that negotiated it.
+    TsoPassed => tso_passed,
+    /// Frames whose checksum was left to a receiver that negotiated GUEST_CSUM.
+    CsumPassed => csum_passed,
+    /// Frames whose checksum vpmd filled in (the receiver could not).
+    SwChecksummed => sw_checksummed,
+    /// Large frames vpmd cut into segments (the receiver took no TSO).
+    SwSegmented => sw_segmented,
+    /// The segments those frames became (the receiver's `rx_packets` counts those
+    /// it got, its `rx_dropped` those it could not take).
+    SwSegments => sw_segments,
+    /// Frames from the uplink whose TCP/UDP checksum was partial (a veth peer's
+    /// stack leaves it to the receiver) and that vpmd completed or left to the guest.
+    PartialChecksum => partial_checksum,
+    /// Frames from the uplink with a TCP/UDP checksum that is neither right nor
+    /// partial: delivered as they are (the guest drops them).
+    BadChecksum => bad_checksum,
+}
+
+const NUM_OFFLOADS: usize = OffloadCounts::NAMES.len();
 
 const NUM_DROPS: usize = DropCounts::NAMES.len();
 
@@ -114,6 +164,8 @@ pub struct PortTally {
     pub drops: [u64; NUM_DROPS],
     /// Times one of the port's rings could not be used (bad placement, index jump).
     pub ring_errors: u64,
+    /// Offload work, by [`OffloadEvent`].
+    pub offloads: [u64; NUM_OFFLOADS],
 }
 
 impl PortTally {
@@ -121,6 +173,12 @@ impl PortTally {
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+    }
+
+    /// Counts `n` of an offload event.
+    #[inline]
+    pub fn offload(&mut self, event: OffloadEvent, n: u64) {
+        self.offloads[event as usize] += n;
     }
 }
 
@@ -138,6 +196,7 @@ pub struct CounterBlock {
     rx_dropped: AtomicU64,
     drops: [AtomicU64; NUM_DROPS],
     ring_errors: AtomicU64,
+    offloads: [AtomicU64; NUM_OFFLOADS],
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
@@ -162,6 +221,9 @@ impl CounterBlock {
             add(c, n);
         }
         add(&self.ring_errors, t.ring_errors);
+        for (c, &n) in self.offloads.iter().zip(&t.offloads) {
+            add(c, n);
+        }
         *t = PortTally::default();
     }
 
@@ -178,6 +240,9 @@ impl CounterBlock {
             *s += load(c);
         }
         sum.ring_errors += load(&self.ring_errors);
+        for (s, c) in sum.offloads.iter_mut().zip(&self.offloads) {
+            *s += load(c);
+        }
     }
 }
 
@@ -221,6 +286,7 @@ impl PortCounters {
             rx_dropped: t.rx_dropped,
             drops: DropCounts::from_array(t.drops),
             ring_errors: t.ring_errors,
+            offloads: OffloadCounts::from_array(t.offloads),
             faults: None,
             uplink: None,
             features: None,
@@ -261,6 +327,10 @@ pub struct PortStats {
     pub drops: DropCounts,
     /// Bursts in which one of the port's rings was unusable (not frames).
     pub ring_errors: u64,
+    /// Offload work done for frames the port sent (a segmented frame counts once in
+    /// `forwarded` or `drops`; its segments in the receiver's `rx_packets`).
+    #[serde(default)]
+    pub offloads: OffloadCounts,
     /// What went wrong with the port's frontends (VM ports only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultCounts>,
@@ -473,7 +543,8 @@ mod tests {
         let names = DropReason::ALL
             .iter()
             .map(|r| r.name())
-            .chain(FaultCounts::NAMES);
+            .chain(FaultCounts::NAMES)
+            .chain(OffloadCounts::NAMES);
         for n in names {
             assert!(
                 doc.contains(&format!("\"{n}\"")),

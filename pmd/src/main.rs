@@ -177,6 +177,10 @@ struct PortAdd {
     /// vhost-user messages per second before vpmd reads slower [default: 1000].
     #[arg(long, value_name = "N")]
     max_messages_per_sec: Option<u64>,
+    /// Offer no checksum or segmentation offloads (CSUM, GUEST_CSUM, TSO, ECN)
+    /// [default: all offered].
+    #[arg(long)]
+    no_offload: bool,
     #[command(flatten)]
     control: ControlArg,
 }
@@ -222,6 +226,11 @@ impl PortAdd {
         opt(
             "max_messages_per_sec",
             self.max_messages_per_sec.map(Into::into),
+        );
+        opt(
+            "offload",
+            self.no_offload
+                .then(|| serde_json::json!({ "csum": false, "guest_csum": false })),
         );
         Ok(serde_json::Value::Object(m))
     }

@@ -262,6 +262,16 @@ impl Snapshot {
                 extra
             );
         }
+        let offloads: Vec<String> = self.ports.iter().filter_map(offload_line).collect();
+        if !offloads.is_empty() {
+            let _ = writeln!(
+                out,
+                "\noffloads each guest driver took, and the work done for the frames it sent:"
+            );
+            for line in offloads {
+                let _ = writeln!(out, "  {line:w$}");
+            }
+        }
         let _ = writeln!(out, "\npolling threads:");
         for t in &self.threads {
             let per_frame = if t.frames > 0 {
@@ -289,10 +299,43 @@ impl Snapshot {
     }
 }
 
+/// A VM port's line of the offload table: the offloads its driver negotiated and
+/// the non-zero offload counters; `None` for a port with neither.
+fn offload_line(p: &PortStats) -> Option<String> {
+    let offload_names = &vpmd_backend::features::OFFERED_NAMES[..8];
+    let took: Vec<&str> = p
+        .features
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|f| offload_names.iter().any(|(_, n)| n == f))
+        .collect();
+    let work: Vec<String> = p
+        .offloads
+        .pairs()
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if took.is_empty() && work.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}  {}  {}",
+        p.name,
+        if took.is_empty() {
+            "none".to_string()
+        } else {
+            took.join(" ")
+        },
+        work.join(" ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::DropCounts;
+    use crate::counters::{DropCounts, OffloadCounts};
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -311,9 +354,13 @@ mod tests {
                     ..Default::default()
                 },
                 ring_errors: 0,
+                offloads: OffloadCounts {
+                    tso_passed: 4,
+                    ..Default::default()
+                },
                 faults: None,
                 uplink: None,
-                features: Some(vec!["VERSION_1".into(), "MRG_RXBUF".into()]),
+                features: Some(vec!["CSUM".into(), "VERSION_1".into(), "MRG_RXBUF".into()]),
             }],
             threads: vec![ThreadStats {
                 core: 1,
@@ -346,5 +393,6 @@ mod tests {
         assert!(t.contains("peer_down=1"));
         assert!(t.contains("100 cycles/frame"));
         assert!(t.contains("busy 30.0%"));
+        assert!(t.contains("vm0  CSUM  tso_passed=4"), "{t}");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::counters::{DropCounts, FaultCounts, PortStats, ThreadStats};
+use crate::counters::{PortStats, ThreadStats};
 use crate::stats::Snapshot;
 
 /// `a - b`, or `a` if the counter went backwards (a restarted vpmd).
@@ -22,20 +22,10 @@ fn port_delta(cur: &PortStats, prev: Option<&PortStats>) -> PortStats {
     let Some(prev) = prev else {
         return cur.clone();
     };
-    let drops = cur.drops.pairs();
-    let prev_drops = prev.drops.pairs();
-    let mut d = [0; DropCounts::NAMES.len()];
-    for (i, slot) in d.iter_mut().enumerate() {
-        *slot = sub(drops[i].1, prev_drops[i].1);
-    }
-    let faults = cur.faults.as_ref().map(|f| {
-        let before = prev.faults.clone().unwrap_or_default().pairs();
-        let mut d = [0; FaultCounts::NAMES.len()];
-        for (i, (slot, (_, v))) in d.iter_mut().zip(f.pairs()).enumerate() {
-            *slot = sub(v, before[i].1);
-        }
-        FaultCounts::from_array(d)
-    });
+    let faults = cur
+        .faults
+        .as_ref()
+        .map(|f| f.since(&prev.faults.clone().unwrap_or_default()));
     PortStats {
         rx_packets: sub(cur.rx_packets, prev.rx_packets),
         rx_bytes: sub(cur.rx_bytes, prev.rx_bytes),
@@ -43,8 +33,9 @@ fn port_delta(cur: &PortStats, prev: Option<&PortStats>) -> PortStats {
         tx_bytes: sub(cur.tx_bytes, prev.tx_bytes),
         forwarded: sub(cur.forwarded, prev.forwarded),
         rx_dropped: sub(cur.rx_dropped, prev.rx_dropped),
-        drops: DropCounts::from_array(d),
+        drops: cur.drops.since(&prev.drops),
         ring_errors: sub(cur.ring_errors, prev.ring_errors),
+        offloads: cur.offloads.since(&prev.offloads),
         faults,
         ..cur.clone()
     }
@@ -257,6 +248,7 @@ pub fn pmd_text(snap: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::{DropCounts, FaultCounts};
 
     fn port(name: &str, tx: u64, peer_down: u64) -> PortStats {
         PortStats {
@@ -274,6 +266,7 @@ mod tests {
                 ..Default::default()
             },
             ring_errors: 0,
+            offloads: Default::default(),
             faults: Some(FaultCounts::default()),
             uplink: None,
             features: None,

@@ -193,8 +193,11 @@ fn assign_streams(cores: &[usize], streams: Vec<Box<dyn Stream>>) -> Vec<Assignm
 fn open_port(
     spec: &Port,
 ) -> Result<(Arc<VirtioNetPort>, Arc<PortCounters>, PortSocket), StartError> {
-    let port =
-        Arc::new(VirtioNetPort::new(&spec.name, spec.mac.0, spec.mtu).with_limits(spec.limits));
+    let port = Arc::new(
+        VirtioNetPort::new(&spec.name, spec.mac.0, spec.mtu)
+            .with_limits(spec.limits)
+            .with_offloads(spec.offloads),
+    );
     let role = match spec.mode {
         Mode::Server => {
             ensure_parent(&spec.socket, &format!("port {}", spec.name))?;

@@ -82,4 +82,43 @@ pub enum OffloadError {
     /// More segments than vpmd cuts one frame into.
     #[error("{0} segments: more than {max}", max = segment::MAX_SEGMENTS)]
     TooManySegments(usize),
+    /// The header asks for an offload the driver did not negotiate.
+    #[error("{0} asked for but not negotiated")]
+    NotNegotiated(&'static str),
+    /// The checksum field lies further into the frame than vpmd rebuilds headers.
+    #[error("checksum field at byte {0}: beyond the first {max} bytes", max = headers::MAX_HEADERS)]
+    ChecksumTooDeep(usize),
+}
+
+/// What the TX header `vnet` of a `len`-byte frame asks for, checked against the
+/// frame and against what the `sender`'s driver negotiated: a driver without CSUM
+/// asks for nothing (its header is not read), one that sets a bit it did not
+/// negotiate lies.
+pub fn tx_request(
+    vnet: &[u8; vnet_hdr::LEN],
+    sender: crate::net::Offloads,
+    len: usize,
+) -> Result<vnet_hdr::Request, OffloadError> {
+    if !sender.host_csum() {
+        return Ok(vnet_hdr::Request::None);
+    }
+    let hdr = vnet_hdr::VnetHdr::from_bytes(vnet);
+    let request = hdr.request(len)?;
+    if let vnet_hdr::Request::Segment { kind, ipv6, .. } = request {
+        match kind {
+            vnet_hdr::GsoKind::Tcp if !sender.host_tso(ipv6) => {
+                return Err(OffloadError::NotNegotiated(if ipv6 {
+                    "HOST_TSO6"
+                } else {
+                    "HOST_TSO4"
+                }))
+            }
+            vnet_hdr::GsoKind::Udp => return Err(OffloadError::NotNegotiated("HOST_USO")),
+            vnet_hdr::GsoKind::Tcp => {}
+        }
+        if hdr.gso_type & vnet_hdr::GSO_ECN != 0 && !sender.host_ecn() {
+            return Err(OffloadError::NotNegotiated("HOST_ECN"));
+        }
+    }
+    Ok(request)
 }

@@ -118,6 +118,29 @@ impl Segmenter {
     /// bytes), complete with lengths and checksums; `payload` is the sum of the
     /// segment's payload bytes.
     pub fn write_headers(&self, i: usize, payload: Checksum, out: &mut [u8]) {
+        self.fill(i, Some(payload), out);
+    }
+
+    /// Writes segment `i`'s headers as [`Segmenter::write_headers`] does, but with
+    /// the L4 checksum left to the receiver (it negotiated GUEST_CSUM): the field
+    /// holds the pseudo-header sum. Returns the `(csum_start, csum_offset)` to put
+    /// in the segment's virtio-net header.
+    pub fn write_headers_partial(&self, i: usize, out: &mut [u8]) -> (u16, u16) {
+        self.fill(i, None, out);
+        let h = self.hdrs;
+        let offset = match h.kind {
+            GsoKind::Tcp => 16,
+            GsoKind::Udp => 6,
+        };
+        (h.l4 as u16, offset)
+    }
+
+    /// The L4 header's offset and length of the headers (for a pass-through header).
+    pub fn l4_offset(&self) -> usize {
+        self.hdrs.l4
+    }
+
+    fn fill(&self, i: usize, payload: Option<Checksum>, out: &mut [u8]) {
         let h = self.hdrs;
         let out = &mut out[..h.len];
         out.copy_from_slice(&self.head[..h.len]);
@@ -162,6 +185,12 @@ impl Segmenter {
                 put16(out, h.l4 + 4, l4_len as u16);
                 h.l4 + 6
             }
+        };
+        let Some(payload) = payload else {
+            // CHECKSUM_PARTIAL, as Linux leaves it: the folded pseudo-header sum,
+            // which the receiver's sum over the L4 header and payload completes.
+            put16(out, csum_at, pseudo.fold());
+            return;
         };
         put16(out, csum_at, 0);
         let mut c = pseudo;

@@ -155,6 +155,74 @@ struct RawPort {
     max_memory_mib: u64,
     #[serde(default = "default_max_messages_per_sec")]
     max_messages_per_sec: u64,
+    #[serde(default)]
+    offload: RawOffload,
+}
+
+/// `offload = { ... }` of a `[[port]]`: the virtio-net offloads the port offers,
+/// all on by default. Switching `csum` off switches the HOST_TSO/ECN offloads off
+/// too, `guest_csum` the GUEST_TSO/ECN ones (the spec makes them depend on it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(clippy::struct_excessive_bools)] // One switch per virtio feature bit.
+struct RawOffload {
+    #[serde(default = "yes")]
+    csum: bool,
+    #[serde(default = "yes")]
+    guest_csum: bool,
+    #[serde(default = "yes")]
+    host_tso4: bool,
+    #[serde(default = "yes")]
+    host_tso6: bool,
+    #[serde(default = "yes")]
+    guest_tso4: bool,
+    #[serde(default = "yes")]
+    guest_tso6: bool,
+    #[serde(default = "yes")]
+    host_ecn: bool,
+    #[serde(default = "yes")]
+    guest_ecn: bool,
+}
+
+impl Default for RawOffload {
+    fn default() -> Self {
+        RawOffload {
+            csum: true,
+            guest_csum: true,
+            host_tso4: true,
+            host_tso6: true,
+            guest_tso4: true,
+            guest_tso6: true,
+            host_ecn: true,
+            guest_ecn: true,
+        }
+    }
+}
+
+impl RawOffload {
+    /// The virtio feature bits switched on, closed under their dependencies.
+    fn bits(&self) -> u64 {
+        use virtio_bindings::virtio_net as n;
+        let switches = [
+            (self.csum, n::VIRTIO_NET_F_CSUM),
+            (self.guest_csum, n::VIRTIO_NET_F_GUEST_CSUM),
+            (self.host_tso4, n::VIRTIO_NET_F_HOST_TSO4),
+            (self.host_tso6, n::VIRTIO_NET_F_HOST_TSO6),
+            (self.guest_tso4, n::VIRTIO_NET_F_GUEST_TSO4),
+            (self.guest_tso6, n::VIRTIO_NET_F_GUEST_TSO6),
+            (self.host_ecn, n::VIRTIO_NET_F_HOST_ECN),
+            (self.guest_ecn, n::VIRTIO_NET_F_GUEST_ECN),
+        ];
+        let wanted = switches
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0u64, |acc, (_, bit)| acc | (1 << bit));
+        vpmd_backend::features::offload_closure(wanted)
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_mtu() -> u64 {
@@ -230,6 +298,8 @@ pub struct Port {
     /// What each frontend connection may map and send (max_memory_mib,
     /// max_messages_per_sec).
     pub limits: vpmd_backend::conn_limits::ConnLimits,
+    /// The offload feature bits offered (`offload = { ... }`).
+    pub offloads: u64,
 }
 
 /// A validated macvlan: VM ports hanging off one uplink interface.

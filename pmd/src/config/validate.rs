@@ -414,6 +414,7 @@ fn validate_port(
             socket_owner,
             socket_group,
             allow_mac_spoofing: p.allow_mac_spoofing,
+            offloads: p.offload.bits(),
         })
     }
 }

@@ -6,15 +6,18 @@
 //! - [`veth`]: a frame taken from one port of a pair is delivered to the other.
 //! - [`macvlan`]: VM ports hanging off an AF_XDP uplink, by destination MAC.
 //!
-//! Shared pieces: [`VhostEndpoint`] (a vhost-user port as a stream holds it) and
-//! [`deliver`] (one frame into a guest's RX queue, with the drop reason on failure).
+//! Shared pieces: [`VhostEndpoint`] (a vhost-user port as a stream holds it),
+//! [`deliver`] (one frame into a guest's RX queue, with the drop reason on failure)
+//! and [`offload`] (what a sender's virtio-net header asks for, done for a receiver
+//! that cannot, or passed on to one that can).
 
 pub mod macvlan;
+pub mod offload;
 pub mod veth;
 
 use std::sync::Arc;
 
-use vpmd_backend::net::{self, NetLayout, RxError, RxScratch};
+use vpmd_backend::net::{self, NetLayout, RxError, RxFrame, RxScratch};
 use vpmd_backend::port::{PortView, RingCache, VirtioNetPort, RX_QUEUE};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
@@ -38,6 +41,10 @@ pub struct Scratch {
     pub rx: RxScratch,
     /// A whole burst held between classifying and delivering (macvlan).
     pub batch: Batch,
+    /// Headers rebuilt for offloads.
+    pub offload: offload::OffloadScratch,
+    /// The segmentation plan of the TSO frame being forwarded (veth).
+    pub plan: Option<vpmd_backend::offload::segment::Segmenter>,
 }
 
 impl Scratch {
@@ -47,6 +54,8 @@ impl Scratch {
             frame: SegList::default(),
             rx: RxScratch::new(),
             batch: Batch::new(),
+            offload: offload::OffloadScratch::new(),
+            plan: None,
         }
     }
 }
@@ -227,10 +236,22 @@ pub fn deliver(
     log: &mut LogLimiter,
     port: &str,
 ) -> Result<(), DropReason> {
+    deliver_frame(rx, &RxFrame::whole(frame, len), scratch, log, port)
+}
+
+/// [`deliver`] for a frame with offload fields or headers of vpmd's own.
+#[inline]
+pub fn deliver_frame(
+    rx: &mut RxTarget<'_>,
+    frame: &RxFrame<'_>,
+    scratch: &mut RxScratch,
+    log: &mut LogLimiter,
+    port: &str,
+) -> Result<(), DropReason> {
     if rx.full {
         return Err(rx.empty_reason);
     }
-    match net::deliver_rx_frame(&mut rx.queue, rx.layout, frame, len, scratch) {
+    match net::deliver_rx(&mut rx.queue, rx.layout, frame, scratch) {
         Ok(()) => Ok(()),
         Err(RxError::NoBuffers) => {
             rx.full = true;

@@ -7,13 +7,16 @@
 //! publish their used entries with one store each and notify at most once each.
 //! A frame that cannot be delivered is still taken from the sender (as a veth
 //! drops it) and counted under its reason, so a stuck peer never stalls the sender.
+//! What the sender's virtio-net header asks for (a checksum, TSO) is passed on to a
+//! peer that negotiated it and done in software for one that did not
+//! ([`super::offload`]).
 
 use vpmd_backend::net;
+use vpmd_backend::offload::vnet_hdr;
 use vpmd_backend::port::TX_QUEUE;
 
-use super::{
-    bad_chain, deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
-};
+use super::offload::{self, SendScratch, Sent, TxOffload};
+use super::{bad_chain, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::DropReason;
 
 /// One direction of a veth pair.
@@ -93,11 +96,20 @@ impl Stream for VethStream {
             rx.queue.prefetch(BURST as u16);
         }
         let mut taken = 0u32;
+        let reads_header = src_layout.offloads.host_csum();
         while (taken as usize) < BURST {
             let Some(head) = txq.pop() else { break };
             taken += 1;
             src.tally.tx_packets += 1;
-            let len = match net::take_tx_frame(&txq, head, src_layout, &mut s.frame) {
+            let mut vnet = [0u8; vnet_hdr::LEN];
+            let header: &mut [u8] = if reads_header { &mut vnet } else { &mut [] };
+            let len = match net::take_tx_frame_with_header(
+                &txq,
+                head,
+                src_layout,
+                &mut s.frame,
+                header,
+            ) {
                 Ok(len) => len,
                 Err(e) => {
                     bad_chain(&mut src.log, src.port.name(), "TX", &e);
@@ -107,26 +119,43 @@ impl Stream for VethStream {
                 }
             };
             src.tally.tx_bytes += u64::from(len);
-            let outcome = if len < MIN_FRAME {
-                Err(DropReason::Runt)
-            } else if len > max_frame {
-                Err(DropReason::TooBig)
-            } else {
-                match rx.as_mut() {
-                    Some(rx) => {
-                        deliver(rx, &s.frame, len, &mut s.rx, &mut dst.log, dst.port.name())
-                    }
-                    None if rx_broken => Err(DropReason::BadRxDesc),
-                    None => Err(DropReason::PeerDown),
+            let sent = match TxOffload::check(vnet, src_layout.offloads, &s.frame, len, &mut s.plan)
+            {
+                Err(e) => {
+                    offload::bad_offload(&mut src.log, src.port.name(), &e);
+                    Sent::dropped(1, DropReason::BadOffload)
                 }
+                Ok(_) if len < MIN_FRAME => Sent::dropped(1, DropReason::Runt),
+                Ok(tx) => match rx.as_mut() {
+                    Some(rx) => offload::send(
+                        rx,
+                        &s.frame,
+                        len,
+                        &tx,
+                        s.plan.as_ref(),
+                        max_frame,
+                        SendScratch {
+                            rx: &mut s.rx,
+                            offload: &mut s.offload,
+                        },
+                        &mut src.tally,
+                        &mut dst.log,
+                        dst.port.name(),
+                    ),
+                    None if rx_broken => Sent::dropped(1, DropReason::BadRxDesc),
+                    None => Sent::dropped(1, DropReason::PeerDown),
+                },
             };
-            match outcome {
-                Ok(()) => {
-                    src.tally.forwarded += 1;
-                    dst.tally.rx_packets += 1;
-                    dst.tally.rx_bytes += u64::from(len);
-                }
-                Err(reason) => src.tally.drop(reason),
+            // A frame counts once at its source, segmented or not: forwarded if
+            // anything of it arrived (segments the peer could not take count in its
+            // rx_dropped, as a flood's copies do), else under one drop reason.
+            if sent.delivered > 0 {
+                src.tally.forwarded += 1;
+                dst.tally.rx_packets += u64::from(sent.delivered);
+                dst.tally.rx_bytes += sent.bytes;
+                dst.tally.rx_dropped += u64::from(sent.dropped);
+            } else {
+                src.tally.drop(sent.reason);
             }
             // The TX buffers are done with either way; the device writes nothing into them.
             txq.push_used(head, 0);

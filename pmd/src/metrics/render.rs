@@ -140,6 +140,20 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
     w.family(
+        "vpmd_port_offloads_total",
+        "counter",
+        "Offload work for frames the port sent (and checksums of frames from an uplink), by kind.",
+    );
+    for p in &snap.ports {
+        for (kind, v) in p.offloads.pairs() {
+            w.sample(
+                "vpmd_port_offloads_total",
+                &[("port", &p.name), ("kind", kind)],
+                v,
+            );
+        }
+    }
+    w.family(
         "vpmd_port_faults_total",
         "counter",
         "What the port's frontends did to the files they share with vpmd, by fault (VM ports).",
@@ -304,6 +318,7 @@ mod tests {
                 ..Default::default()
             },
             ring_errors: 0,
+            offloads: Default::default(),
             faults: Some(FaultCounts {
                 throttled: 4,
                 ..Default::default()
