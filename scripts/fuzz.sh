@@ -22,7 +22,7 @@ cd "$REPO/fuzz"
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 SANITIZER=${FUZZ_SANITIZER:-address}
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(chain_walk vhost_user_msgs)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(chain_walk vhost_user_msgs offload_headers)
 
 if ! command -v cargo-fuzz >/dev/null; then
   echo "installing cargo-fuzz"

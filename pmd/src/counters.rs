@@ -180,6 +180,14 @@ impl PortTally {
     pub fn offload(&mut self, event: OffloadEvent, n: u64) {
         self.offloads[event as usize] += n;
     }
+
+    /// Moves `other`'s offload counts into this tally.
+    #[inline]
+    pub fn take_offloads(&mut self, other: &mut PortTally) {
+        for (a, b) in self.offloads.iter_mut().zip(other.offloads.iter_mut()) {
+            *a += std::mem::take(b);
+        }
+    }
 }
 
 /// The counters one stream keeps for one port. Only that stream's polling thread

@@ -44,6 +44,8 @@ pub struct MacvlanLayout {
     pub mode: MacvlanMode,
     /// AF_XDP queues.
     pub queues: u32,
+    /// `uplink_checksums`.
+    pub checksums: crate::fwd::macvlan::checksum::UplinkChecksums,
     /// Its VM ports.
     pub ports: Vec<String>,
 }
@@ -66,6 +68,7 @@ impl Layout {
                     uplink: m.uplink.clone(),
                     mode: m.mode,
                     queues: m.queues,
+                    checksums: m.uplink_checksums,
                     ports: m.ports.iter().map(|&i| name(i)).collect(),
                 })
                 .collect(),
@@ -168,16 +171,16 @@ fn plan_layouts(
             ));
         }
     }
-    let shape = |l: &Layout| -> Vec<(String, MacvlanMode, u32)> {
+    let shape = |l: &Layout| -> Vec<(String, MacvlanMode, u32, _)> {
         l.macvlans
             .iter()
-            .map(|m| (m.uplink.clone(), m.mode, m.queues))
+            .map(|m| (m.uplink.clone(), m.mode, m.queues, m.checksums))
             .collect()
     };
     if shape(running) != shape(wanted) {
         refused.push(
-            "macvlan: [[macvlan]] sections added or removed, or with another uplink, mode \
-             or queues; uplinks are opened at start-up only (restart vpmd to apply it)"
+            "macvlan: [[macvlan]] sections added or removed, or with another uplink, mode, \
+             queues or uplink_checksums; uplinks are opened at start-up only (restart vpmd to apply it)"
                 .to_string(),
         );
     }
@@ -352,6 +355,7 @@ mod tests {
             uplink: "eth9".into(),
             mode: MacvlanMode::Bridge,
             queues: 1,
+            checksums: Default::default(),
             ports: ports.iter().map(ToString::to_string).collect(),
         };
         let c = config(&(four() + &pair("a", "b") + &pair("c", "d")));
@@ -385,6 +389,7 @@ mod tests {
             uplink: "eth9".into(),
             mode: MacvlanMode::Bridge,
             queues: 1,
+            checksums: Default::default(),
             ports: vec![],
         });
         let err = plan(&old, &running, &old).unwrap_err();

@@ -50,6 +50,10 @@ pub struct UplinkInfo {
     pub queues: u32,
     /// macvlan mode.
     pub macvlan_mode: String,
+    /// What is done with TCP/UDP checksums of frames from the uplink: "trust",
+    /// "fix" or "verify".
+    #[serde(default)]
+    pub checksums: String,
     /// The kernel's `XDP_STATISTICS` of the AF_XDP sockets, summed (in snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xsk_kernel: Option<XskKernelCounts>,
@@ -245,8 +249,8 @@ impl Snapshot {
             if let Some(u) = &p.uplink {
                 let _ = write!(
                     extra,
-                    "  [{} XDP, {} sockets x{}, {}]",
-                    u.xdp, u.socket_mode, u.queues, u.macvlan_mode
+                    "  [{} XDP, {} sockets x{}, {}, checksums {}]",
+                    u.xdp, u.socket_mode, u.queues, u.macvlan_mode, u.checksums
                 );
             }
             let _ = writeln!(

@@ -11,6 +11,7 @@ use vpmd_uplink::{Uplink, UplinkConfig, UplinkError};
 
 use crate::config::{Macvlan, MacvlanMode, Port};
 use crate::counters::{PortCounters, PortTally};
+use crate::fwd::macvlan::checksum::UplinkChecksums;
 use crate::fwd::macvlan::decide::MacvlanTable;
 use crate::fwd::macvlan::{MacvlanShard, UplinkEndpoint};
 use crate::fwd::{Stream, VhostEndpoint, L2_OVERHEAD};
@@ -112,20 +113,29 @@ pub fn open(
                 source: Box::new(source),
             })?;
     }
+    let checksums = m.uplink_checksums.resolve(&ifname);
     let mut info = UplinkInfo {
         xdp: uplink.attach_mode().to_string(),
         socket_mode: uplink.bind_mode().to_string(),
         queues: m.queues,
         macvlan_mode: m.mode.name().to_string(),
+        checksums: checksums.name().to_string(),
         xsk_kernel: None,
         sockets: Default::default(),
     };
     log::info!(
-        "uplink {ifname}: {} XDP, {} AF_XDP sockets on {} queue(s), macvlan mode {}, ports {}",
+        "uplink {ifname}: {} XDP, {} AF_XDP sockets on {} queue(s), macvlan mode {}, \
+         TCP/UDP checksums from it: {}{}, ports {}",
         info.xdp,
         info.socket_mode,
         m.queues,
         info.macvlan_mode,
+        info.checksums,
+        if checksums == UplinkChecksums::Trust {
+            " (a NIC delivers them complete)"
+        } else {
+            " (a virtual interface: a peer's stack may leave them partial; vpmd completes them)"
+        },
         m.ports
             .iter()
             .map(|&p| ports[p].name.as_str())
@@ -174,6 +184,7 @@ pub fn open(
                 counters: uplink_counters.writer(),
                 tally: PortTally::default(),
                 max_frame,
+                checksums,
             },
             vms,
             own,

@@ -254,6 +254,8 @@ struct RawMacvlan {
     #[serde(default)]
     mode: MacvlanMode,
     ports: Vec<String>,
+    #[serde(default)]
+    uplink_checksums: crate::fwd::macvlan::checksum::UplinkChecksums,
 }
 
 fn default_queues() -> u32 {
@@ -311,6 +313,8 @@ pub struct Macvlan {
     pub queues: u32,
     /// Forwarding mode.
     pub mode: MacvlanMode,
+    /// What is done with the TCP/UDP checksums of frames from the uplink.
+    pub uplink_checksums: crate::fwd::macvlan::checksum::UplinkChecksums,
     /// Its VM ports, as indices into [`Config::ports`].
     pub ports: Vec<usize>,
 }

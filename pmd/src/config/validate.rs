@@ -109,6 +109,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             uplink: m.uplink.clone(),
             queues: m.queues,
             mode: m.mode,
+            uplink_checksums: m.uplink_checksums,
             ports: idxs,
         });
     }

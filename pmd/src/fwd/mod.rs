@@ -74,6 +74,10 @@ pub struct Batch {
     pub delivered: [bool; BURST],
     /// Why a frame that reached nothing was dropped (the last failure).
     pub reason: [DropReason; BURST],
+    /// What each frame's virtio-net header asks for (VM sources).
+    pub offload: [offload::TxOffload; BURST],
+    /// Each TSO frame's segmentation plan.
+    pub plans: Vec<Option<vpmd_backend::offload::segment::Segmenter>>,
 }
 
 impl Batch {
@@ -84,6 +88,8 @@ impl Batch {
             heads: [0; BURST],
             delivered: [false; BURST],
             reason: [DropReason::NoDestination; BURST],
+            offload: [offload::TxOffload::NONE; BURST],
+            plans: (0..BURST).map(|_| None).collect(),
         }
     }
 }

@@ -51,6 +51,15 @@ impl TxOffload {
         vnet: [0; vnet_hdr::LEN],
     };
 
+    /// A frame whose checksum from `start` on is left to do, stored at
+    /// `start + offset` (a partial checksum from an uplink).
+    pub fn checksum(start: u16, offset: u16) -> TxOffload {
+        TxOffload {
+            request: Request::Checksum { start, offset },
+            vnet: partial(start, offset),
+        }
+    }
+
     /// The request in `vnet` (the sender's header bytes) of `frame` (`len` bytes),
     /// checked against the frame and the `sender`'s negotiated offloads. A TSO
     /// frame's headers are read once and checked here; its segmentation plan goes

@@ -338,6 +338,7 @@ mod tests {
             socket_mode: "copy".into(),
             queues: 1,
             macvlan_mode: "bridge".into(),
+            checksums: "fix".into(),
             xsk_kernel: Some(XskKernelCounts {
                 rx_ring_full: 7,
                 ..Default::default()

@@ -20,6 +20,7 @@
 //! Frames from the uplink are in UMEM chunks or the tap's ring, which no guest
 //! can write.
 
+pub mod checksum;
 pub mod decide;
 pub mod deliver;
 pub mod header;
@@ -28,15 +29,18 @@ use std::sync::Arc;
 
 use vpmd_backend::guest_mem::HostBuf;
 use vpmd_backend::net;
+use vpmd_backend::offload::vnet_hdr;
 use vpmd_backend::port::{RingCache, TX_QUEUE};
 use vpmd_uplink::packet_tap::PacketTap;
 use vpmd_uplink::rx::XskReceiver;
 use vpmd_uplink::tx::XskTransmitter;
 
+use self::checksum::{UplinkChecksums, Verdict};
 use self::decide::{Destinations, Ingress, MacvlanTable};
 use self::header::Headers;
+use super::offload::{self, TxOffload};
 use super::{bad_chain, ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
-use crate::counters::{CounterBlock, DropReason, PortTally};
+use crate::counters::{CounterBlock, DropReason, OffloadEvent, PortTally};
 
 /// The uplink as a shard holds it: counters of the frames it brings in (`tx_*`,
 /// from the outside's point of view, like a port's guest) and takes out (`rx_*`).
@@ -47,6 +51,9 @@ pub struct UplinkEndpoint {
     pub tally: PortTally,
     /// Largest frame sent out: the interface's MTU + 18, at most a UMEM chunk.
     pub max_frame: u32,
+    /// What is done with the TCP/UDP checksums of frames coming in (resolved:
+    /// never `Auto`).
+    pub checksums: checksum::UplinkChecksums,
 }
 
 /// One AF_XDP queue of a macvlan's uplink and the VM ports it serves.
@@ -183,7 +190,14 @@ impl MacvlanShard {
             let hdr = slots.next().expect("one header slot per burst frame");
             let tally = &mut self.vms[i].tally;
             tally.tx_packets += 1;
-            let len = match net::take_tx_frame(&txq, head, layout, chain) {
+            let mut vnet = [0u8; vnet_hdr::LEN];
+            let header: &mut [u8] = if layout.offloads.host_csum() {
+                &mut vnet
+            } else {
+                &mut []
+            };
+            batch.offload[k] = TxOffload::NONE;
+            let len = match net::take_tx_frame_with_header(&txq, head, layout, chain, header) {
                 Ok(len) => len,
                 Err(e) => {
                     let vm = &mut self.vms[i];
@@ -205,15 +219,45 @@ impl MacvlanShard {
                 batch.reason[k] = DropReason::BadTxDesc;
                 continue;
             }
+            match TxOffload::check(
+                vnet,
+                layout.offloads,
+                &batch.frames[k],
+                len,
+                &mut batch.plans[k],
+            ) {
+                Ok(tx) => batch.offload[k] = tx,
+                Err(e) => {
+                    let vm = &mut self.vms[i];
+                    offload::bad_offload(&mut vm.log, vm.port.name(), &e);
+                    batch.reason[k] = DropReason::BadOffload;
+                    continue;
+                }
+            }
             let (dst, src) = addresses(hdr);
             match self.table.decide(Ingress::Vm(i), &dst, &src) {
                 Ok(d) => dests[k] = d,
                 Err(reason) => batch.reason[k] = reason,
             }
         }
-        deliver::to_vms(&mut self.vms, &dests[..n], batch, &mut s.rx);
-        deliver::to_uplink(&mut self.uplink, &mut self.tx, &dests[..n], batch);
-        account(&mut self.vms[i].tally, batch, n);
+        let mut work = PortTally::default();
+        deliver::to_vms(
+            &mut self.vms,
+            &dests[..n],
+            batch,
+            (&mut s.rx, &mut s.offload),
+            &mut work,
+        );
+        deliver::to_uplink(
+            &mut self.uplink,
+            &mut self.tx,
+            &dests[..n],
+            batch,
+            &mut work,
+        );
+        let tally = &mut self.vms[i].tally;
+        tally.take_offloads(&mut work);
+        account(tally, batch, n);
         // Every copy is made: the sender may have its buffers back.
         for &head in &batch.heads[..n] {
             txq.push_used(head, 0);
@@ -364,6 +408,7 @@ fn uplink_to_vms<'f>(
         uplink.tally.tx_bytes += u64::from(len);
         batch.lens[k] = len;
         batch.delivered[k] = false;
+        batch.offload[k] = TxOffload::NONE;
         batch.frames[k].clear();
         // SAFETY: `frame` ('f) outlives this call, and the batch's lists are used
         // only in it: as copy sources (`deliver::to_vms`, never written) and
@@ -377,10 +422,30 @@ fn uplink_to_vms<'f>(
         let (dst, src) = addresses(frame);
         match table.decide(Ingress::Uplink, &dst, &src) {
             Ok(d) => dests[k] = d,
-            Err(reason) => batch.reason[k] = reason,
+            Err(reason) => {
+                batch.reason[k] = reason;
+                continue;
+            }
+        }
+        if uplink.checksums != UplinkChecksums::Trust {
+            let verify = uplink.checksums == UplinkChecksums::Verify;
+            match checksum::classify(frame, verify) {
+                Verdict::Complete => {}
+                Verdict::Partial { start, offset } => {
+                    uplink.tally.offload(OffloadEvent::PartialChecksum, 1);
+                    batch.offload[k] = TxOffload::checksum(start, offset);
+                }
+                Verdict::Bad => uplink.tally.offload(OffloadEvent::BadChecksum, 1),
+            }
         }
     }
-    deliver::to_vms(vms, &dests[..n], batch, &mut s.rx);
+    deliver::to_vms(
+        vms,
+        &dests[..n],
+        batch,
+        (&mut s.rx, &mut s.offload),
+        &mut uplink.tally,
+    );
     account(&mut uplink.tally, batch, n);
     n as u32
 }
