@@ -128,7 +128,8 @@ offload_events! {
     CsumPassed => csum_passed,
     /// Frames whose checksum vpmd filled in (the receiver could not).
     SwChecksummed => sw_checksummed,
-    /// Large frames vpmd cut into segments (the receiver took no TSO).
+    /// Large frames vpmd cut into segments (the receiver took no TSO) of which at
+    /// least one was delivered (one that got nowhere counts as one drop).
     SwSegmented => sw_segmented,
     /// The segments those frames became (the receiver's `rx_packets` counts those
     /// it got, its `rx_dropped` those it could not take).

@@ -261,8 +261,6 @@ fn segment(
     port: &str,
 ) -> Sent {
     let count = seg.count() as u32;
-    tally.offload(OffloadEvent::SwSegmented, 1);
-    tally.offload(OffloadEvent::SwSegments, u64::from(count));
     let partial_ok = rx.layout.offloads.guest_csum();
     let head_len = seg.header_len();
     let mut sent = Sent {
@@ -305,6 +303,12 @@ fn segment(
                 break;
             }
         }
+    }
+    // Counted only for a frame that got anywhere (forwarded, its lost segments in the
+    // receiver's rx_dropped); one that got nowhere is a single drop, like any frame.
+    if sent.delivered > 0 {
+        tally.offload(OffloadEvent::SwSegmented, 1);
+        tally.offload(OffloadEvent::SwSegments, u64::from(count));
     }
     sent
 }

@@ -140,9 +140,11 @@ pub fn to_uplink(
                     (0, 0, DropReason::TooBig)
                 }
                 Some(plan) => {
-                    work.offload(OffloadEvent::SwSegmented, 1);
-                    work.offload(OffloadEvent::SwSegments, plan.count() as u64);
                     let out = segment_out(&mut burst, batch, k, plan, &mut uplink.tally);
+                    if out > 0 {
+                        work.offload(OffloadEvent::SwSegmented, 1);
+                        work.offload(OffloadEvent::SwSegments, plan.count() as u64);
+                    }
                     (out, plan.count() as u32 - out, DropReason::UplinkBusy)
                 }
                 None => (0, 0, DropReason::BadOffload),
