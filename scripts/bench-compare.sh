@@ -58,11 +58,7 @@ while (($#)); do
     --warmup) WARMUP=$2; shift ;;
     --backends) BACKENDS=$2; shift ;;
     --frontends) FRONTENDS=$2; shift ;;
-    --out) OUT=$2; shift ;;
-    --no-build) BUILD=0 ;;
-    --keep-work) export KEEP_WORK=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) bl_die "unknown option '$1' (see --help)" ;;
+    *) bl_common_option "$@"; shift $((BL_OPT_ARGS - 1)) ;;
   esac
   shift
 done

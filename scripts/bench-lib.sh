@@ -21,6 +21,22 @@ bl_die() {
   exit 1
 }
 
+# bl_common_option ARGS...: the options every benchmark takes, for the last
+# case of its option loop: --out DIR (sets OUT), --no-build (BUILD=0),
+# --keep-work, -h/--help (prints the script's header comment); anything else is
+# an error. Sets BL_OPT_ARGS to how many arguments it took (1 or 2).
+# shellcheck disable=SC2034 # OUT, BUILD and BL_OPT_ARGS are for the caller
+bl_common_option() {
+  BL_OPT_ARGS=1
+  case $1 in
+    --out) OUT=${2:?--out needs a directory}; BL_OPT_ARGS=2 ;;
+    --no-build) BUILD=0 ;;
+    --keep-work) export KEEP_WORK=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) bl_die "unknown option '$1' (see --help)" ;;
+  esac
+}
+
 # bl_alive PID: the process exists and is not a zombie.
 bl_alive() {
   kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
@@ -239,11 +255,18 @@ bl_tp_port_stat() {
 
 BL_OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 BL_OVS_DIR="" BL_OVS_PID="" BL_OVSDB_PID=""
+# dpdkvhostuser: OVS listens on DIR/vhost0 and DIR/vhost1 (the frontend connects).
+# dpdkvhostuserclient: the frontend listens there and OVS connects, retrying
+# until it does; with userspace-tso-enable only these ports get TSO (OVS 3.1
+# gives DPDK external buffers only to client ports, and DPDK turns host TSO off
+# on ports with linear buffers and no external ones).
+BL_OVS_PORT_TYPE=dpdkvhostuser
 
 # bl_ovs_start DIR CORE PREFIX [KEY=VALUE...]: ovsdb-server and ovs-vswitchd
 # (DPDK) with database, run dir, logs and sockets in DIR, the PMD thread on
 # CORE, DPDK file prefix PREFIX; a netdev bridge br0 with dpdkvhostuser ports
-# vhost0 (ofport 1, socket DIR/vhost0) and vhost1 (ofport 2, DIR/vhost1) and the
+# vhost0 (ofport 1, socket DIR/vhost0) and vhost1 (ofport 2, DIR/vhost1) of type
+# $BL_OVS_PORT_TYPE and the
 # flows 1 -> 2 and 2 -> 1. KEY=VALUE: more other_config settings (e.g.
 # userspace-tso-enable=true), made before ovs-vswitchd starts. Sets BL_OVS_PID
 # (ovs-vswitchd) and BL_OVSDB_PID; the commands are noted under "ovs".
@@ -276,12 +299,17 @@ bl_ovs_start() {
   bl_register "$BL_OVS_PID"
   bl_wait_for 60 "ovs-vswitchd" test -S "$d/vswitchd.ctl" || return 1
   bl_ovs_vsctl add-br br0 -- set bridge br0 datapath_type=netdev
-  bl_ovs_vsctl add-port br0 vhost0 -- set Interface vhost0 type=dpdkvhostuser ofport_request=1
-  bl_ovs_vsctl add-port br0 vhost1 -- set Interface vhost1 type=dpdkvhostuser ofport_request=2
+  local i opt=()
+  for i in 0 1; do
+    [[ $BL_OVS_PORT_TYPE == dpdkvhostuserclient ]] && opt=("options:vhost-server-path=$d/vhost$i")
+    bl_ovs_vsctl add-port br0 "vhost$i" -- set Interface "vhost$i" "type=$BL_OVS_PORT_TYPE" \
+      "ofport_request=$((i + 1))" "${opt[@]}"
+  done
   bl_ovs_ofctl del-flows br0
   bl_ovs_ofctl add-flow br0 in_port=1,actions=output:2
   bl_ovs_ofctl add-flow br0 in_port=2,actions=output:1
-  bl_wait_for 30 "OVS vhost-user sockets" test -S "$d/vhost1" || return 1
+  [[ $BL_OVS_PORT_TYPE != dpdkvhostuser ]] ||
+    bl_wait_for 30 "OVS vhost-user sockets" test -S "$d/vhost1" || return 1
 }
 
 # bl_ovs_stop: stop what bl_ovs_start started.
