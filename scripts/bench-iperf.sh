@@ -48,7 +48,11 @@ source "$REPO/scripts/bench-lib.sh"
 # shellcheck source=scripts/vpmd-config.sh
 source "$REPO/scripts/vpmd-config.sh"
 
-CMDLINE="$0 $*"
+# The command as run, with the binary and the niceness it was given.
+CMDLINE=$0
+if (($#)); then CMDLINE+=$(printf ' %q' "$@"); fi
+(($(nice) == 0)) || CMDLINE="nice -n $(nice) $CMDLINE"
+CMDLINE="${VPMD:+VPMD=$VPMD }$CMDLINE"
 ROUNDS=3 TIME=10 CONTENDERS="vpmd-on vpmd-off testpmd-tso0 testpmd-tso1 ovs"
 OUT=$REPO/bench/results BUILD=1 QUICK=0
 while (($#)); do
@@ -195,8 +199,13 @@ measure() {
   fi
   bl_wait_for $((TIME + 150)) "guest $a's iperf3 result" iperf_done "$a" || true
   line=$(grep -a '^VPMD-IPERF ' "$W/$a.log" 2>/dev/null | tail -n 1 | tr -d '\r')
-  local offl
+  local offl ports=null
   offl=$(grep -a '^VPMD-OFFLOADS ' "$W/$a.log" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -d' ' -f2-)
+  # vpmd's view while the guests still run: features, offload counters, drops.
+  if [[ $c == vpmd-* ]]; then
+    ports=$("$VPMD" stats --json --control "$W/$c/control.sock" 2>/dev/null |
+      jq -c '[.ports[] | {name, features, offloads, drops}]') || ports=null
+  fi
   guest_stop "$a"
   guest_stop "$b"
   backend_stop "$c"
@@ -207,13 +216,14 @@ measure() {
       '{contender: $c, round: $r, failed: $e}' >>"$MEAS"
     return 0
   fi
-  jq -nc --arg c "$c" --argjson r "$r" --arg l "$line" --arg o "$offl" \
+  jq -nc --arg c "$c" --argjson r "$r" --arg l "$line" --arg o "$offl" --argjson ports "${ports:-null}" \
     --arg load "$(cut -d' ' -f1 /proc/loadavg)" '
     ($l | split(" ") | .[1:] | map(split("=") | {(.[0]): .[1]}) | add) as $f
     | {contender: $c, round: $r, gbps: (($f.bits_per_second | tonumber) / 1e9),
        sent_bytes: ($f.sent_bytes | tonumber), received_bytes: ($f.received_bytes | tonumber),
        retransmits: ($f.retransmits | tonumber? // null), seconds: ($f.seconds | tonumber),
-       guest_offloads: $o, loadavg1: ($load | tonumber)}' >>"$MEAS"
+       guest_offloads: $o, loadavg1: ($load | tonumber)}
+      + (if $ports == null then {} else {vpmd_ports: $ports} end)' >>"$MEAS"
   bl_log "  $c round $r: $(tail -n 1 "$MEAS" | jq -r '"\(.gbps * 1000 | round / 1000) Gbit/s, \(.retransmits) retransmits"')"
 }
 
