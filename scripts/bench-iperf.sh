@@ -112,7 +112,8 @@ backend_start() {
         >"$d/vpmd.toml"
       bl_note "$c" "$VPMD run --config vpmd.toml   # vpmd.toml:"
       bl_note "$c" "$(sed 's/^/    /' "$d/vpmd.toml")"
-      RUST_LOG=warn,vpmd=info "$VPMD" run --config "$d/vpmd.toml" >>"$d/vpmd.out" 2>>"$d/vpmd.log" &
+      # A fresh log each time: "vpmd ready" from an earlier round must not count.
+      RUST_LOG=warn,vpmd=info "$VPMD" run --config "$d/vpmd.toml" >"$d/vpmd.out" 2>"$d/vpmd.log" &
       BACK_PID=$!
       bl_register "$BACK_PID"
       if ! bl_wait_for 30 "vpmd ready" vpmd_ready "$d" || ! bl_alive "$BACK_PID"; then
