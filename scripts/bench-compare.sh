@@ -58,11 +58,7 @@ while (($#)); do
     --warmup) WARMUP=$2; shift ;;
     --backends) BACKENDS=$2; shift ;;
     --frontends) FRONTENDS=$2; shift ;;
-    --out) OUT=$2; shift ;;
-    --no-build) BUILD=0 ;;
-    --keep-work) export KEEP_WORK=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) bl_die "unknown option '$1' (see --help)" ;;
+    *) bl_common_option "$@"; shift $((BL_OPT_ARGS - 1)) ;;
   esac
   shift
 done
@@ -70,7 +66,6 @@ done
 
 bl_binaries
 BENCH_HUGE=${BENCH_HUGE:-1}
-OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 BACK_CORE=1 FRONT_CORE=0
 P_FRONT=vbcfront P_BACK=vbcback P_OVS=vbcovs
 
@@ -82,7 +77,7 @@ bl_install_traps
 # ---------------------------------------------------------------- setup
 
 bl_install dpdk dpdk-dev openvswitch-switch-dpdk linux-perf jq psmisc
-[[ -x $OVS_VSWITCHD ]] || bl_die "$OVS_VSWITCHD missing after installing openvswitch-switch-dpdk"
+[[ -x $BL_OVS_VSWITCHD ]] || bl_die "$BL_OVS_VSWITCHD missing after installing openvswitch-switch-dpdk"
 bl_build
 "$REPO/scripts/hugepages.sh" 1024 "${BL_PREFIXES[@]}" >/dev/null || bl_die "hugepages setup failed"
 bl_clean_dpdk
@@ -103,8 +98,8 @@ backend_start() {
     testpmd)
       SOCK_A=$W/testpmd/a.sock SOCK_B=$W/testpmd/b.sock
       rm -f "$SOCK_A" "$SOCK_B"
-      local args=(-l 0,$BACK_CORE --main-lcore 0 --no-pci --single-file-segments
-        --file-prefix=$P_BACK --vdev "net_vhost0,iface=$SOCK_A" --vdev "net_vhost1,iface=$SOCK_B"
+      local args=(-l "0,$BACK_CORE" --main-lcore 0 --no-pci --single-file-segments
+        "--file-prefix=$P_BACK" --vdev "net_vhost0,iface=$SOCK_A" --vdev "net_vhost1,iface=$SOCK_B"
         -- -i --forward-mode=io --total-num-mbufs=16384)
       bl_note testpmd "dpdk-testpmd ${args[*]}"
       bl_note testpmd "testpmd> set record-core-cycles on"
@@ -127,50 +122,13 @@ backend_start() {
       bl_wait_for 30 "vpmd ready" vpmd_ready
       ;;
     ovs)
-      local d=$W/ovs
-      SOCK_A=$d/vhost0 SOCK_B=$d/vhost1
-      export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d OVS_PKGDATADIR=/usr/share/openvswitch
-      rm -f "$d/conf.db" "$SOCK_A" "$SOCK_B"
-      bl_note ovs "export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
-      bl_note ovs "ovsdb-tool create $d/conf.db /usr/share/openvswitch/vswitch.ovsschema"
-      bl_note ovs "ovsdb-server $d/conf.db --remote=punix:$d/db.sock --unixctl=$d/ovsdb-server.ctl --pidfile=$d/ovsdb-server.pid --log-file=$d/ovsdb-server.log &"
-      ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
-      ovsdb-server "$d/conf.db" --remote="punix:$d/db.sock" --unixctl="$d/ovsdb-server.ctl" \
-        --pidfile="$d/ovsdb-server.pid" --log-file="$d/ovsdb-server.log" 2>>"$d/ovsdb-server.err" &
-      bl_register $!
-      OVSDB_PID=$!
-      bl_wait_for 10 "ovsdb-server" test -S "$d/db.sock" || return 1
-      vsctl --no-wait init
-      vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
-        other_config:dpdk-lcore-mask=0x1 "other_config:pmd-cpu-mask=$((1 << BACK_CORE))" \
-        other_config:dpdk-socket-mem=512 \
-        "other_config:dpdk-extra=--single-file-segments --file-prefix=$P_OVS --no-pci"
-      bl_note ovs "$OVS_VSWITCHD unix:$d/db.sock --unixctl=$d/vswitchd.ctl --pidfile=$d/vswitchd.pid --log-file=$d/vswitchd.log &"
-      "$OVS_VSWITCHD" "unix:$d/db.sock" --unixctl="$d/vswitchd.ctl" --pidfile="$d/vswitchd.pid" \
-        --log-file="$d/vswitchd.log" 2>>"$d/vswitchd.err" &
-      BACK_PID=$!
-      bl_register "$BACK_PID"
-      bl_wait_for 60 "ovs-vswitchd" test -S "$d/vswitchd.ctl" || return 1
-      vsctl add-br br0 -- set bridge br0 datapath_type=netdev
-      vsctl add-port br0 vhost0 -- set Interface vhost0 type=dpdkvhostuser ofport_request=1
-      vsctl add-port br0 vhost1 -- set Interface vhost1 type=dpdkvhostuser ofport_request=2
-      ofctl del-flows br0
-      ofctl add-flow br0 in_port=1,actions=output:2
-      ofctl add-flow br0 in_port=2,actions=output:1
-      bl_wait_for 30 "OVS vhost-user sockets" test -S "$SOCK_B" || return 1
+      SOCK_A=$W/ovs/vhost0 SOCK_B=$W/ovs/vhost1
+      bl_ovs_start "$W/ovs" "$BACK_CORE" "$P_OVS" || return 1
+      BACK_PID=$BL_OVS_PID
       ;;
   esac
 }
 
-vsctl() {
-  bl_note ovs "ovs-vsctl --db=unix:$W/ovs/db.sock $(printf '%q ' "$@")"
-  ovs-vsctl --db="unix:$W/ovs/db.sock" --timeout=60 "$@"
-}
-ofctl() {
-  bl_note ovs "ovs-ofctl $*"
-  ovs-ofctl "$@"
-}
-ovs_appctl() { ovs-appctl -t "$W/ovs/vswitchd.ctl" "$@"; }
 vpmd_stats() { "$VPMD" stats --json --control "$W/vpmd/control.sock"; }
 vpmd_ready() { bl_alive "$BACK_PID" && grep -q "vpmd ready" "$W/vpmd/vpmd.log"; }
 
@@ -178,11 +136,7 @@ backend_stop() {
   case $1 in
     testpmd) bl_tp_quit "$BACK_PID" "$BACK_FD" ;;
     vpmd) bl_stop_registered "$BACK_PID" 15 ;;
-    ovs)
-      bl_stop_registered "$BACK_PID" 15
-      bl_stop_registered "$OVSDB_PID" 5
-      unset OVS_RUNDIR OVS_LOGDIR OVS_DBDIR OVS_SYSCONFDIR OVS_PKGDATADIR
-      ;;
+    ovs) bl_ovs_stop ;;
   esac
   bl_clean_dpdk
 }
@@ -199,7 +153,7 @@ cost_begin() {
         PERF_PID=$!
       fi
       ;;
-    ovs) ovs_appctl dpif-netdev/pmd-stats-clear >/dev/null ;;
+    ovs) bl_ovs_appctl dpif-netdev/pmd-stats-clear >/dev/null ;;
   esac
 }
 
@@ -230,7 +184,7 @@ cost_end() {
       fi
       ;;
     ovs)
-      ovs_appctl dpif-netdev/pmd-stats-show >"$W/ovs/pmd-stats.txt" 2>&1
+      bl_ovs_appctl dpif-netdev/pmd-stats-show >"$W/ovs/pmd-stats.txt" 2>&1
       sed -n 's/.*avg processing cycles per packet: *\([0-9.]*\).*/\1 ovs-pmd-stats-show/p' \
         "$W/ovs/pmd-stats.txt" | head -n1
       ;;
@@ -254,7 +208,7 @@ bench_loop() {
   ((BENCH_HUGE)) && huge=(--huge)
   [[ $mode == loopback ]] && key=vpmd-bench
   local cmd=("$VPMD_BENCH" "${no_config[@]}" "$mode" "$SOCK_A" "$SOCK_B" --size "$size"
-    --duration "$DURATION" --warmup "$WARMUP" --core $FRONT_CORE "${huge[@]}" --json)
+    --duration "$DURATION" --warmup "$WARMUP" --core "$FRONT_CORE" "${huge[@]}" --json)
   bl_note "$key" "${cmd[*]}"
   "${cmd[@]}" >"$W/front.json" 2>"$W/front.err" &
   local fp=$!
@@ -288,8 +242,8 @@ measure() {
       ;;
     testpmd)
       local log=$W/front-testpmd.log
-      local args=(-l "$FRONT_CORE,$BACK_CORE" --main-lcore $BACK_CORE --no-pci --single-file-segments
-        --file-prefix=$P_FRONT --vdev "net_virtio_user0,path=$SOCK_A" --vdev "net_virtio_user1,path=$SOCK_B"
+      local args=(-l "$FRONT_CORE,$BACK_CORE" --main-lcore "$BACK_CORE" --no-pci --single-file-segments
+        "--file-prefix=$P_FRONT" --vdev "net_virtio_user0,path=$SOCK_A" --vdev "net_virtio_user1,path=$SOCK_B"
         -- -i --forward-mode=io --txpkts="$size" --total-num-mbufs=16384)
       bl_note testpmd-front "dpdk-testpmd ${args[*]}"
       bl_note testpmd-front "testpmd> set record-core-cycles on"
@@ -399,8 +353,9 @@ run_backend_round() {
       if ! measure "$back" "$front" "$size" "$round"; then
         bl_log "retrying $back <- $front ${size}B with a fresh backend"
         backend_stop "$back"
-        backend_start "$back" && measure "$back" "$front" "$size" "$round" ||
+        if ! { backend_start "$back" && measure "$back" "$front" "$size" "$round"; }; then
           bl_log "giving up on $back <- $front ${size}B round $round"
+        fi
       fi
     done
   done
@@ -412,11 +367,12 @@ run_backend_round() {
 
 read -ra BACK_LIST <<<"$BACKENDS"
 rotate() { # rotate N: BACK_LIST rotated by N
-  local n=${#BACK_LIST[@]} i
-  for ((i = 0; i < n; i++)); do printf '%s ' "${BACK_LIST[(i + $1) % n]}"; done
+  local count=${#BACK_LIST[@]} i
+  for ((i = 0; i < count; i++)); do printf '%s ' "${BACK_LIST[(i + $1) % count]}"; done
 }
 for ((round = 1; round <= ROUNDS; round++)); do
   for back in $(rotate $((round - 1))); do
+    # shellcheck disable=SC2086 # one argument per size
     run_backend_round "$back" "$round" $SIZES
   done
 done

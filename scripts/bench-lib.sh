@@ -2,8 +2,8 @@
 # Helpers for scripts/bench-compare.sh and scripts/bench-macvlan.sh (sourced,
 # not run): logging, a registry
 # of the processes we start (killed on exit, interrupt or failure, never one we
-# did not start), dpdk-testpmd driven at its prompt through a fifo, package
-# installation and machine facts.
+# did not start), dpdk-testpmd driven at its prompt through a fifo, Open
+# vSwitch with DPDK, package installation and machine facts.
 # shellcheck shell=bash
 
 BL_PIDS=()        # "pid:starttime" of every process we started
@@ -19,6 +19,22 @@ bl_log() { echo "[bench $(date +%T)] $*" >&2; }
 bl_die() {
   echo "$BL_NAME: $*" >&2
   exit 1
+}
+
+# bl_common_option ARGS...: the options every benchmark takes, for the last
+# case of its option loop: --out DIR (sets OUT), --no-build (BUILD=0),
+# --keep-work, -h/--help (prints the script's header comment); anything else is
+# an error. Sets BL_OPT_ARGS to how many arguments it took (1 or 2).
+# shellcheck disable=SC2034 # OUT, BUILD and BL_OPT_ARGS are for the caller
+bl_common_option() {
+  BL_OPT_ARGS=1
+  case $1 in
+    --out) OUT=${2:?--out needs a directory}; BL_OPT_ARGS=2 ;;
+    --no-build) BUILD=0 ;;
+    --keep-work) export KEEP_WORK=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) bl_die "unknown option '$1' (see --help)" ;;
+  esac
 }
 
 # bl_alive PID: the process exists and is not a zombie.
@@ -136,6 +152,7 @@ bl_lock() {
     bl_log "another benchmark holds $1: waiting up to ${BL_LOCK_WAIT}s"
   fi
   flock -w "${BL_LOCK_WAIT:-0}" "$BL_LOCK_FD" || bl_die "another benchmark is running (it holds $1)"
+  # shellcheck disable=SC2034 # for the scripts that source this
   BL_LOCK_FILE=$1
 }
 
@@ -215,6 +232,7 @@ bl_tp_cmd() {
 # bl_tp_quit PID FD: `quit`, then SIGTERM if it does not exit within 20 s.
 bl_tp_quit() {
   local pid=$1 fd=$2 i
+  # shellcheck disable=SC2261 # stdout to the fifo, errors (testpmd gone) nowhere
   echo quit >&"$fd" 2>/dev/null
   for ((i = 0; i < 200; i++)); do
     bl_alive "$pid" || break
@@ -232,6 +250,85 @@ bl_tp_port_stat() {
     /^ *#+ *$/ { inb = 0 }
     inb { for (i = 1; i < NF; i++) if ($i == f) { print $(i + 1); exit } }'
 }
+
+# ---------------------------------------------------------------- Open vSwitch
+
+BL_OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
+BL_OVS_DIR="" BL_OVS_PID="" BL_OVSDB_PID=""
+# dpdkvhostuser: OVS listens on DIR/vhost0 and DIR/vhost1 (the frontend connects).
+# dpdkvhostuserclient: the frontend listens there and OVS connects, retrying
+# until it does; with userspace-tso-enable only these ports get TSO (OVS 3.1
+# gives DPDK external buffers only to client ports, and DPDK turns host TSO off
+# on ports with linear buffers and no external ones).
+BL_OVS_PORT_TYPE=dpdkvhostuser
+
+# bl_ovs_start DIR CORE PREFIX [KEY=VALUE...]: ovsdb-server and ovs-vswitchd
+# (DPDK) with database, run dir, logs and sockets in DIR, the PMD thread on
+# CORE, DPDK file prefix PREFIX; a netdev bridge br0 with dpdkvhostuser ports
+# vhost0 (ofport 1, socket DIR/vhost0) and vhost1 (ofport 2, DIR/vhost1) of type
+# $BL_OVS_PORT_TYPE and the
+# flows 1 -> 2 and 2 -> 1. KEY=VALUE: more other_config settings (e.g.
+# userspace-tso-enable=true), made before ovs-vswitchd starts. Sets BL_OVS_PID
+# (ovs-vswitchd) and BL_OVSDB_PID; the commands are noted under "ovs".
+bl_ovs_start() {
+  local d=$1 core=$2 prefix=$3 kv extra=()
+  shift 3
+  for kv in "$@"; do extra+=("other_config:$kv"); done
+  BL_OVS_DIR=$d
+  mkdir -p "$d"
+  export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d OVS_PKGDATADIR=/usr/share/openvswitch
+  rm -f "$d/conf.db" "$d/vhost0" "$d/vhost1"
+  bl_note ovs "export OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
+  bl_note ovs "ovsdb-tool create $d/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+  bl_note ovs "ovsdb-server $d/conf.db --remote=punix:$d/db.sock --unixctl=$d/ovsdb-server.ctl --pidfile=$d/ovsdb-server.pid --log-file=$d/ovsdb-server.log &"
+  ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  ovsdb-server "$d/conf.db" --remote="punix:$d/db.sock" --unixctl="$d/ovsdb-server.ctl" \
+    --pidfile="$d/ovsdb-server.pid" --log-file="$d/ovsdb-server.log" 2>>"$d/ovsdb-server.err" &
+  BL_OVSDB_PID=$!
+  bl_register "$BL_OVSDB_PID"
+  bl_wait_for 10 "ovsdb-server" test -S "$d/db.sock" || return 1
+  bl_ovs_vsctl --no-wait init
+  bl_ovs_vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
+    other_config:dpdk-lcore-mask=0x1 "other_config:pmd-cpu-mask=$((1 << core))" \
+    other_config:dpdk-socket-mem=512 \
+    "other_config:dpdk-extra=--single-file-segments --file-prefix=$prefix --no-pci" "${extra[@]}"
+  bl_note ovs "$BL_OVS_VSWITCHD unix:$d/db.sock --unixctl=$d/vswitchd.ctl --pidfile=$d/vswitchd.pid --log-file=$d/vswitchd.log &"
+  "$BL_OVS_VSWITCHD" "unix:$d/db.sock" --unixctl="$d/vswitchd.ctl" --pidfile="$d/vswitchd.pid" \
+    --log-file="$d/vswitchd.log" 2>>"$d/vswitchd.err" &
+  BL_OVS_PID=$!
+  bl_register "$BL_OVS_PID"
+  bl_wait_for 60 "ovs-vswitchd" test -S "$d/vswitchd.ctl" || return 1
+  bl_ovs_vsctl add-br br0 -- set bridge br0 datapath_type=netdev
+  local i opt=()
+  for i in 0 1; do
+    [[ $BL_OVS_PORT_TYPE == dpdkvhostuserclient ]] && opt=("options:vhost-server-path=$d/vhost$i")
+    bl_ovs_vsctl add-port br0 "vhost$i" -- set Interface "vhost$i" "type=$BL_OVS_PORT_TYPE" \
+      "ofport_request=$((i + 1))" "${opt[@]}"
+  done
+  bl_ovs_ofctl del-flows br0
+  bl_ovs_ofctl add-flow br0 in_port=1,actions=output:2
+  bl_ovs_ofctl add-flow br0 in_port=2,actions=output:1
+  [[ $BL_OVS_PORT_TYPE != dpdkvhostuser ]] ||
+    bl_wait_for 30 "OVS vhost-user sockets" test -S "$d/vhost1" || return 1
+}
+
+# bl_ovs_stop: stop what bl_ovs_start started.
+bl_ovs_stop() {
+  [[ -n $BL_OVS_PID ]] && bl_stop_registered "$BL_OVS_PID" 15
+  [[ -n $BL_OVSDB_PID ]] && bl_stop_registered "$BL_OVSDB_PID" 5
+  BL_OVS_PID="" BL_OVSDB_PID=""
+  unset OVS_RUNDIR OVS_LOGDIR OVS_DBDIR OVS_SYSCONFDIR OVS_PKGDATADIR
+}
+
+bl_ovs_vsctl() {
+  bl_note ovs "ovs-vsctl --db=unix:$BL_OVS_DIR/db.sock $(printf '%q ' "$@")"
+  ovs-vsctl --db="unix:$BL_OVS_DIR/db.sock" --timeout=60 "$@"
+}
+bl_ovs_ofctl() {
+  bl_note ovs "ovs-ofctl $*"
+  ovs-ofctl "$@"
+}
+bl_ovs_appctl() { ovs-appctl -t "$BL_OVS_DIR/vswitchd.ctl" "$@"; }
 
 # ---------------------------------------------------------------- the binaries
 
@@ -262,6 +359,7 @@ bl_build() {
 bl_work_dir() {
   bl_lock /run/vpmd-bench-compare.lock
   BL_WORK=$(mktemp -d "/tmp/vpmd-$1.XXXXXX")
+  # shellcheck disable=SC2034 # the short name the scripts use
   W=$BL_WORK
 }
 

@@ -10,6 +10,8 @@ PACKAGES=(
   qemu-system-x86    # runs the test guests (TCG)
   linux-image-amd64  # guest kernel (/boot/vmlinuz-*) and its virtio-net modules
   busybox-static     # the guest's userland inside the initramfs
+  iperf3             # TCP throughput between guests (copied into the initramfs)
+  ethtool            # the guests' offload state (copied into the initramfs)
   cpio gzip          # to pack the initramfs
   iputils-ping       # ping on the host (debugging)
   dpdk dpdk-dev      # dpdk-testpmd: reference vhost-user backend

@@ -3,10 +3,18 @@
 # not run).
 # shellcheck shell=bash
 
-# vpmd_veth_config CORE CONTROL SOCK_A SOCK_B MODE MTU: on stdout, a vpmd
-# config of two ports vm0 (socket SOCK_A) and vm1 (SOCK_B) in a veth pair,
-# both in socket role MODE with MTU, polled on core CORE, control socket CONTROL.
+# vpmd_veth_config CORE CONTROL SOCK_A SOCK_B MODE MTU [OFFLOAD_A [OFFLOAD_B]]:
+# on stdout, a vpmd config of two ports vm0 (socket SOCK_A) and vm1 (SOCK_B) in
+# a veth pair, both in socket role MODE with MTU, polled on core CORE, control
+# socket CONTROL. OFFLOAD_A/OFFLOAD_B, when given and not empty, become that
+# port's `offload = { ... }` table, e.g. "csum = false, guest_csum = false"
+# (every offload is on without one; a vpmd older than offloads rejects the key,
+# so it is written only when asked for).
 vpmd_veth_config() {
+  local off_a="" off_b=""
+  # With its newline: an empty one leaves the config exactly as without offloads.
+  [[ -n ${7:-} ]] && off_a="offload = { $7 }"$'\n'
+  [[ -n ${8:-} ]] && off_b="offload = { $8 }"$'\n'
   cat <<TOML
 [pmd]
 cores = [$1]
@@ -18,14 +26,14 @@ socket = "$3"
 mode = "$5"
 mac = "52:54:00:00:00:01"
 mtu = $6
-
+$off_a
 [[port]]
 name = "vm1"
 socket = "$4"
 mode = "$5"
 mac = "52:54:00:00:00:02"
 mtu = $6
-
+$off_b
 [[veth]]
 ports = ["vm0", "vm1"]
 TOML

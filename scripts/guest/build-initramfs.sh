@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds a tiny test guest: OUTDIR/vmlinuz (Debian's linux-image-amd64 kernel)
-# and OUTDIR/initramfs.gz (busybox-static + the virtio-net modules + our /init).
+# and OUTDIR/initramfs.gz (busybox-static + the virtio-net modules + our /init,
+# plus Debian's iperf3 and ethtool with the shared libraries they load, when
+# they are installed: TCP throughput and offload state inside the guest).
 # No disk image: the guest lives in RAM and reports over the serial console.
 # Cached: does nothing when both outputs are newer than every input.
 #
@@ -29,6 +31,22 @@ if [[ -z $KVER ]]; then
 fi
 [[ -x $BUSYBOX ]] || { echo "build-initramfs.sh: $BUSYBOX missing; install busybox-static" >&2; exit 1; }
 
+# Dynamically linked tools copied in with what `ldd` lists for them (the
+# dynamic loader included), each at its own path. A missing tool is left out
+# (the guest's /init then reports it when asked to use it); scripts/install-deps.sh
+# installs both.
+TOOLS=(/usr/bin/iperf3 /usr/sbin/ethtool)
+TOOLFILES=()   # the tools present, then their libraries (symlinks as ldd names them)
+for t in "${TOOLS[@]}"; do
+  [[ -x $t ]] || { echo "build-initramfs.sh: $t missing, left out of the guest" >&2; continue; }
+  TOOLFILES+=("$t")
+  libs=$(ldd "$t" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }') ||
+    { echo "build-initramfs.sh: ldd $t failed" >&2; exit 1; }
+  for l in $libs; do
+    [[ " ${TOOLFILES[*]} " == *" $l "* ]] || TOOLFILES+=("$l")
+  done
+done
+
 # Locate each module file (.ko, or compressed .ko.xz/.ko.zst/.ko.gz).
 MODFILES=()
 for m in "${MODULES[@]}"; do
@@ -46,10 +64,12 @@ OUT_I=$OUTDIR/initramfs.gz
 up_to_date() {
   [[ -f $OUT_K && -f $OUT_I ]] || return 1
   local in
-  for in in "/boot/vmlinuz-$KVER" "$INIT" "${BASH_SOURCE[0]}" "$BUSYBOX" "${MODFILES[@]}"; do
+  for in in "/boot/vmlinuz-$KVER" "$INIT" "${BASH_SOURCE[0]}" "$BUSYBOX" "${MODFILES[@]}" \
+            "${TOOLFILES[@]}"; do
     [[ $in -nt $OUT_K || $in -nt $OUT_I ]] && return 1
   done
-  return 0
+  # The set of tools counts too: one installed or removed since the last build.
+  [[ "$(cat "$OUT_I.tools" 2>/dev/null)" == "${TOOLFILES[*]}" ]]
 }
 if up_to_date; then
   echo "build-initramfs.sh: $OUTDIR up to date (kernel $KVER)"
@@ -80,6 +100,13 @@ done
 
 install -m 0755 "$INIT" "$STAGE/init"
 
+# The tools and their libraries at the paths ldd gave (-L: the files symlinks
+# point to, under the names the loader looks for).
+for f in "${TOOLFILES[@]}"; do
+  mkdir -p "$STAGE$(dirname "$f")"
+  cp -L "$f" "$STAGE$f"
+done
+
 # Minimal device nodes so the console works before devtmpfs is mounted.
 mknod -m 600 "$STAGE/dev/console" c 5 1
 mknod -m 666 "$STAGE/dev/null" c 1 3
@@ -89,4 +116,5 @@ mknod -m 666 "$STAGE/dev/null" c 1 3
 cp "/boot/vmlinuz-$KVER" "$OUT_K.tmp"
 mv "$OUT_K.tmp" "$OUT_K"
 mv "$OUT_I.tmp" "$OUT_I"
+echo "${TOOLFILES[*]}" >"$OUT_I.tools"
 echo "build-initramfs.sh: built $OUT_K and $OUT_I (kernel $KVER, $(stat -c %s "$OUT_I") bytes)"

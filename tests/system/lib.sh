@@ -253,6 +253,25 @@ guest_counter() {
     sed -nE "s/.* $2=([0-9]+).*/\\1/p"
 }
 
+# wait_stats_check TIMEOUT_S CHECK ARGS...: every second, fetch vpmd's stats
+# into STATS and run CHECK ARGS..., until it returns 0; a CHECK that returns 1
+# leaves why in CHECK_MSG. After TIMEOUT_S the test fails with that message and
+# the last stats are saved in $WORK/stats-at-failure.json.
+wait_stats_check() {
+  local deadline=$((SECONDS + $1))
+  shift
+  while true; do
+    if STATS=$(vpmd_stats_json 2>&1); then
+      "$@" && return 0
+    else
+      CHECK_MSG="vpmd stats failed: $STATS"
+    fi
+    ((SECONDS < deadline)) || { echo "$STATS" >"$WORK/stats-at-failure.json";
+      fail "$CHECK_MSG (stats in $WORK/stats-at-failure.json)"; }
+    sleep 1
+  done
+}
+
 # assert_counters_agree TIMEOUT_S GUEST:PORT...: vpmd's counters for each port
 # equal those the guest's eth0 reports (tx = frames the guest sent = frames
 # vpmd took from it; rx likewise, packets and bytes). Guests print their
@@ -260,42 +279,42 @@ guest_counter() {
 # (a late ARP probe), so retry until they agree or TIMEOUT_S runs out.
 assert_counters_agree() {
   local timeout=$1; shift
-  local deadline=$((SECONDS + timeout)) json pair g p f gv pv diff
-  while true; do
-    diff=""
-    json=$(vpmd_stats_json 2>&1) || diff="vpmd stats failed: $json"
-    if [[ -z $diff ]]; then
-      for pair in "$@"; do
-        g=${pair%%:*}; p=${pair#*:}
-        for f in tx_packets rx_packets tx_bytes rx_bytes; do
-          gv=$(guest_counter "$g" "$f"); pv=$(port_stat "$json" "$p" ".$f")
-          [[ -n $gv && $gv == "$pv" ]] || diff+=" $g.$f=${gv:-?} vs vpmd $p.$f=$pv;"
-        done
-      done
-    fi
-    if [[ -z $diff ]]; then
-      for pair in "$@"; do
-        g=${pair%%:*}; p=${pair#*:}
-        log "counters agree: guest $g = port $p: $(port_stat "$json" "$p" \
-          '"tx_packets=\(.tx_packets) rx_packets=\(.rx_packets) tx_bytes=\(.tx_bytes) rx_bytes=\(.rx_bytes)"')"
-      done
-      return 0
-    fi
-    ((SECONDS < deadline)) || { echo "$json" >"$WORK/stats-at-failure.json";
-      fail "vpmd counters disagree with the guests:$diff (stats in $WORK/stats-at-failure.json)"; }
-    sleep 1
+  wait_stats_check "$timeout" _counters_agree "$@"
+}
+
+# _counters_agree GUEST:PORT...: the check of assert_counters_agree on $STATS.
+_counters_agree() {
+  local pair g p f gv pv diff=""
+  for pair in "$@"; do
+    g=${pair%%:*}; p=${pair#*:}
+    for f in tx_packets rx_packets tx_bytes rx_bytes; do
+      gv=$(guest_counter "$g" "$f"); pv=$(port_stat "$STATS" "$p" ".$f")
+      [[ -n $gv && $gv == "$pv" ]] || diff+=" $g.$f=${gv:-?} vs vpmd $p.$f=$pv;"
+    done
+  done
+  [[ -z $diff ]] || { CHECK_MSG="vpmd counters disagree with the guests:$diff"; return 1; }
+  for pair in "$@"; do
+    g=${pair%%:*}; p=${pair#*:}
+    log "counters agree: guest $g = port $p: $(port_stat "$STATS" "$p" \
+      '"tx_packets=\(.tx_packets) rx_packets=\(.rx_packets) tx_bytes=\(.tx_bytes) rx_bytes=\(.rx_bytes)"')"
   done
 }
 
-# assert_no_drops PORT...: every drop counter is zero except peer_down,
-# which is reported (frames sent before the peer guest's driver was up).
+# assert_no_drops [--allow REASON]... PORT...: every drop counter is zero
+# except peer_down (frames sent before the peer guest's driver was up) and the
+# REASONs allowed, which are reported.
 assert_no_drops() {
-  local json p bad
+  local json p bad allowed=(peer_down) r shown ok
+  while [[ ${1:-} == --allow ]]; do allowed+=("$2"); shift 2; done
+  ok=$(printf '"%s",' "${allowed[@]}")
   json=$(vpmd_stats_json) || fail "vpmd stats failed"
   for p in "$@"; do
-    bad=$(port_stat "$json" "$p" '.drops | to_entries | map(select(.key != "peer_down" and .value != 0)) | map("\(.key)=\(.value)") | join(" ")')
+    bad=$(port_stat "$json" "$p" ".drops | to_entries | map(select(.value != 0 and (.key as \$k | [${ok%,}] | any(. == \$k) | not)))
+      | map(\"\\(.key)=\\(.value)\") | join(\" \")")
     [[ -z $bad ]] || fail "port $p has drops: $bad"
-    log "port $p: drops zero except peer_down=$(port_stat "$json" "$p" .drops.peer_down)"
+    shown=""
+    for r in "${allowed[@]}"; do shown+=" $r=$(port_stat "$json" "$p" ".drops.$r")"; done
+    log "port $p: drops zero except${shown}"
   done
 }
 
