@@ -38,3 +38,17 @@ $off_b
 ports = ["vm0", "vm1"]
 TOML
 }
+
+# vpmd_macvlan_config CORE CONTROL UPLINK SOCKDIR NAME=MAC...: on stdout, a vpmd
+# config of VM ports NAME (socket SOCKDIR/NAME.sock, server role) on one macvlan
+# over the interface UPLINK (bridge mode, defaults otherwise), polled on core CORE.
+vpmd_macvlan_config() {
+  local core=$1 control=$2 uplink=$3 dir=$4 p names=""
+  shift 4
+  printf '[pmd]\ncores = [%s]\ncontrol_socket = "%s"\n' "$core" "$control"
+  for p in "$@"; do
+    printf '\n[[port]]\nname = "%s"\nsocket = "%s/%s.sock"\nmac = "%s"\n' "${p%%=*}" "$dir" "${p%%=*}" "${p#*=}"
+    names+="${names:+, }\"${p%%=*}\""
+  done
+  printf '\n[[macvlan]]\nuplink = "%s"\nports = [%s]\n' "$uplink" "$names"
+}

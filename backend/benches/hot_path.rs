@@ -160,7 +160,8 @@ fn bench_chain_walk(c: &mut Criterion) {
     for (name, head, segs) in [("1desc", 0u16, 1usize), ("indirect4", 1, 4)] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                chain::walk(&ring, &map, black_box(head), false, 0, &mut out, &mut []).unwrap();
+                chain::walk::<false>(&ring, &map, black_box(head), false, 0, &mut out, &mut [])
+                    .unwrap();
                 assert_eq!(out.segs().len(), segs);
             });
         });

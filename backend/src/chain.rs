@@ -52,11 +52,14 @@ pub enum ChainError {
 /// Walks the chain at `head`, appending its buffers to `out` (cleared first), minus
 /// its first `skip` bytes (a TX chain's virtio-net header: dropped while walking
 /// rather than shifted out afterwards). `writable` selects the direction every
-/// buffer must have. Skipped bytes are bounds-checked like the rest, and the first
-/// `header.len()` of them are copied into `header` (a TX chain's offload fields;
-/// bytes the chain does not have stay as they were). Returns the chain's length
-/// including the skipped bytes.
-pub fn walk(
+/// buffer must have. Skipped bytes are bounds-checked like the rest. Returns the
+/// chain's length including the skipped bytes.
+///
+/// `HEADER`: also copy the first `header.len()` skipped bytes into `header` (a TX
+/// chain's offload fields; compiled out of the walks that do not, which pass `&mut []`).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn walk<const HEADER: bool>(
     ring: &SplitRing,
     map: &MemMap,
     head: u16,
@@ -123,7 +126,7 @@ pub fn walk(
                 .ok_or(ChainError::BufferOutsideMemory)?;
             total = total.checked_add(d.len).ok_or(ChainError::TooManyBuffers)?;
             let at = (skip - skip_left) as usize;
-            if skip_left > 0 && at < header.len() {
+            if HEADER && skip_left > 0 && at < header.len() {
                 let n = (skip_left as usize).min(header.len() - at);
                 buf.read_at(0, &mut header[at..at + n]);
             }

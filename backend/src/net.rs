@@ -65,13 +65,6 @@ impl Offloads {
         self.0 & (1 << bit) != 0
     }
 
-    /// CSUM: the driver may send frames with the checksum left to do. Every other
-    /// HOST_* offload needs it, so without it the TX header is not even read.
-    #[inline]
-    pub fn host_csum(self) -> bool {
-        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM)
-    }
-
     /// HOST_TSO4 (`ipv6` false) or HOST_TSO6: the driver may send TCP to segment.
     #[inline]
     pub fn host_tso(self, ipv6: bool) -> bool {
@@ -81,18 +74,6 @@ impl Offloads {
         } else {
             VIRTIO_NET_F_HOST_TSO4
         })
-    }
-
-    /// HOST_ECN: the driver may send TSO frames with CWR set.
-    #[inline]
-    pub fn host_ecn(self) -> bool {
-        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_ECN)
-    }
-
-    /// GUEST_CSUM: the driver takes frames whose checksum is left to do.
-    #[inline]
-    pub fn guest_csum(self) -> bool {
-        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM)
     }
 
     /// GUEST_TSO4 (`ipv6` false) or GUEST_TSO6: the driver takes large TCP frames.
@@ -105,12 +86,33 @@ impl Offloads {
             VIRTIO_NET_F_GUEST_TSO4
         })
     }
+}
 
+/// One accessor per single-bit offload.
+macro_rules! offload_bits {
+    ($( $(#[doc = $doc:literal])+ $name:ident => $bit:ident, )+) => {
+        impl Offloads {
+            $(
+                $(#[doc = $doc])+
+                #[inline]
+                pub fn $name(self) -> bool {
+                    self.has(virtio_bindings::virtio_net::$bit)
+                }
+            )+
+        }
+    };
+}
+
+offload_bits! {
+    /// CSUM: the driver may send frames with the checksum left to do. Every other
+    /// HOST_* offload needs it, so without it the TX header is not even read.
+    host_csum => VIRTIO_NET_F_CSUM,
+    /// HOST_ECN: the driver may send TSO frames with CWR set.
+    host_ecn => VIRTIO_NET_F_HOST_ECN,
+    /// GUEST_CSUM: the driver takes frames whose checksum is left to do.
+    guest_csum => VIRTIO_NET_F_GUEST_CSUM,
     /// GUEST_ECN: the driver takes TSO frames with CWR set.
-    #[inline]
-    pub fn guest_ecn(self) -> bool {
-        self.has(virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_ECN)
-    }
+    guest_ecn => VIRTIO_NET_F_GUEST_ECN,
 }
 
 /// What goes into RX buffers for one frame: the virtio-net header's offload fields,
@@ -210,7 +212,6 @@ impl RxScratch {
 /// Copies `frame` (`len` bytes) into the RX buffers of `q`, behind a virtio-net header.
 /// On error no buffer is consumed, except chains found malformed, which are returned
 /// to the driver empty so that they are not retried forever.
-#[inline]
 pub fn deliver_rx_frame(
     q: &mut VirtQueue<'_>,
     layout: NetLayout,
@@ -218,7 +219,7 @@ pub fn deliver_rx_frame(
     len: u32,
     s: &mut RxScratch,
 ) -> Result<(), RxError> {
-    deliver_rx(q, layout, &RxFrame::whole(frame, len), s)
+    deliver::<true>(q, layout, &RxFrame::whole(frame, len), s)
 }
 
 /// Copies `frame` into the RX buffers of `q` behind a virtio-net header made of
@@ -229,18 +230,36 @@ pub fn deliver_rx(
     frame: &RxFrame<'_>,
     s: &mut RxScratch,
 ) -> Result<(), RxError> {
+    deliver::<false>(q, layout, frame, s)
+}
+
+/// The header of a frame with no offload fields: all zero but `num_buffers` (in
+/// the 12-byte form), 1 unless the frame takes more chains.
+const PLAIN_HEADER: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+/// Both of the above; `PLAIN`: `frame` is a whole frame without offload fields
+/// (the common case, compiled without the rest).
+#[inline(always)]
+fn deliver<const PLAIN: bool>(
+    q: &mut VirtQueue<'_>,
+    layout: NetLayout,
+    frame: &RxFrame<'_>,
+    s: &mut RxScratch,
+) -> Result<(), RxError> {
     let start = q.avail_position();
     let need = layout.hdr_len + frame.len();
     let mut src = Cursor::default();
-    if frame.body_at > 0 {
+    if !PLAIN && frame.body_at > 0 {
         seglist::skip(frame.body, &mut src, frame.body_at);
     }
-    // The header: the offload fields, and num_buffers 1 (in the 12-byte form)
-    // unless the frame takes more chains.
-    let mut header = [0u8; 12];
-    header[..10].copy_from_slice(&frame.vnet);
-    header[10] = 1;
-    let mut head_left = frame.head;
+    let header = if PLAIN {
+        PLAIN_HEADER
+    } else {
+        let mut h = PLAIN_HEADER;
+        h[..10].copy_from_slice(&frame.vnet);
+        h
+    };
+    let mut head_left: &[u8] = if PLAIN { &[] } else { frame.head };
     let mut left = need;
     s.used.clear();
     while left > 0 {
@@ -279,7 +298,7 @@ pub fn deliver_rx(
             written = layout.hdr_len;
             left -= layout.hdr_len;
         }
-        if !head_left.is_empty() {
+        if !PLAIN && !head_left.is_empty() {
             let n = seglist::write(dst, &mut pos, head_left);
             head_left = &head_left[n as usize..];
             written += n;

@@ -280,7 +280,7 @@ impl<'a> VirtQueue<'a> {
     /// Walks the chain at `head` into `out`; `writable` for RX buffers.
     #[inline]
     pub fn chain(&self, head: u16, writable: bool, out: &mut SegList) -> Result<(), ChainError> {
-        chain::walk(&self.ring, self.map, head, writable, 0, out, &mut []).map(|_| ())
+        chain::walk::<false>(&self.ring, self.map, head, writable, 0, out, &mut []).map(|_| ())
     }
 
     /// Walks the TX chain at `head` into `out` without its first `skip` bytes (the
@@ -294,7 +294,7 @@ impl<'a> VirtQueue<'a> {
         out: &mut SegList,
         header: &mut [u8],
     ) -> Result<u32, ChainError> {
-        chain::walk(&self.ring, self.map, head, false, skip, out, header)
+        chain::walk::<true>(&self.ring, self.map, head, false, skip, out, header)
     }
 
     /// Records that the chain at `head` is done, `len` bytes written into it.

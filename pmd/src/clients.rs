@@ -21,6 +21,8 @@ pub trait Client: Send + Sized {
     fn cut_off(&self);
     /// Bounds the next writes.
     fn set_write_timeout(&self, t: Duration) -> std::io::Result<()>;
+    /// Bounds the next reads.
+    fn set_read_timeout(&self, t: Duration) -> std::io::Result<()>;
 }
 
 /// Both kinds of stream the servers answer on have the same three methods.
@@ -36,10 +38,63 @@ macro_rules! impl_client {
             fn set_write_timeout(&self, t: Duration) -> std::io::Result<()> {
                 <$ty>::set_write_timeout(self, Some(t))
             }
+            fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+                <$ty>::set_read_timeout(self, Some(t))
+            }
         }
     )*};
 }
 impl_client!(UnixStream, TcpStream);
+
+/// What [`read_head`] read.
+pub enum Head {
+    /// Up to where `end_at` said the head ends.
+    Found(String),
+    /// All the client sent before it closed its side.
+    Closed(String),
+    /// `max` bytes and no end.
+    TooLong,
+}
+
+/// Reads a request head of at most `max` bytes from `stream`, each read bounded by
+/// the time left until `end`; `end_at` finds where the head ends in the bytes so far.
+pub fn read_head<S: Client>(
+    stream: &S,
+    end: Instant,
+    max: usize,
+    end_at: impl Fn(&[u8]) -> Option<usize>,
+) -> std::io::Result<Head>
+where
+    for<'a> &'a S: std::io::Read,
+{
+    use std::io::Read as _;
+    let mut reader: &S = stream;
+    let mut buf = vec![0u8; max];
+    let mut len = 0;
+    while len < max {
+        stream.set_read_timeout(left(end)?)?;
+        let n = match reader.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if let Some(at) = end_at(&buf[..len]) {
+            return Ok(Head::Found(
+                String::from_utf8_lossy(&buf[..at]).into_owned(),
+            ));
+        }
+    }
+    if len == max {
+        return Ok(Head::TooLong);
+    }
+    Ok(Head::Closed(
+        String::from_utf8_lossy(&buf[..len]).into_owned(),
+    ))
+}
 
 /// The clients being answered, oldest first.
 pub struct Clients<S> {

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clients::{self, left, write_all_by, Acceptor};
+use crate::clients::{self, write_all_by, Acceptor, Head};
 use crate::stats::{Registry, Snapshot};
 
 /// A request on the control socket, as JSON: `{"request": "<kebab-case name>", ...}`.
@@ -412,33 +412,14 @@ enum Line {
 }
 
 /// Reads one request line, each read limited to the time left until `end`.
-fn read_request(mut stream: &UnixStream, end: Instant) -> io::Result<Line> {
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    while len < MAX_REQUEST {
-        stream.set_read_timeout(Some(left(end)?))?;
-        let n = match stream.read(&mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        if let Some(nl) = buf[len..len + n].iter().position(|&b| b == b'\n') {
-            len += nl;
-            return Ok(Line::Line(
-                String::from_utf8_lossy(&buf[..len]).into_owned(),
-            ));
-        }
-        len += n;
-    }
-    if len == MAX_REQUEST {
-        return Ok(Line::TooLong);
-    }
-    Ok(Line::Line(
-        String::from_utf8_lossy(&buf[..len]).into_owned(),
-    ))
+fn read_request(stream: &UnixStream, end: Instant) -> io::Result<Line> {
+    let newline = |b: &[u8]| b.iter().position(|&c| c == b'\n');
+    Ok(
+        match clients::read_head(stream, end, MAX_REQUEST, newline)? {
+            Head::Found(line) | Head::Closed(line) => Line::Line(line),
+            Head::TooLong => Line::TooLong,
+        },
+    )
 }
 
 /// Sends `request` to the vpmd listening on `path` and returns its answer; an
@@ -476,21 +457,10 @@ pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, Cont
 
 /// Asks the vpmd listening on `path` for its counters.
 pub fn request_stats(path: &Path) -> Result<Snapshot, ControlError> {
-    let io = |source| ControlError::Io {
+    let value = request(path, &Request::Stats)?;
+    serde_json::from_value(value.clone()).map_err(|e| ControlError::BadAnswer {
         path: path.to_path_buf(),
-        source,
-    };
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    stream.write_all(b"stats\n").map_err(io)?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).map_err(io)?;
-    serde_json::from_str(&reply).map_err(|e| ControlError::BadAnswer {
-        path: path.to_path_buf(),
-        detail: format!("{e}: {}", reply.trim()),
+        detail: format!("{e}: {value}"),
     })
 }
 
@@ -500,6 +470,41 @@ mod tests {
 
     fn registry() -> Arc<Registry> {
         Arc::new(Registry::new(Vec::new(), Vec::new(), 1))
+    }
+
+    /// A control server with the [`PATIENT`] limits in a directory of its own;
+    /// stopped and removed when dropped.
+    struct Patient {
+        path: PathBuf,
+        dir: PathBuf,
+        server: Option<ControlServer>,
+    }
+
+    impl Patient {
+        fn start(name: &str) -> Patient {
+            let (path, dir) = socket_path(name);
+            let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+            Patient {
+                path,
+                dir,
+                server: Some(server),
+            }
+        }
+    }
+
+    impl Patient {
+        fn stop(&mut self) {
+            if let Some(s) = self.server.take() {
+                s.stop();
+            }
+        }
+    }
+
+    impl Drop for Patient {
+        fn drop(&mut self) {
+            self.stop();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     /// A fresh socket path for test `name`, and its directory to remove.
@@ -576,8 +581,8 @@ mod tests {
 
     #[test]
     fn silent_clients_do_not_delay_others() {
-        let (path, dir) = socket_path("silent");
-        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let server = Patient::start("silent");
+        let path = server.path.clone();
         let silent: Vec<UnixStream> = (0..5)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
@@ -587,16 +592,16 @@ mod tests {
             assert!(snap.ports.is_empty());
         }
         // stop() returns with the five still connected and silent.
+        let mut server = server;
         server.stop();
         assert!(!path.exists());
         drop(silent);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn clients_beyond_the_limit_push_the_oldest_out() {
-        let (path, dir) = socket_path("busy");
-        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let server = Patient::start("busy");
+        let path = server.path.clone();
         let mut silent: Vec<UnixStream> = (0..PATIENT.clients * 3)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
@@ -607,14 +612,12 @@ mod tests {
         // The first ones were cut off: they read the end of their stream.
         let mut b = [0u8; 1];
         assert_eq!(silent[0].read(&mut b).unwrap_or(0), 0);
-        server.stop();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn endless_line_is_cut_off() {
-        let (path, dir) = socket_path("endless");
-        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let server = Patient::start("endless");
+        let path = server.path.clone();
         let mut endless = UnixStream::connect(&path).unwrap();
         let writer = thread::spawn(move || {
             let chunk = [b'x'; 4096];
@@ -640,20 +643,16 @@ mod tests {
             "{err}"
         );
         assert!(request_stats(&path).unwrap().ports.is_empty());
-        server.stop();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn too_long_request_gets_an_error_answer() {
-        let (path, dir) = socket_path("long");
-        let server = ControlServer::start_with(&path, registry(), PATIENT).unwrap();
+        let server = Patient::start("long");
+        let path = server.path.clone();
         let mut c = UnixStream::connect(&path).unwrap();
         c.write_all(&[b'x'; MAX_REQUEST]).unwrap();
         let mut reply = String::new();
         c.read_to_string(&mut reply).unwrap();
         assert!(reply.contains("longer than"), "{reply}");
-        server.stop();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -227,13 +227,7 @@ impl Snapshot {
             "\nframes taken from each port: forwarded, and dropped by reason:"
         );
         for p in &self.ports {
-            let reasons: Vec<String> = p
-                .drops
-                .pairs()
-                .iter()
-                .filter(|(_, v)| *v != 0)
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect();
+            let reasons = nonzero(&p.drops.pairs());
             let mut extra = String::new();
             if p.rx_dropped != 0 {
                 let _ = write!(extra, "  rx_dropped={}", p.rx_dropped);
@@ -303,6 +297,15 @@ impl Snapshot {
     }
 }
 
+/// `name=count` for each counter that is not zero.
+fn nonzero(pairs: &[(&str, u64)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect()
+}
+
 /// A VM port's line of the offload table: the offloads its driver negotiated and
 /// the non-zero offload counters; `None` for a port with neither.
 fn offload_line(p: &PortStats) -> Option<String> {
@@ -314,13 +317,7 @@ fn offload_line(p: &PortStats) -> Option<String> {
         .map(String::as_str)
         .filter(|f| offload_names.iter().any(|(_, n)| n == f))
         .collect();
-    let work: Vec<String> = p
-        .offloads
-        .pairs()
-        .iter()
-        .filter(|(_, v)| *v != 0)
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
+    let work = nonzero(&p.offloads.pairs());
     if took.is_empty() && work.is_empty() {
         return None;
     }

@@ -48,20 +48,7 @@ ip netns exec "$NS" iperf3 -s >"$WORK/iperf3-server.log" 2>&1 &
 register_pid $! iperf3
 
 mkdir -p "$WORK/sock"
-cat >"$WORK/vpmd.toml" <<TOML
-[pmd]
-cores = [1]
-control_socket = "$CONTROL"
-
-[[port]]
-name = "vm0"
-socket = "$WORK/sock/vm0.sock"
-mac = "52:54:00:00:21:01"
-
-[[macvlan]]
-uplink = "$UP"
-ports = ["vm0"]
-TOML
+vpmd_macvlan_config 1 "$CONTROL" "$UP" "$WORK/sock" vm0=52:54:00:00:21:01 >"$WORK/vpmd.toml"
 start_vpmd "$WORK/vpmd.toml"
 grep -q "TCP/UDP checksums from it: fix" "$VPMD_LOG" ||
   fail "vpmd did not choose to fix partial checksums on a veth uplink: $(grep uplink "$VPMD_LOG")"

@@ -519,3 +519,28 @@ fn truncated_or_odd_headers_are_errors() {
         Err(OffloadError::Protocol(0))
     );
 }
+
+/// Segments with their L4 checksum left partial (for a GUEST_CSUM receiver) become
+/// exactly the fully checksummed ones once the receiver sums from `csum_start` on.
+#[test]
+fn partial_segments_complete_to_the_full_ones() {
+    for s in SHAPES {
+        let payload = pattern(7_001);
+        let (frame, hdr) = guest_frame(s, &payload, 1000);
+        let full = segments(&frame, hdr).unwrap();
+        let request = hdr.request(frame.len()).unwrap();
+        let seg =
+            Segmenter::new(request, &frame[..frame.len().min(MAX_HEADERS)], frame.len()).unwrap();
+        for (i, want) in full.iter().enumerate() {
+            let part = seg.segment(i);
+            let mut out = vec![0u8; seg.header_len()];
+            let (start, offset) = seg.write_headers_partial(i, &mut out);
+            out.extend_from_slice(&frame[part.payload_at..part.payload_at + part.payload_len]);
+            let (start, field) = (usize::from(start), usize::from(start) + usize::from(offset));
+            let mut sum = Checksum::new();
+            sum.add(&out[start..]);
+            out[field..field + 2].copy_from_slice(&checksum_field(sum).to_be_bytes());
+            assert_eq!(&out, want, "{s:?} segment {i}");
+        }
+    }
+}

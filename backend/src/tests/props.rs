@@ -163,7 +163,7 @@ proptest! {
         // SAFETY: as above, for the ring.
         let ring = unsafe { SplitRing::new(&map, QSIZE, DESC, 0x1080, 0x1100) }.unwrap();
         let mut out = SegList::default();
-        let got = walk(&ring, &map, head, writable, 0, &mut out, &mut []).map(|_| ());
+        let got = walk::<false>(&ring, &map, head, writable, 0, &mut out, &mut []).map(|_| ());
         let want = reference_walk(&mem, head, writable);
         prop_assert_eq!(got.err(), want.as_ref().err().copied());
         if let Ok(bufs) = want {

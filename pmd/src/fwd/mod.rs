@@ -242,7 +242,9 @@ pub fn deliver(
     log: &mut LogLimiter,
     port: &str,
 ) -> Result<(), DropReason> {
-    deliver_frame(rx, &RxFrame::whole(frame, len), scratch, log, port)
+    deliver_with(rx, log, port, |q, layout| {
+        net::deliver_rx_frame(q, layout, frame, len, scratch)
+    })
 }
 
 /// [`deliver`] for a frame with offload fields or headers of vpmd's own.
@@ -254,10 +256,25 @@ pub fn deliver_frame(
     log: &mut LogLimiter,
     port: &str,
 ) -> Result<(), DropReason> {
+    deliver_with(rx, log, port, |q, layout| {
+        net::deliver_rx(q, layout, frame, scratch)
+    })
+}
+
+/// Runs `copy` into `rx`'s queue unless it is full already, and turns its result
+/// into a drop reason: a full queue marks `rx` full for the rest of the burst, a
+/// malformed chain is logged (rate-limited).
+#[inline(always)]
+fn deliver_with(
+    rx: &mut RxTarget<'_>,
+    log: &mut LogLimiter,
+    port: &str,
+    copy: impl FnOnce(&mut VirtQueue<'_>, NetLayout) -> Result<(), RxError>,
+) -> Result<(), DropReason> {
     if rx.full {
         return Err(rx.empty_reason);
     }
-    match net::deliver_rx(&mut rx.queue, rx.layout, frame, scratch) {
+    match copy(&mut rx.queue, rx.layout) {
         Ok(()) => Ok(()),
         Err(RxError::NoBuffers) => {
             rx.full = true;

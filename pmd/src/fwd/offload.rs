@@ -64,7 +64,7 @@ impl TxOffload {
     /// checked against the frame and the `sender`'s negotiated offloads. A TSO
     /// frame's headers are read once and checked here; its segmentation plan goes
     /// into `plan`.
-    #[inline]
+    #[inline(never)]
     pub fn check(
         vnet: [u8; vnet_hdr::LEN],
         sender: vpmd_backend::net::Offloads,
@@ -121,8 +121,9 @@ impl Sent {
         }
     }
 
+    /// One frame of `len` bytes delivered, or dropped for the reason in `result`.
     #[inline]
-    fn one(result: Result<(), DropReason>, len: u32) -> Sent {
+    pub fn one(result: Result<(), DropReason>, len: u32) -> Sent {
         match result {
             Ok(()) => Sent {
                 delivered: 1,
@@ -168,6 +169,7 @@ pub struct SendScratch<'s> {
 /// of at most `max_frame` bytes. Offload work is counted in the sender's `tally`;
 /// the caller counts what [`Sent`] says.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 pub fn send(
     rx: &mut RxTarget<'_>,
     frame: &SegList,

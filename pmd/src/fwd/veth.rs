@@ -12,11 +12,13 @@
 //! ([`super::offload`]).
 
 use vpmd_backend::net;
-use vpmd_backend::offload::vnet_hdr;
+use vpmd_backend::offload::vnet_hdr::{self, Request};
 use vpmd_backend::port::TX_QUEUE;
 
 use super::offload::{self, SendScratch, Sent, TxOffload};
-use super::{bad_chain, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use super::{
+    bad_chain, deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
+};
 use crate::counters::DropReason;
 
 /// One direction of a veth pair.
@@ -119,14 +121,34 @@ impl Stream for VethStream {
                 }
             };
             src.tally.tx_bytes += u64::from(len);
-            let sent = match TxOffload::check(vnet, src_layout.offloads, &s.frame, len, &mut s.plan)
-            {
+            let checked = if reads_header {
+                TxOffload::check(vnet, src_layout.offloads, &s.frame, len, &mut s.plan)
+            } else {
+                Ok(TxOffload::NONE)
+            };
+            let sent = match checked {
                 Err(e) => {
                     offload::bad_offload(&mut src.log, src.port.name(), &e);
                     Sent::dropped(1, DropReason::BadOffload)
                 }
                 Ok(_) if len < MIN_FRAME => Sent::dropped(1, DropReason::Runt),
                 Ok(tx) => match rx.as_mut() {
+                    // The common case, without offload work: straight into the peer.
+                    Some(rx) if matches!(tx.request, Request::None) => {
+                        if len > max_frame {
+                            Sent::dropped(1, DropReason::TooBig)
+                        } else {
+                            let r = deliver(
+                                rx,
+                                &s.frame,
+                                len,
+                                &mut s.rx,
+                                &mut dst.log,
+                                dst.port.name(),
+                            );
+                            Sent::one(r, len)
+                        }
+                    }
                     Some(rx) => offload::send(
                         rx,
                         &s.frame,

@@ -23,14 +23,14 @@ mod render;
 
 pub use render::render;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::clients::{self, left, write_all_by, Acceptor};
+use crate::clients::{self, write_all_by, Acceptor};
 use crate::stats::Registry;
 
 /// How long a client may take to send its request head and read the answer, in all.
@@ -133,30 +133,15 @@ fn accept_loop(listener: &TcpListener, registry: &Arc<Registry>, stop: &AtomicBo
 }
 
 /// Reads the request head (up to the blank line), each read limited to the time
-/// left until `end`. `None`: longer than [`MAX_REQUEST`].
-fn read_head(mut stream: &TcpStream, end: Instant) -> io::Result<Option<String>> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    while len < MAX_REQUEST {
-        stream.set_read_timeout(Some(left(end)?))?;
-        let n = match stream.read(&mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if let Some(pos) = find_end_of_head(&buf[..len]) {
-            return Ok(Some(String::from_utf8_lossy(&buf[..pos]).into_owned()));
-        }
-    }
-    if len == MAX_REQUEST {
-        return Ok(None);
-    }
-    // The client closed its side without a blank line: answer what it sent.
-    Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned()))
+/// left until `end`. `None`: longer than [`MAX_REQUEST`]. A client that closed its
+/// side without a blank line is answered on what it sent.
+fn read_head(stream: &TcpStream, end: Instant) -> io::Result<Option<String>> {
+    Ok(
+        match clients::read_head(stream, end, MAX_REQUEST, find_end_of_head)? {
+            clients::Head::Found(head) | clients::Head::Closed(head) => Some(head),
+            clients::Head::TooLong => None,
+        },
+    )
 }
 
 fn find_end_of_head(buf: &[u8]) -> Option<usize> {
@@ -242,7 +227,7 @@ fn answer(stream: &TcpStream, registry: &Registry) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
 
     use super::*;
 

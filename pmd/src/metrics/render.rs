@@ -4,8 +4,11 @@
 
 use std::fmt::Write as _;
 
-use crate::counters::{FaultCounts, XskKernelCounts};
+use crate::counters::{FaultCounts, PortStats, XskKernelCounts};
 use crate::stats::Snapshot;
+
+/// A port's counters of one group, by name.
+type PortPairs = fn(&PortStats) -> Vec<(&'static str, u64)>;
 
 /// A label value escaped as the text format wants (`\\`, `\"`, `\n`).
 fn escape(value: &str) -> String {
@@ -125,46 +128,33 @@ pub fn render(snap: &Snapshot) -> String {
             w.sample(name, &[("port", &p.name)], get(p));
         }
     }
-    w.family(
-        "vpmd_port_drops_total",
-        "counter",
-        "Frames taken from the port and delivered nowhere, by reason.",
-    );
-    for p in &snap.ports {
-        for (reason, v) in p.drops.pairs() {
-            w.sample(
-                "vpmd_port_drops_total",
-                &[("port", &p.name), ("reason", reason)],
-                v,
-            );
-        }
-    }
-    w.family(
-        "vpmd_port_offloads_total",
-        "counter",
-        "Offload work for frames the port sent (and checksums of frames from an uplink), by kind.",
-    );
-    for p in &snap.ports {
-        for (kind, v) in p.offloads.pairs() {
-            w.sample(
-                "vpmd_port_offloads_total",
-                &[("port", &p.name), ("kind", kind)],
-                v,
-            );
-        }
-    }
-    w.family(
-        "vpmd_port_faults_total",
-        "counter",
-        "What the port's frontends did to the files they share with vpmd, by fault (VM ports).",
-    );
-    for p in &snap.ports {
-        for (fault, v) in p.faults.iter().flat_map(FaultCounts::pairs) {
-            w.sample(
-                "vpmd_port_faults_total",
-                &[("port", &p.name), ("fault", fault)],
-                v,
-            );
+    // Counters by reason / kind / fault: one series per name of each group.
+    let groups: [(&str, &str, &str, PortPairs); 3] = [
+        (
+            "vpmd_port_drops_total",
+            "Frames taken from the port and delivered nowhere, by reason.",
+            "reason",
+            |p| p.drops.pairs().to_vec(),
+        ),
+        (
+            "vpmd_port_offloads_total",
+            "Offload work for frames the port sent (and checksums of frames from an uplink), by kind.",
+            "kind",
+            |p| p.offloads.pairs().to_vec(),
+        ),
+        (
+            "vpmd_port_faults_total",
+            "What the port's frontends did to the files they share with vpmd, by fault (VM ports).",
+            "fault",
+            |p| p.faults.iter().flat_map(FaultCounts::pairs).collect(),
+        ),
+    ];
+    for (name, help, label, pairs) in groups {
+        w.family(name, "counter", help);
+        for p in &snap.ports {
+            for (what, v) in pairs(p) {
+                w.sample(name, &[("port", &p.name), (label, what)], v);
+            }
         }
     }
     w.family(

@@ -219,13 +219,18 @@ impl MacvlanShard {
                 batch.reason[k] = DropReason::BadTxDesc;
                 continue;
             }
-            match TxOffload::check(
-                vnet,
-                layout.offloads,
-                &batch.frames[k],
-                len,
-                &mut batch.plans[k],
-            ) {
+            let checked = if layout.offloads.host_csum() {
+                TxOffload::check(
+                    vnet,
+                    layout.offloads,
+                    &batch.frames[k],
+                    len,
+                    &mut batch.plans[k],
+                )
+            } else {
+                Ok(TxOffload::NONE)
+            };
+            match checked {
                 Ok(tx) => batch.offload[k] = tx,
                 Err(e) => {
                     let vm = &mut self.vms[i];
