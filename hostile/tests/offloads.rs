@@ -16,7 +16,7 @@ use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use virtio_bindings::virtio_net as n;
 use vpmd_hostile::ring::{Desc, WRITE};
 use vpmd_hostile::scenario::Scenario;
-use vpmd_hostile::vm::{HostileVm, F_MRG_RXBUF, F_VERSION_1, HDR_LEN, QUEUE_SIZE};
+use vpmd_hostile::vm::{HostileVm, BUF_BASE, F_MRG_RXBUF, F_VERSION_1, HDR_LEN, QUEUE_SIZE};
 use vpmd_hostile::vpmd::{counter, mac, Vpmd};
 
 const F_CSUM: u64 = 1 << n::VIRTIO_NET_F_CSUM;
@@ -53,25 +53,37 @@ fn sender(vpmd: &Vpmd) -> HostileVm {
 struct Receiver {
     vm: HostileVm,
     seen: u16,
+    /// Bytes from one RX buffer to the next (buffer `i` at `BUF_BASE + i * stride`).
+    stride: u64,
 }
 
 impl Receiver {
+    /// With MRG_RXBUF and 2 KiB buffers, as Linux and DPDK post them.
     fn connect(vpmd: &Vpmd, guest: u64) -> Receiver {
+        Self::connect_with(vpmd, F_MRG_RXBUF | guest, RX_BUF, QUEUE_SIZE)
+    }
+
+    /// Negotiating `features` (and VERSION_1), with `count` buffers of `size` bytes.
+    fn connect_with(vpmd: &Vpmd, features: u64, size: u32, count: u16) -> Receiver {
         let vm = HostileVm::connect(&vpmd.socket("p")).expect("connect p");
-        let vm = HostileVm::start_negotiating(
-            vm,
-            F_VERSION_1 | F_MRG_RXBUF | guest,
-            HostileVm::set_mem_table,
-        )
-        .expect("p setup");
+        let vm = HostileVm::start_negotiating(vm, F_VERSION_1 | features, HostileVm::set_mem_table)
+            .expect("p setup");
+        let stride = u64::from(size);
         let rx = vm.rx_ring();
-        let heads: Vec<u16> = (0..QUEUE_SIZE).collect();
+        let heads: Vec<u16> = (0..count).collect();
         for &i in &heads {
-            rx.set_desc(i, Desc::new(HostileVm::buf(u32::from(i)), RX_BUF, WRITE, 0));
+            rx.set_desc(
+                i,
+                Desc::new(BUF_BASE + u64::from(i) * stride, size, WRITE, 0),
+            );
         }
         rx.offer(&heads);
         vpmd.wait_up(&["p"]);
-        Receiver { vm, seen: 0 }
+        Receiver {
+            vm,
+            seen: 0,
+            stride,
+        }
     }
 
     /// The frames received within `wait` (header bytes, frame bytes), joining
@@ -89,7 +101,10 @@ impl Receiver {
             }
             let (id, len) = rx.used_elem(self.seen);
             self.seen = self.seen.wrapping_add(1);
-            let bytes = self.vm.mem.read(HostileVm::buf(id), len as usize);
+            let bytes = self
+                .vm
+                .mem
+                .read(BUF_BASE + u64::from(id) * self.stride, len as usize);
             rx.offer(&[id as u16]);
             let (hdr, frame, left) = match current.take() {
                 Some((hdr, mut frame, left)) => {
@@ -464,4 +479,47 @@ fn headers_that_lie_get_their_frame_dropped_and_counted() {
     assert_eq!(counter(&st, "h", "forwarded"), 1, "{st}");
     sc.assert_logged_rate_limited(&["virtio-net header does not fit"], lies.len() as u64 + 1);
     sc.finish(|_| {});
+}
+
+/// A driver without MRG_RXBUF posts big buffers for GUEST_TSO (Linux's "big
+/// packets"): a TSO frame goes into one of them whole; without GUEST_TSO the
+/// segments go one to a buffer.
+#[test]
+fn large_frames_fit_big_buffers_without_mrg_rxbuf() {
+    let sc = Scenario::start("offload-big");
+    let h = sender(&sc.vpmd);
+    let s = SHAPES[0];
+    let payload = pattern(60_000, 9);
+    let (frame, l4) = tcp_frame(s, &payload, 7, false);
+    let header = vnet(NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16);
+    for guest in [F_GUEST_CSUM | F_GUEST_TSO, 0] {
+        // 48 buffers of 72 KiB: each holds a whole 64 KiB frame and its header, and
+        // all 42 segments fit at once.
+        let mut p = Receiver::connect_with(&sc.vpmd, guest, 72 << 10, 48);
+        send(&h, &header, &frame, &[]);
+        let want = if guest == 0 {
+            payload.len().div_ceil(1448)
+        } else {
+            1
+        };
+        let got = p.take(want, Duration::from_secs(5));
+        assert_eq!(got.len(), want, "receiver {guest:#x}: frames");
+        if guest != 0 {
+            assert_eq!(&got[0].0[..10], &header[..10], "the header as sent");
+            assert_eq!(got[0].0[10..12], [1, 0], "num_buffers 1");
+            assert_eq!(got[0].1, frame, "the frame whole");
+        } else {
+            let mut joined = Vec::new();
+            for (_, bytes) in &got {
+                joined.extend_from_slice(&check_segment(bytes, s).1);
+            }
+            assert_eq!(joined, payload);
+        }
+        drop(p);
+        sc.vpmd.wait_state(&["p"], false);
+    }
+    sc.finish(|st| {
+        assert_eq!(counter(st, "h", "offloads.tso_passed"), 1, "{st}");
+        assert_eq!(counter(st, "h", "offloads.sw_segmented"), 1, "{st}");
+    });
 }
