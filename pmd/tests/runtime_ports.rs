@@ -76,11 +76,15 @@ fn ports_come_and_go_under_a_checked_stream() {
     let vpmd = Vpmd::start("runtime-ports", pairs_config(1));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
     let stream = {
         let (stop, sa, sb) = (stop.clone(), vpmd.socket("p0a"), vpmd.socket("p0b"));
         std::thread::spawn(move || {
             let (mut a, mut b) = (connect(sa), connect(sb));
             ready_tx.send(()).unwrap();
+            // Not before vpmd polls both: a frame sent to a peer not up yet is
+            // dropped (peer_down), and the stream would wait for it forever.
+            go.recv().unwrap();
             let mut spec = TransferSpec {
                 count: CHUNK,
                 sizes: spread_sizes(60, 1514, 53),
@@ -104,6 +108,7 @@ fn ports_come_and_go_under_a_checked_stream() {
     };
     ready.recv().unwrap();
     vpmd.wait_state(&["p0a", "p0b"], true);
+    go_tx.send(()).unwrap();
     // Let the stream run, then note what its ports lost so far (nothing, since
     // both ends were up before the first frame).
     std::thread::sleep(Duration::from_millis(200));
