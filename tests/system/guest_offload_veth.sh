@@ -30,14 +30,6 @@ IPERF_TIME=8                    # seconds per transfer
 MIN_BYTES=$((1 << 20))          # fewer received bytes than this: a stalled transfer
 IN_FLIGHT=$((16 << 20))         # what TCP may still hold at the end (send buffer + window)
 
-# with_offloads: vpmd's stats (on stdin) with `offloads` filled in with zeros
-# where absent (a vpmd older than offloads has none).
-with_offloads() {
-  jq -c '.ports |= map(
-    if .kind == "vhost-user" then .offloads = ({tso_passed: 0, csum_passed: 0, sw_checksummed: 0,
-      sw_segmented: 0, sw_segments: 0} + (.offloads // {})) else . end)'
-}
-stat_json() { vpmd_stats_json | with_offloads; }
 
 # iperf_line GUEST REVERSE: guest's VPMD-IPERF line of that run.
 iperf_line() {
@@ -70,7 +62,7 @@ check_iperf() {
 assert_segment_accounting() { wait_stats_check "$1" _segment_accounting "$2" "$3"; }
 _segment_accounting() {
   local src=$1 dst=$2 json lhs rhs
-  json=$(with_offloads <<<"$STATS")
+  json=$STATS
   lhs=$(port_stat "$json" "$src" '.tx_packets + .offloads.sw_segments - .offloads.sw_segmented')
   rhs=$(jq -r --arg s "$src" --arg d "$dst" \
     '(.ports[] | select(.name == $d) | .rx_packets + .rx_dropped) + (.ports[] | select(.name == $s) | [.drops[]] | add)' <<<"$json")
@@ -108,7 +100,7 @@ run_case() {
   ! grep -a '^VPMD-ERROR' "$WORK/$a.log" "$WORK/$b.log" || fail "errors inside a guest"
 
   # The negotiated features exist only while the guests' rings run.
-  json=$(stat_json) || fail "vpmd stats failed"
+  json=$(vpmd_stats_json) || fail "vpmd stats failed"
   for g in vm0 vm1; do
     log "port $g: features $(port_stat "$json" "$g" '.features // [] | join(",")');" \
       "offloads $(port_stat "$json" "$g" '.offloads | to_entries | map("\(.key)=\(.value)") | join(" ")')"
@@ -125,7 +117,7 @@ run_case() {
   assert_segment_accounting 10 vm1 vm0
 
   {
-    json=$(stat_json) || fail "vpmd stats failed"
+    json=$(vpmd_stats_json) || fail "vpmd stats failed"
     local v
     case $c in
       on)

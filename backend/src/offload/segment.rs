@@ -135,11 +135,6 @@ impl Segmenter {
         (h.l4 as u16, offset)
     }
 
-    /// The L4 header's offset and length of the headers (for a pass-through header).
-    pub fn l4_offset(&self) -> usize {
-        self.hdrs.l4
-    }
-
     fn fill(&self, i: usize, payload: Option<Checksum>, out: &mut [u8]) {
         let h = self.hdrs;
         let out = &mut out[..h.len];

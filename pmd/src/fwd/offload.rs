@@ -25,7 +25,7 @@ use vpmd_backend::offload::vnet_hdr::{self, GsoKind, Request, VnetHdr};
 use vpmd_backend::offload::{self, OffloadError};
 use vpmd_backend::seglist::{self, SegList};
 
-use super::{deliver_frame, RxTarget, L2_OVERHEAD};
+use super::{deliver, deliver_frame, RxTarget, L2_OVERHEAD};
 use crate::counters::{DropReason, OffloadEvent, PortTally};
 use crate::ratelimit::LogLimiter;
 
@@ -183,15 +183,7 @@ pub fn send(
     port: &str,
 ) -> Sent {
     match tx.request {
-        Request::None => {
-            if len > max_frame {
-                return Sent::dropped(1, DropReason::TooBig);
-            }
-            Sent::one(
-                deliver_frame(rx, &RxFrame::whole(frame, len), s.rx, log, port),
-                len,
-            )
-        }
+        Request::None => send_plain(rx, frame, len, max_frame, s.rx, log, port),
         Request::Checksum { start, offset } => {
             if len > max_frame {
                 return Sent::dropped(1, DropReason::TooBig);
@@ -248,6 +240,24 @@ pub fn send(
             segment(rx, frame, seg, s, tally, log, port)
         }
     }
+}
+
+/// [`send`] for a frame that asks for nothing, the common case: inlined into the
+/// engines' loops, with none of the offload work.
+#[inline]
+pub fn send_plain(
+    rx: &mut RxTarget<'_>,
+    frame: &SegList,
+    len: u32,
+    max_frame: u32,
+    scratch: &mut RxScratch,
+    log: &mut LogLimiter,
+    port: &str,
+) -> Sent {
+    if len > max_frame {
+        return Sent::dropped(1, DropReason::TooBig);
+    }
+    Sent::one(deliver(rx, frame, len, scratch, log, port), len)
 }
 
 /// Cuts the frame into `seg`'s segments, straight into `rx`. Once one segment

@@ -16,9 +16,7 @@ use vpmd_backend::offload::vnet_hdr::{self, Request};
 use vpmd_backend::port::TX_QUEUE;
 
 use super::offload::{self, SendScratch, Sent, TxOffload};
-use super::{
-    bad_chain, deliver, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
-};
+use super::{bad_chain, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::DropReason;
 
 /// One direction of a veth pair.
@@ -134,21 +132,15 @@ impl Stream for VethStream {
                 Ok(_) if len < MIN_FRAME => Sent::dropped(1, DropReason::Runt),
                 Ok(tx) => match rx.as_mut() {
                     // The common case, without offload work: straight into the peer.
-                    Some(rx) if matches!(tx.request, Request::None) => {
-                        if len > max_frame {
-                            Sent::dropped(1, DropReason::TooBig)
-                        } else {
-                            let r = deliver(
-                                rx,
-                                &s.frame,
-                                len,
-                                &mut s.rx,
-                                &mut dst.log,
-                                dst.port.name(),
-                            );
-                            Sent::one(r, len)
-                        }
-                    }
+                    Some(rx) if matches!(tx.request, Request::None) => offload::send_plain(
+                        rx,
+                        &s.frame,
+                        len,
+                        max_frame,
+                        &mut s.rx,
+                        &mut dst.log,
+                        dst.port.name(),
+                    ),
                     Some(rx) => offload::send(
                         rx,
                         &s.frame,

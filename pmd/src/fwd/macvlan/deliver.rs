@@ -19,7 +19,7 @@ use super::decide::Destinations;
 use super::UplinkEndpoint;
 use crate::counters::{DropReason, OffloadEvent, PortTally};
 use crate::fwd::offload::{self, OffloadScratch, SendScratch};
-use crate::fwd::{deliver, ring_error, Batch, RxTarget, VhostEndpoint};
+use crate::fwd::{ring_error, Batch, RxTarget, VhostEndpoint};
 
 /// Delivers each frame `k` of `batch` to the VMs in `dests[k].vms`. Each VM's RX
 /// queue is opened once, in ascending port order, and closed before the next one is
@@ -58,19 +58,15 @@ pub fn to_vms(
             let sent = match target.as_mut() {
                 // The common case, without offload work.
                 Some(t) if matches!(batch.offload[k].request, Request::None) => {
-                    if len > max_frame {
-                        offload::Sent::dropped(1, DropReason::TooBig)
-                    } else {
-                        let r = deliver(
-                            t,
-                            &batch.frames[k],
-                            len,
-                            rx_scratch,
-                            &mut vm.log,
-                            vm.port.name(),
-                        );
-                        offload::Sent::one(r, len)
-                    }
+                    offload::send_plain(
+                        t,
+                        &batch.frames[k],
+                        len,
+                        max_frame,
+                        rx_scratch,
+                        &mut vm.log,
+                        vm.port.name(),
+                    )
                 }
                 Some(t) => offload::send(
                     t,
