@@ -54,6 +54,14 @@ pub struct UplinkInfo {
     /// "fix" or "verify".
     #[serde(default)]
     pub checksums: String,
+    /// Largest frame sent out of it: its MTU + 18, at most what its sockets carry
+    /// (a UMEM chunk, or 16 of them with multi-buffer).
+    #[serde(default)]
+    pub max_frame: u32,
+    /// Frames larger than a UMEM chunk come and go in several (AF_XDP
+    /// multi-buffer, `XDP_USE_SG`): what jumbo MTUs need.
+    #[serde(default)]
+    pub multi_buffer: bool,
     /// The kernel's `XDP_STATISTICS` of the AF_XDP sockets, summed (in snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xsk_kernel: Option<XskKernelCounts>,
@@ -243,8 +251,14 @@ impl Snapshot {
             if let Some(u) = &p.uplink {
                 let _ = write!(
                     extra,
-                    "  [{} XDP, {} sockets x{}, {}, checksums {}]",
-                    u.xdp, u.socket_mode, u.queues, u.macvlan_mode, u.checksums
+                    "  [{} XDP, {} sockets x{}{}, {}, checksums {}, max frame {}]",
+                    u.xdp,
+                    u.socket_mode,
+                    u.queues,
+                    if u.multi_buffer { " multi-buffer" } else { "" },
+                    u.macvlan_mode,
+                    u.checksums,
+                    u.max_frame
                 );
             }
             let _ = writeln!(

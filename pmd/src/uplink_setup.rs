@@ -120,6 +120,8 @@ pub fn open(
         queues: m.queues,
         macvlan_mode: m.mode.name().to_string(),
         checksums: checksums.name().to_string(),
+        max_frame: 0,
+        multi_buffer: uplink.multi_buffer(),
         xsk_kernel: None,
         sockets: Default::default(),
     };
@@ -166,7 +168,9 @@ pub fn open(
     info.sockets = crate::stats::XskStatsSource::new(stat_fds.unwrap_or_default());
     for (q, socket) in sockets.into_iter().enumerate() {
         let (rx, tx) = socket.split();
-        let max_frame = (mtu + L2_OVERHEAD).min(tx.frame_capacity() as u32);
+        // Frames of several chunks where the sockets are multi-buffer (jumbo MTUs).
+        let max_frame = (mtu + L2_OVERHEAD).min(tx.max_frame() as u32);
+        info.max_frame = max_frame;
         let vms = m
             .ports
             .iter()
@@ -190,6 +194,15 @@ pub fn open(
             own,
         )));
     }
+    log::info!(
+        "uplink {ifname}: MTU {mtu}, frames up to {} bytes each way{}",
+        info.max_frame,
+        if info.multi_buffer {
+            " (AF_XDP multi-buffer: frames larger than a UMEM chunk in several)"
+        } else {
+            " (one UMEM chunk per frame: the kernel refused XDP_USE_SG)"
+        }
+    );
     Ok(OpenedMacvlan {
         uplink,
         shards,

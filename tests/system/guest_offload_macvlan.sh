@@ -14,13 +14,18 @@
 #                  handshake never completed.
 #   case "tx-off"  `ethtool -K PEER tx off`: the namespace sends complete checksums,
 #                  vpmd finds nothing to fix.
+#   cases "jumbo-tx-off", "jumbo-tx-on": the same at MTU 9000 (uplink veth, vm0 and
+#                  the guest): 9014-byte frames take three UMEM chunks each way
+#                  (AF_XDP multi-buffer), and jumbo pings cross both ways.
 # Checks per case: both transfers moved data (received >= 1 MB, within what TCP
 # leaves in flight of what was sent); the guest's TSO frames left the uplink
 # segmented in software (vm0's offloads.sw_segmented > 0); the uplink counted
 # partial checksums in case tx-on and none in case tx-off; on every port
 # tx_packets = forwarded + drops, and no drops but no_rx_buffer / uplink_busy
 # (TCP's losses where a queue fills) and peer_down (the namespace's frames for the
-# guest before its driver runs, and after it stopped).
+# guest before its driver runs, and after it stopped). At MTU 9000 also: vpmd
+# reports the uplink multi-buffer with a 9018-byte max frame, the guest's eth0 has
+# MTU 9000, and 8972-byte pings (9014-byte frames) get every reply.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -73,16 +78,23 @@ check_iperf() {
 # stat PORT JQ: one figure of vpmd's stats now.
 stat() { port_stat "$(vpmd_stats_json)" "$1" "$2"; }
 
-# run_case NAME: one guest boot, both transfers, the checks.
+# run_case NAME MTU PARTIAL: one guest boot, both transfers, the checks; PARTIAL
+# (yes/no): whether the namespace's frames arrive with partial checksums.
 run_case() {
-  local c=$1 g="g-$1" t0=$SECONDS before_partial before_seg v
+  local c=$1 mtu=$2 partial=$3 g="g-$1" t0=$SECONDS before_partial before_seg v host_mtu="" jumbo=""
   before_partial=$(stat "$UP" .offloads.partial_checksum)
   before_seg=$(stat vm0 .offloads.sw_segmented)
-  start_guest "$g" "$WORK/sock/vm0.sock" server 52:54:00:00:21:01 "" \
-    "vpmd.ip=$NET.1/24 vpmd.peer=$NET.254 vpmd.count=3 vpmd.size=56 vpmd.iperf=$NET.254 vpmd.iperf_time=$IPERF_TIME vpmd.iperf_reverse=both"
+  if ((mtu > 1500)); then
+    host_mtu=$mtu jumbo="vpmd.size2=$((mtu - 28)) vpmd.count2=3"
+  fi
+  start_guest "$g" "$WORK/sock/vm0.sock" server 52:54:00:00:21:01 "$host_mtu" \
+    "vpmd.ip=$NET.1/24 vpmd.peer=$NET.254 vpmd.mtu=$mtu vpmd.count=3 vpmd.size=56 $jumbo vpmd.iperf=$NET.254 vpmd.iperf_time=$IPERF_TIME vpmd.iperf_reverse=both"
   wait_guest "$g" '^VPMD-LINK' 90
+  grep -aq "^VPMD-LINK mtu=$mtu " "$WORK/$g.log" ||
+    fail "case $c: guest eth0 MTU is not $mtu: $(grep -a '^VPMD-LINK\|^VPMD-ERROR' "$WORK/$g.log" | tr -d '\r')"
   log "guest $g: $(grep -a '^VPMD-OFFLOADS' "$WORK/$g.log" | tr -d '\r' || echo 'no VPMD-OFFLOADS')"
   assert_ping "$g" 56 3
+  if ((mtu > 1500)); then assert_ping "$g" $((mtu - 28)) 3; fi
   check_iperf "$c" "$g" 0
   check_iperf "$c" "$g" 1
   local json
@@ -92,14 +104,17 @@ run_case() {
     log "$p: offloads $(port_stat "$json" "$p" '.offloads | to_entries | map("\(.key)=\(.value)") | join(" ")');" \
       "drops $(port_stat "$json" "$p" '.drops | to_entries | map(select(.value > 0)) | map("\(.key)=\(.value)") | join(" ")')"
   done
+  v=$(port_stat "$json" "$UP" '"\(.uplink.max_frame) \(.uplink.multi_buffer)"')
+  [[ $v == "$((mtu + 18)) true" ]] ||
+    fail "case $c: uplink max frame and multi-buffer are '$v', wanted '$((mtu + 18)) true'"
   [[ $(port_stat "$json" vm0 '.features | any(. == "HOST_TSO4")') == true ]] ||
     fail "case $c: the guest did not negotiate HOST_TSO4"
   v=$(($(port_stat "$json" vm0 .offloads.sw_segmented) - before_seg))
   ((v > 0)) || fail "case $c: none of the guest's TSO frames was segmented for the uplink"
   v=$(($(port_stat "$json" "$UP" .offloads.partial_checksum) - before_partial))
-  case $c in
-    tx-on) ((v > 0)) || fail "case tx-on: no partial checksum seen from the namespace's veth" ;;
-    tx-off) ((v == 0)) || fail "case tx-off: $v partial checksums, with the peer's TX checksumming off" ;;
+  case $partial in
+    yes) ((v > 0)) || fail "case $c: no partial checksum seen from the namespace's veth" ;;
+    no) ((v == 0)) || fail "case $c: $v partial checksums, with the peer's TX checksumming off" ;;
   esac
   log "case $c: $v partial checksums from the uplink"
   for p in vm0 "$UP"; do
@@ -113,8 +128,20 @@ run_case() {
   log "case $c passed in $((SECONDS - t0)) s"
 }
 
-run_case tx-on
+run_case tx-on 1500 yes
 ip netns exec "$NS" ethtool -K "$OUT" tx off >/dev/null
-run_case tx-off
+run_case tx-off 1500 no
+
+# MTU 9000: the uplink's MTU is read when vpmd attaches, vm0's from its config.
 stop_vpmd
-pass "guest <-> namespace TCP both ways over a veth uplink, with the peer's TX checksum offload on and off"
+ip link set "$UP" mtu 9000
+ip -n "$NS" link set "$OUT" mtu 9000
+sed -i '/^mac = /a mtu = 9000' "$WORK/vpmd.toml"
+start_vpmd "$WORK/vpmd.toml"
+grep -q "frames up to 9018 bytes each way (AF_XDP multi-buffer" "$VPMD_LOG" ||
+  fail "vpmd did not take the uplink multi-buffer at MTU 9000: $(grep uplink "$VPMD_LOG")"
+run_case jumbo-tx-off 9000 no
+ip netns exec "$NS" ethtool -K "$OUT" tx on >/dev/null
+run_case jumbo-tx-on 9000 yes
+stop_vpmd
+pass "guest <-> namespace TCP both ways over a veth uplink at MTU 1500 and 9000, with the peer's TX checksum offload on and off"

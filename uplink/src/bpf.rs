@@ -329,12 +329,17 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// `BPF_PROG_LOAD`. On failure the load is repeated with the verifier log
-/// enabled, and the log is returned in the error.
+/// `BPF_F_XDP_HAS_FRAGS`: the XDP program copes with frames in several buffers
+/// (it reads only the first), so the kernel lets it run on frames above a page.
+pub const PROG_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
+/// `BPF_PROG_LOAD` with `prog_flags` (0, or [`PROG_F_XDP_HAS_FRAGS`]). On
+/// failure the load is repeated with the verifier log enabled, and the log is
+/// returned in the error.
 pub fn prog_load(
     name: &str,
-    prog_type: u32,
-    expected_attach_type: u32,
+    (prog_type, expected_attach_type): (u32, u32),
+    prog_flags: u32,
     insns: &[Insn],
     license: &CStr,
 ) -> Result<OwnedFd, BpfError> {
@@ -344,6 +349,7 @@ pub fn prog_load(
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name: object_name(name),
+        prog_flags,
         expected_attach_type,
         ..Default::default()
     };

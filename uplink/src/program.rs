@@ -60,6 +60,9 @@ use crate::bpf::{self, BpfError, XdpMd, ATTACH_TYPE_XDP, PROG_TYPE_XDP};
 use crate::insn::{helper, Insn, Size, R0, R1, R10, R2, R3, R4, R6};
 use crate::maps::{MacTable, MapError, XskMap};
 
+/// Program type and expected attach type of every program here.
+const XDP: (u32, u32) = (PROG_TYPE_XDP, ATTACH_TYPE_XDP);
+
 /// XDP verdicts (`enum xdp_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpAction {
@@ -186,6 +189,8 @@ pub enum ProgramError {
 pub struct XdpProgram {
     prog: OwnedFd,
     id: u32,
+    /// Loaded with `BPF_F_XDP_HAS_FRAGS`.
+    frags: bool,
     policy: RedirectPolicy,
     mac_table: MacTable,
     xsk_map: XskMap,
@@ -210,12 +215,30 @@ impl XdpProgram {
                 ("vpmd_passthru", passthru_listing(xsk_map.raw_fd()).to_vec())
             }
         };
-        let prog = bpf::prog_load(name, PROG_TYPE_XDP, ATTACH_TYPE_XDP, &insns, LICENSE)
-            .map_err(ProgramError::Load)?;
+        // Frags-aware where the kernel knows the flag (5.18+): it reads only the
+        // Ethernet header, in the first buffer, and an interface may then carry
+        // frames above a page (a veth refuses native XDP beyond ~3500 bytes of
+        // MTU otherwise).
+        let (prog, frags) = match bpf::prog_load(
+            name,
+            XDP,
+            bpf::PROG_F_XDP_HAS_FRAGS,
+            &insns,
+            LICENSE,
+        ) {
+            Ok(prog) => (prog, true),
+            Err(frags_refused) => {
+                let prog =
+                    bpf::prog_load(name, XDP, 0, &insns, LICENSE).map_err(ProgramError::Load)?;
+                log::info!("{frags_refused}; loaded {name} without BPF_F_XDP_HAS_FRAGS (frames up to a page)");
+                (prog, false)
+            }
+        };
         let id = bpf::prog_id(prog.as_fd()).map_err(ProgramError::Id)?;
         Ok(Self {
             prog,
             id,
+            frags,
             policy,
             mac_table,
             xsk_map,
@@ -229,6 +252,12 @@ impl XdpProgram {
 
     pub fn policy(&self) -> RedirectPolicy {
         self.policy
+    }
+
+    /// Whether the program was loaded frags-aware (`BPF_F_XDP_HAS_FRAGS`), so
+    /// that it runs on frames of several buffers (jumbo MTUs).
+    pub fn frags(&self) -> bool {
+        self.frags
     }
 
     /// The VM ports' MAC addresses (unused by the passthru program).
@@ -424,8 +453,8 @@ mod tests {
         }
         // A program that exits without setting r0.
         let bad = [Insn::exit()];
-        let err = bpf::prog_load("vpmd_bad", PROG_TYPE_XDP, ATTACH_TYPE_XDP, &bad, LICENSE)
-            .expect_err("verifier must refuse");
+        let err =
+            bpf::prog_load("vpmd_bad", XDP, 0, &bad, LICENSE).expect_err("verifier must refuse");
         let text = err.to_string();
         assert!(text.contains("BPF_PROG_LOAD"), "{text}");
         assert!(text.contains("R0 !read_ok"), "verifier log missing: {text}");
@@ -439,14 +468,8 @@ mod tests {
         let prog = XdpProgram::load(RedirectPolicy::MacFilter, 16, 1).expect("load");
         let mut listing = mac_filter_listing(prog.mac_table().raw_fd(), prog.xsk_map().raw_fd());
         listing[5] = Insn::add64_imm(R4, 0); // a no-op in its place
-        let err = bpf::prog_load(
-            "vpmd_nocheck",
-            PROG_TYPE_XDP,
-            ATTACH_TYPE_XDP,
-            &listing,
-            LICENSE,
-        )
-        .expect_err("unchecked packet access must be refused");
+        let err = bpf::prog_load("vpmd_nocheck", XDP, 0, &listing, LICENSE)
+            .expect_err("unchecked packet access must be refused");
         assert!(
             err.to_string().contains("invalid access to packet"),
             "{err}"

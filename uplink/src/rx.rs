@@ -9,6 +9,13 @@
 //! chunks that only circulate fill ring → kernel → RX ring → caller → fill
 //! ring, so there is always room to put them back.
 //!
+//! Multi-buffer (`XDP_USE_SG`): a frame larger than a chunk arrives as several
+//! descriptors in a row, all but the last flagged `XDP_PKT_CONTD`. A burst counts
+//! frames, not descriptors, and never ends inside one: [`RxFrame`] is one frame
+//! as its parts in order. The kernel publishes a frame's descriptors together;
+//! a trailing incomplete one (which it never leaves) would wait for the next
+//! burst.
+//!
 //! Need-wakeup: in copy mode (veth, any driver without zero-copy) the
 //! kernel copies frames in the sender's softirq and never asks for a
 //! wakeup on the fill ring, so receiving makes no system call at all. A
@@ -36,8 +43,15 @@ pub struct XskReceiver {
     umem: Arc<UmemArea>,
     fd: Arc<OwnedFd>,
     queue_id: u32,
+    /// The first descriptor of each frame of the current burst, and one past
+    /// the last frame's end (capacity: RX ring size + 1, so filling it never
+    /// allocates).
+    starts: Vec<u32>,
     counters: RxCounters,
 }
+
+/// `XDP_PKT_CONTD`: more descriptors of this frame follow.
+const PKT_CONTD: u32 = libc::XDP_PKT_CONTD;
 
 impl XskReceiver {
     /// Takes over `rx` and `fill`, and stocks the fill ring with `chunks`
@@ -59,6 +73,7 @@ impl XskReceiver {
             fill.write(i as u32, chunk);
         }
         fill.submit(count);
+        let starts = Vec::with_capacity(rx.size() as usize + 1);
         Self {
             rx,
             fill,
@@ -66,6 +81,7 @@ impl XskReceiver {
             umem,
             fd,
             queue_id,
+            starts,
             counters: RxCounters::default(),
         }
     }
@@ -74,14 +90,28 @@ impl XskReceiver {
     /// none). They stay valid until the returned burst is dropped.
     pub fn receive_burst(&mut self, max: usize) -> RxBurst<'_> {
         let wanted = max.min(self.rx.size() as usize) as u32;
-        let count = self.rx.available(wanted);
-        if count == 0 && (!self.spare.is_empty() || self.fill.needs_wakeup()) {
+        let available = self.rx.available(self.rx.size());
+        self.starts.clear();
+        let mut descs = 0;
+        let mut start = 0;
+        while descs < available && (self.starts.len() as u32) < wanted {
+            let options = self.rx.read(descs).options;
+            descs += 1;
+            if options & PKT_CONTD == 0 {
+                self.starts.push(start);
+                start = descs;
+            }
+        }
+        // One past the last whole frame: the end of the burst.
+        self.starts.push(start);
+        let frames = self.starts.len() as u32 - 1;
+        if frames == 0 && (!self.spare.is_empty() || self.fill.needs_wakeup()) {
             self.recycle(0);
         }
         RxBurst {
             receiver: self,
-            count,
-            release: count,
+            frames,
+            release: frames,
         }
     }
 
@@ -97,6 +127,9 @@ impl XskReceiver {
     /// Gives back the first `n` frames of the RX ring and refills the fill
     /// ring with their chunks (plus any spares) in one batch.
     fn recycle(&mut self, n: u32) {
+        // `n` frames are their descriptors up to the next frame's start.
+        let frames = n;
+        let n = self.starts.get(n as usize).copied().unwrap_or(0);
         let waiting = n + self.spare.len() as u32;
         let room = self.fill.free(waiting);
         let mut written = 0;
@@ -120,7 +153,8 @@ impl XskReceiver {
         }
         self.rx.release(n);
         self.fill.submit(written);
-        self.counters.frames += u64::from(n);
+        self.counters.frames += u64::from(frames);
+        self.counters.parts_after_first += u64::from(n - frames);
         self.counters.bytes += bytes;
         if self.fill.needs_wakeup() {
             self.wake_kernel();
@@ -157,38 +191,42 @@ impl AsFd for XskReceiver {
 #[derive(Debug)]
 pub struct RxBurst<'r> {
     receiver: &'r mut XskReceiver,
-    count: u32,
-    /// Frames to release on drop: `count` unless the caller keeps some.
+    /// Frames in the burst (`receiver.starts` has one more entry).
+    frames: u32,
+    /// Frames to release on drop: `frames` unless the caller keeps some.
     release: u32,
 }
 
 impl RxBurst<'_> {
     /// Number of frames in the burst.
     pub fn len(&self) -> usize {
-        self.count as usize
+        self.frames as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.frames == 0
     }
 
-    /// Frame `i` (`i < len()`): the Ethernet frame's bytes, in place in
-    /// its UMEM chunk.
-    pub fn frame(&self, i: usize) -> &[u8] {
-        assert!(
-            i < self.count as usize,
-            "frame {i} of a burst of {}",
-            self.count
-        );
-        let desc = self.receiver.rx.read(i as u32);
+    /// Frame `i` (`i < len()`), in place in its UMEM chunk(s).
+    pub fn frame(&self, i: usize) -> RxFrame<'_> {
+        assert!(i < self.len(), "frame {i} of a burst of {}", self.frames);
+        let r = &*self.receiver;
+        let (first, end) = (r.starts[i], r.starts[i + 1]);
+        let desc = r.rx.read(first);
         // SAFETY: the chunk left the kernel on the RX ring and goes back on
         // the fill ring only when this burst is dropped; the slice borrows
         // the burst, so it cannot outlive that.
-        unsafe { self.receiver.umem.bytes(desc.addr, desc.len as usize) }
+        let head = unsafe { r.umem.bytes(desc.addr, desc.len as usize) };
+        RxFrame {
+            receiver: r,
+            head,
+            first,
+            end,
+        }
     }
 
     /// The frames in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RxFrame<'_>> + '_ {
         (0..self.len()).map(move |i| self.frame(i))
     }
 
@@ -206,5 +244,63 @@ impl Drop for RxBurst<'_> {
         if self.release > 0 {
             self.receiver.recycle(self.release);
         }
+    }
+}
+
+/// One received frame: its first part, and the rest when it came in several
+/// chunks (multi-buffer). Borrows its burst.
+#[derive(Clone, Copy, Debug)]
+pub struct RxFrame<'b> {
+    receiver: &'b XskReceiver,
+    head: &'b [u8],
+    /// Its descriptors on the RX ring, from the burst's first: `first..end`.
+    first: u32,
+    end: u32,
+}
+
+impl<'b> RxFrame<'b> {
+    /// The first part: the whole frame unless [`Self::is_multi_buffer`]. It
+    /// holds as much of the frame as a chunk does, so the headers.
+    pub fn head(&self) -> &'b [u8] {
+        self.head
+    }
+
+    /// Whether the frame came in more than one chunk.
+    pub fn is_multi_buffer(&self) -> bool {
+        self.end - self.first > 1
+    }
+
+    /// Number of parts (chunks).
+    pub fn part_count(&self) -> usize {
+        (self.end - self.first) as usize
+    }
+
+    /// The parts in order; their concatenation is the frame.
+    pub fn parts(&self) -> impl Iterator<Item = &'b [u8]> + 'b {
+        let r = self.receiver;
+        (self.first..self.end).map(move |i| {
+            let desc = r.rx.read(i);
+            // SAFETY: as in `RxBurst::frame`: the chunk is ours until the
+            // burst this frame borrows is dropped.
+            unsafe { r.umem.bytes(desc.addr, desc.len as usize) }
+        })
+    }
+
+    /// Bytes in all parts.
+    pub fn len(&self) -> usize {
+        if self.is_multi_buffer() {
+            self.parts().map(<[u8]>::len).sum()
+        } else {
+            self.head.len()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame in one piece (a copy: for tests and diagnostics).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts().flatten().copied().collect()
     }
 }

@@ -11,6 +11,12 @@
 //! `XDP_USE_NEED_WAKEUP`, so the data path makes system calls only when the
 //! kernel asks for them (see [`crate::rx`] and [`crate::tx`]).
 //!
+//! Multi-buffer: the first socket asks for `XDP_USE_SG` (kernel >= 6.6 in copy
+//! mode, or a zero-copy driver that supports it) and binds without it if the
+//! kernel refuses; the others inherit the UMEM's setting. With it, a frame
+//! larger than a chunk comes and goes as several descriptors, all but the last
+//! flagged `XDP_PKT_CONTD`: that is what carries jumbo frames (MTU 9000).
+//!
 //! # Threads
 //! An [`XskSocket`] is `Send` and not `Sync`: move it into the polling
 //! thread that serves its queue; that thread alone calls its `&mut self`
@@ -130,7 +136,7 @@ pub(crate) struct SocketSetup<'a> {
     /// Indices of the chunks this socket owns.
     pub chunks: Range<u64>,
     /// The socket that registered the UMEM; `None` for that first socket.
-    pub share_with: Option<BorrowedFd<'a>>,
+    pub share_with: Option<&'a XskSocket>,
     pub preference: BindPreference,
 }
 
@@ -142,6 +148,8 @@ pub struct XskSocket {
     fd: Arc<OwnedFd>,
     ifindex: u32,
     mode: BindMode,
+    /// Bound with `XDP_USE_SG` (or sharing a UMEM that was).
+    multi_buffer: bool,
 }
 
 impl XskSocket {
@@ -224,7 +232,7 @@ impl XskSocket {
         )
         .map_err(map_err("TX"))?;
 
-        let mode = bind(fd.as_fd(), setup)?;
+        let (mode, multi_buffer) = bind(fd.as_fd(), setup)?;
         let fd = Arc::new(fd);
 
         // Receive chunks: at most what the fill ring holds, so that chunks
@@ -252,7 +260,7 @@ impl XskSocket {
                 .collect(),
             Arc::clone(umem),
             Arc::clone(&fd),
-            queue,
+            (queue, multi_buffer),
         );
         Ok(Self {
             receiver,
@@ -260,6 +268,7 @@ impl XskSocket {
             fd,
             ifindex: setup.ifindex,
             mode,
+            multi_buffer,
         })
     }
 
@@ -304,6 +313,12 @@ impl XskSocket {
         self.mode
     }
 
+    /// Whether frames larger than a chunk are received and sent as several
+    /// descriptors (`XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
     pub fn rx_counters(&self) -> RxCounters {
         self.receiver.counters()
     }
@@ -330,8 +345,9 @@ pub fn kernel_statistics(fd: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
     get_option::<libc::xdp_statistics>(fd, libc::XDP_STATISTICS).map(XdpStatistics::from)
 }
 
-/// Binds as `setup` says and returns the mode the kernel chose.
-fn bind(fd: BorrowedFd<'_>, setup: &SocketSetup<'_>) -> Result<BindMode, SocketError> {
+/// Binds as `setup` says and returns the mode the kernel chose, and whether
+/// multi-buffer (`XDP_USE_SG`) is on.
+fn bind(fd: BorrowedFd<'_>, setup: &SocketSetup<'_>) -> Result<(BindMode, bool), SocketError> {
     let bind_as = |flags: u16, shared: u32, how: &'static str| {
         let addr = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
@@ -359,37 +375,51 @@ fn bind(fd: BorrowedFd<'_>, setup: &SocketSetup<'_>) -> Result<BindMode, SocketE
             })
         }
     };
-    let wakeup = libc::XDP_USE_NEED_WAKEUP;
-    match (setup.share_with, setup.preference) {
-        (Some(owner), _) => bind_as(
-            libc::XDP_SHARED_UMEM,
-            owner.as_raw_fd() as u32,
-            "shared UMEM",
-        )?,
-        (None, BindPreference::CopyOnly) => bind_as(libc::XDP_COPY | wakeup, 0, "copy")?,
-        (None, BindPreference::ZeroCopyOnly) => {
-            bind_as(libc::XDP_ZEROCOPY | wakeup, 0, "zero-copy")?;
+    // Multi-buffer if the kernel (and driver) can, else frames of one chunk. A
+    // failed bind leaves the socket unbound with its rings intact, so the same
+    // socket can try again.
+    let bind_sg = |flags: u16, how: &'static str| match bind_as(flags | libc::XDP_USE_SG, 0, how) {
+        Ok(()) => Ok(true),
+        Err(sg) => {
+            log::info!("{sg}; binding without XDP_USE_SG (frames up to one UMEM chunk)");
+            bind_as(flags, 0, how).map(|()| false)
         }
+    };
+    let wakeup = libc::XDP_USE_NEED_WAKEUP;
+    let multi_buffer = match (setup.share_with, setup.preference) {
+        (Some(owner), _) => {
+            // Flags are the UMEM owner's: the kernel refuses any here.
+            bind_as(
+                libc::XDP_SHARED_UMEM,
+                owner.as_fd().as_raw_fd() as u32,
+                "shared UMEM",
+            )?;
+            owner.multi_buffer()
+        }
+        (None, BindPreference::CopyOnly) => bind_sg(libc::XDP_COPY | wakeup, "copy")?,
+        (None, BindPreference::ZeroCopyOnly) => bind_sg(libc::XDP_ZEROCOPY | wakeup, "zero-copy")?,
         (None, BindPreference::ZeroCopyThenCopy) => {
-            if let Err(zc) = bind_as(libc::XDP_ZEROCOPY | wakeup, 0, "zero-copy") {
-                // A failed bind leaves the socket unbound with its rings
-                // intact, so the same socket can try again.
-                log::info!("{zc}; falling back to copy mode");
-                bind_as(libc::XDP_COPY | wakeup, 0, "copy")?;
+            match bind_sg(libc::XDP_ZEROCOPY | wakeup, "zero-copy") {
+                Ok(sg) => sg,
+                Err(zc) => {
+                    log::info!("{zc}; falling back to copy mode");
+                    bind_sg(libc::XDP_COPY | wakeup, "copy")?
+                }
             }
         }
-    }
+    };
     let options: libc::xdp_options =
         get_option(fd, libc::XDP_OPTIONS).map_err(|source| SocketError::GetOption {
             option: "XDP_OPTIONS",
             queue: setup.queue_id,
             source,
         })?;
-    Ok(if options.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
+    let mode = if options.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
         BindMode::ZeroCopy
     } else {
         BindMode::Copy
-    })
+    };
+    Ok((mode, multi_buffer))
 }
 
 /// A value passed to setsockopt(SOL_XDP, ..) by address and size.

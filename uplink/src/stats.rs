@@ -13,6 +13,9 @@ pub struct RxCounters {
     pub frames: u64,
     /// Their bytes (Ethernet frame bytes).
     pub bytes: u64,
+    /// Chunks beyond the first of the frames that came in several
+    /// (multi-buffer: jumbo frames).
+    pub parts_after_first: u64,
     /// `recvfrom` calls made because the kernel set `XDP_RING_NEED_WAKEUP`
     /// on the fill ring (zero-copy drivers that ran out of fill entries).
     /// Copy mode never asks for one.
@@ -32,13 +35,17 @@ pub struct TxCounters {
     pub frames: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Frames the kernel reported sent (completion ring).
+    /// Chunks the kernel reported sent (completion ring): one per frame,
+    /// one per part of a multi-buffer frame.
     pub completed: u64,
+    /// Chunks beyond the first of the frames sent in several (multi-buffer).
+    pub parts_after_first: u64,
     /// Frames asked for that got no slot: the TX ring was full.
     pub ring_full: u64,
     /// Frames asked for that got no slot: no free chunk (all in flight).
     pub no_chunk: u64,
-    /// Frames longer than a chunk's capacity (dropped).
+    /// Frames longer than a chunk's capacity (or, multi-buffer, than
+    /// [`crate::tx::MAX_TX_PARTS`] chunks): dropped.
     pub too_big: u64,
     /// Slots the caller gave back with length 0.
     pub abandoned: u64,

@@ -18,6 +18,10 @@
 //! kernel makes progress — one call per 32 frames; bursts of at most 32
 //! frames make exactly one. Frames the kernel could not take now stay on
 //! the ring and go with the next burst's kick, or [`XskTransmitter::flush`].
+//!
+//! Multi-buffer (`XDP_USE_SG`): a frame larger than a chunk goes out as a
+//! [`TxChain`] of up to [`MAX_TX_PARTS`] chunks, one slot each, all but the
+//! last descriptor flagged `XDP_PKT_CONTD`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -27,6 +31,11 @@ use std::sync::Arc;
 use crate::ring::{ConsumerRing, ProducerRing, XdpDesc};
 use crate::stats::TxCounters;
 use crate::umem::UmemArea;
+
+/// Most chunks one multi-buffer frame takes: the kernel builds at most
+/// `MAX_SKB_FRAGS` (17 by default) fragments per frame in copy mode; 16
+/// chunks of 4096 bytes carry a 64 KiB frame.
+pub const MAX_TX_PARTS: usize = 16;
 
 /// The transmit half of a socket. `Send`, not `Sync`: one thread owns it
 /// and calls [`Self::transmit_burst`] through `&mut self`.
@@ -46,6 +55,8 @@ pub struct XskTransmitter {
     /// The last kick left frames on the ring.
     kick_pending: bool,
     queue_id: u32,
+    /// Frames may span several chunks (`XDP_USE_SG`).
+    multi_buffer: bool,
     counters: TxCounters,
 }
 
@@ -57,7 +68,7 @@ impl XskTransmitter {
         chunks: Vec<u64>,
         umem: Arc<UmemArea>,
         fd: Arc<OwnedFd>,
-        queue_id: u32,
+        (queue_id, multi_buffer): (u32, bool),
     ) -> Self {
         let headroom = umem.headroom();
         let capacity = umem.chunk_size() - headroom;
@@ -74,6 +85,7 @@ impl XskTransmitter {
             capacity,
             kick_pending: false,
             queue_id,
+            multi_buffer,
             counters: TxCounters::default(),
         }
     }
@@ -101,6 +113,7 @@ impl XskTransmitter {
             granted,
             offered: 0,
             queued: 0,
+            frames: 0,
         }
     }
 
@@ -130,6 +143,22 @@ impl XskTransmitter {
     /// Largest frame one slot holds (chunk size minus headroom).
     pub fn frame_capacity(&self) -> usize {
         self.capacity as usize
+    }
+
+    /// Largest frame this socket sends: [`Self::frame_capacity`], or
+    /// [`MAX_TX_PARTS`] times it with multi-buffer.
+    pub fn max_frame(&self) -> usize {
+        if self.multi_buffer {
+            self.capacity as usize * MAX_TX_PARTS
+        } else {
+            self.capacity as usize
+        }
+    }
+
+    /// Slots (chunks) a frame of `len` bytes takes.
+    #[inline]
+    pub fn slots_for(&self, len: usize) -> usize {
+        len.div_ceil(self.capacity as usize).max(1)
     }
 
     /// Chunks available for new frames now.
@@ -208,11 +237,13 @@ pub struct TxBurst<'t> {
     granted: u32,
     /// Slots used up by `commit`, sent or not.
     offered: u32,
-    /// Frames written to the TX ring, not yet published.
+    /// Descriptors written to the TX ring, not yet published.
     queued: u32,
+    /// The frames they make (fewer with multi-buffer frames).
+    frames: u32,
 }
 
-impl TxBurst<'_> {
+impl<'t> TxBurst<'t> {
     /// Slots granted by the burst.
     pub fn granted(&self) -> usize {
         self.granted as usize
@@ -225,7 +256,7 @@ impl TxBurst<'_> {
 
     /// Frames committed so far.
     pub fn queued(&self) -> usize {
-        self.queued as usize
+        self.frames as usize
     }
 
     /// The current slot's buffer: a free UMEM chunk of
@@ -275,8 +306,31 @@ impl TxBurst<'_> {
         };
         t.tx.write(self.queued, desc);
         self.queued += 1;
+        self.frames += 1;
         t.counters.bytes += len as u64;
         true
+    }
+
+    /// The chunks for one frame of `len` bytes that is larger than a slot's
+    /// buffer (multi-buffer sockets only), to be written part by part and
+    /// committed with [`TxChain::commit`]. `None` if the frame takes more
+    /// than [`MAX_TX_PARTS`] chunks, the socket is not multi-buffer (both
+    /// counted as too big), or fewer slots remain than it needs.
+    pub fn chain(&mut self, len: usize) -> Option<TxChain<'_, 't>> {
+        let t = &*self.transmitter;
+        let parts = t.slots_for(len);
+        if parts > MAX_TX_PARTS || (parts > 1 && !t.multi_buffer) {
+            self.transmitter.counters.too_big += 1;
+            return None;
+        }
+        if parts > self.remaining() {
+            return None;
+        }
+        Some(TxChain {
+            burst: self,
+            len,
+            parts,
+        })
     }
 
     /// Copies `frame` into the current slot and commits it: for callers
@@ -293,12 +347,90 @@ impl TxBurst<'_> {
     }
 }
 
+/// One frame being written into several chunks of a [`TxBurst`]: part `i` is
+/// bytes `i * capacity..` of the frame. The chunks are the burst's next free
+/// ones; [`Self::commit`] puts them on the TX ring in order. Dropped without
+/// a commit, it gives its slots back unused (counted as abandoned).
+#[derive(Debug)]
+pub struct TxChain<'b, 't> {
+    burst: &'b mut TxBurst<'t>,
+    len: usize,
+    parts: usize,
+}
+
+impl TxChain<'_, '_> {
+    /// Number of parts.
+    pub fn parts(&self) -> usize {
+        self.parts
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Part `i`'s buffer (`i < parts()`): exactly its share of the frame's
+    /// bytes, from the frame's byte `i * frame_capacity()`.
+    pub fn part(&mut self, i: usize) -> &mut [u8] {
+        assert!(i < self.parts, "part {i} of {}", self.parts);
+        let t = &mut *self.burst.transmitter;
+        let cap = t.capacity as usize;
+        let len = (self.len - i * cap).min(cap);
+        // The chain's chunks are the last `parts` of the free list, part 0 last.
+        let chunk = t.free[t.free.len() - 1 - i];
+        // SAFETY: the chunk is on the free list, so on no ring and in no other
+        // view; the slice borrows the chain mutably, so no second view of it
+        // (or of any other part) exists until it is gone.
+        unsafe { t.umem.bytes_mut(chunk + u64::from(t.headroom), len) }
+    }
+
+    /// Puts every part on the TX ring, all but the last flagged
+    /// `XDP_PKT_CONTD`; the burst's drop publishes them with its other frames.
+    pub fn commit(self) {
+        let b = &mut *self.burst;
+        let t = &mut *b.transmitter;
+        let cap = t.capacity as usize;
+        for i in 0..self.parts {
+            let chunk = t.free.pop().expect("a chain's chunks are free");
+            let len = (self.len - i * cap).min(cap);
+            let options = if i + 1 < self.parts {
+                libc::XDP_PKT_CONTD
+            } else {
+                0
+            };
+            let desc = XdpDesc {
+                addr: chunk + u64::from(t.headroom),
+                len: len as u32,
+                options,
+            };
+            t.tx.write(b.queued + i as u32, desc);
+        }
+        b.queued += self.parts as u32;
+        b.offered += self.parts as u32;
+        b.frames += 1;
+        t.counters.bytes += self.len as u64;
+        t.counters.parts_after_first += self.parts as u64 - 1;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TxChain<'_, '_> {
+    fn drop(&mut self) {
+        self.burst.offered += self.parts as u32;
+        self.burst.transmitter.counters.abandoned += 1;
+    }
+}
+
 impl Drop for TxBurst<'_> {
     fn drop(&mut self) {
         let t = &mut *self.transmitter;
         if self.queued > 0 {
             t.tx.submit(self.queued);
-            t.counters.frames += u64::from(self.queued);
+            t.counters.frames += u64::from(self.frames);
         }
         if self.queued > 0 || t.kick_pending {
             t.kick();

@@ -18,7 +18,7 @@ use crate::program::{ProgramError, RedirectPolicy, XdpProgram};
 use crate::socket::{BindMode, BindPreference, RingSizes, SocketError, SocketSetup, XskSocket};
 use crate::umem::{UmemArea, UmemConfig, UmemError};
 use std::ops::Range;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 /// What to build on which interface.
@@ -87,7 +87,7 @@ impl UplinkConfig {
         ifindex: u32,
         queue_id: u32,
         chunks: Range<u64>,
-        share_with: Option<BorrowedFd<'_>>,
+        share_with: Option<&XskSocket>,
     ) -> Result<XskSocket, UplinkError> {
         let setup = SocketSetup {
             umem,
@@ -193,6 +193,7 @@ pub struct Uplink {
     sockets: Vec<XskSocket>,
     group_tap: Option<PacketTap>,
     bind_mode: BindMode,
+    multi_buffer: bool,
 }
 
 impl Uplink {
@@ -231,13 +232,12 @@ impl Uplink {
         let mut sockets: Vec<XskSocket> = Vec::with_capacity(queues.len());
         for (i, &queue_id) in queues.iter().enumerate() {
             let first = i as u64 * per_queue;
-            let share_with = sockets.first().map(|owner| owner.as_fd());
             let socket = config.open_socket(
                 &umem,
                 ifindex,
                 queue_id,
                 first..first + per_queue,
-                share_with,
+                sockets.first(),
             )?;
             sockets.push(socket);
         }
@@ -264,12 +264,15 @@ impl Uplink {
             None
         };
         let link = XdpLink::attach(&program, ifname, ifindex, config.attach)?;
+        let multi_buffer = sockets[0].multi_buffer();
         log::info!(
-            "uplink {ifname}: XDP program {} ({:?}) in {} mode, {} AF_XDP socket(s) in {bind_mode} mode, group tap {}",
+            "uplink {ifname}: XDP program {} ({:?}{}) in {} mode, {} AF_XDP socket(s) in {bind_mode} mode{}, group tap {}",
             program.id(),
             config.policy,
+            if program.frags() { ", frags" } else { "" },
             link.mode(),
             sockets.len(),
+            if multi_buffer { " with multi-buffer" } else { "" },
             if group_tap.is_some() { "on" } else { "off" },
         );
         Ok(Self {
@@ -278,6 +281,7 @@ impl Uplink {
             sockets,
             group_tap,
             bind_mode,
+            multi_buffer,
         })
     }
 
@@ -314,6 +318,12 @@ impl Uplink {
     /// by all.
     pub fn bind_mode(&self) -> BindMode {
         self.bind_mode
+    }
+
+    /// Whether frames larger than a UMEM chunk come and go in several
+    /// (`XDP_USE_SG` on the sockets): what jumbo MTUs need.
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// The XDP hook the program runs at.

@@ -245,7 +245,7 @@ fn two_queues_share_one_umem() {
     {
         for (socket, got) in sockets.iter_mut().zip(per_queue.iter_mut()) {
             let burst = socket.receive_burst(64);
-            got.extend(burst.iter().filter_map(frame_seq));
+            got.extend(burst.iter().filter_map(|f| frame_seq(&f.to_vec())));
         }
         std::thread::sleep(Duration::from_millis(1));
     }

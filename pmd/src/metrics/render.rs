@@ -329,6 +329,8 @@ mod tests {
             queues: 1,
             macvlan_mode: "bridge".into(),
             checksums: "fix".into(),
+            max_frame: 1518,
+            multi_buffer: true,
             xsk_kernel: Some(XskKernelCounts {
                 rx_ring_full: 7,
                 ..Default::default()

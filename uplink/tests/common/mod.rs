@@ -441,8 +441,8 @@ pub fn receive_test_frames(
         frames.extend(
             burst
                 .iter()
-                .filter(|f| frame_seq(f).is_some())
-                .map(<[u8]>::to_vec),
+                .map(|f| f.to_vec())
+                .filter(|f| frame_seq(f).is_some()),
         );
     }
     frames

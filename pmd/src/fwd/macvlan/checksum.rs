@@ -21,6 +21,7 @@ use vpmd_backend::offload::csum::Checksum;
 use vpmd_backend::offload::headers::{Headers, Ip, TCP_CSUM_OFFSET, UDP_CSUM_OFFSET};
 use vpmd_backend::offload::vnet_hdr::GsoKind;
 use vpmd_backend::offload::OffloadError;
+use vpmd_backend::seglist::{self, SegList};
 
 /// What vpmd does with the TCP/UDP checksums of frames from an uplink
 /// (`[[macvlan]] uplink_checksums`).
@@ -85,8 +86,12 @@ pub enum Verdict {
     Bad,
 }
 
-/// The verdict on `frame`'s TCP/UDP checksum; `verify`: check complete ones too.
-pub fn classify(frame: &[u8], verify: bool) -> Verdict {
+/// The verdict on a frame's TCP/UDP checksum; `verify`: check complete ones too.
+/// `frame` is the whole frame in one piece, or its first part when it came in
+/// several (`whole`: all of them; the headers must be in the first, else the frame
+/// is not looked at).
+pub fn classify(frame: &[u8], whole: Option<&SegList>, verify: bool) -> Verdict {
+    let total = whole.map_or(frame.len(), |w| w.total() as usize);
     let hdrs = match Headers::parse(frame, GsoKind::Tcp) {
         Ok(h) => h,
         Err(OffloadError::Protocol(17)) => match Headers::parse(frame, GsoKind::Udp) {
@@ -111,7 +116,7 @@ pub fn classify(frame: &[u8], verify: bool) -> Verdict {
         }
     };
     let end = hdrs.l4 + l4_len;
-    if end > frame.len() || l4_len < hdrs.len - hdrs.l4 {
+    if end > total || l4_len < hdrs.len - hdrs.l4 {
         return Verdict::Complete;
     }
     let (proto, offset) = match hdrs.kind {
@@ -132,7 +137,12 @@ pub fn classify(frame: &[u8], verify: bool) -> Verdict {
         return Verdict::Complete;
     }
     let mut sum = pseudo;
-    sum.add(&frame[hdrs.l4..end]);
+    match whole {
+        None => sum.add(&frame[hdrs.l4..end]),
+        Some(w) => {
+            seglist::sum(w, hdrs.l4 as u32, l4_len as u32, &mut sum);
+        }
+    }
     if sum.fold() == 0xffff {
         Verdict::Complete
     } else if looks_partial {
@@ -194,20 +204,24 @@ mod tests {
     fn complete_partial_and_bad_checksums_are_told_apart() {
         for udp in [false, true] {
             let (mut f, l4) = frame(udp, b"hello, odd length");
-            assert_eq!(classify(&f, false), Verdict::Complete);
-            assert_eq!(classify(&f, true), Verdict::Complete);
+            assert_eq!(classify(&f, None, false), Verdict::Complete);
+            assert_eq!(classify(&f, None, true), Verdict::Complete);
             let offset = if udp { 6 } else { 16 };
             partial(&mut f, l4, udp);
             let want = Verdict::Partial {
                 start: l4 as u16,
                 offset,
             };
-            assert_eq!(classify(&f, false), want, "udp={udp}");
-            assert_eq!(classify(&f, true), want);
+            assert_eq!(classify(&f, None, false), want, "udp={udp}");
+            assert_eq!(classify(&f, None, true), want);
             let at = l4 + usize::from(offset);
             f[at] ^= 0x40;
-            assert_eq!(classify(&f, false), Verdict::Complete, "not looked at");
-            assert_eq!(classify(&f, true), Verdict::Bad);
+            assert_eq!(
+                classify(&f, None, false),
+                Verdict::Complete,
+                "not looked at"
+            );
+            assert_eq!(classify(&f, None, true), Verdict::Bad);
         }
     }
 
@@ -216,9 +230,53 @@ mod tests {
         let (mut f, l4) = frame(false, b"");
         partial(&mut f, l4, false);
         f.extend_from_slice(&[0; 6]); // Ethernet padding to 60 bytes
-        assert!(matches!(classify(&f, false), Verdict::Partial { .. }));
+        assert!(matches!(classify(&f, None, false), Verdict::Partial { .. }));
         let arp = [0xffu8; 42];
-        assert_eq!(classify(&arp, true), Verdict::Complete);
-        assert_eq!(classify(&f[..30], true), Verdict::Complete, "cut short");
+        assert_eq!(classify(&arp, None, true), Verdict::Complete);
+        assert_eq!(
+            classify(&f[..30], None, true),
+            Verdict::Complete,
+            "cut short"
+        );
+    }
+
+    #[test]
+    fn a_frame_in_parts_is_summed_across_them() {
+        let payload: Vec<u8> = (0..9000u32).map(|i| (i * 7) as u8).collect();
+        for udp in [false, true] {
+            let (complete, l4) = frame(udp, &payload);
+            let mut part = complete.clone();
+            partial(&mut part, l4, udp);
+            let mut corrupt = complete.clone();
+            *corrupt.last_mut().unwrap() ^= 1;
+            let want_partial = Verdict::Partial {
+                start: l4 as u16,
+                offset: if udp { 6 } else { 16 },
+            };
+            for (f, verify, want) in [
+                // Complete only if every part is summed, at its parity.
+                (&complete, true, Verdict::Complete),
+                (&part, false, want_partial),
+                (&corrupt, true, Verdict::Bad),
+                (&corrupt, false, Verdict::Complete),
+            ] {
+                // Parts of odd and even lengths, the headers in the first.
+                let cuts = [0, 3841, 7680, 7681, f.len()];
+                let mut whole = SegList::default();
+                for w in cuts.windows(2) {
+                    // SAFETY: `f` outlives `whole`, which is only read.
+                    #[allow(unsafe_code)]
+                    let buf =
+                        unsafe { vpmd_backend::guest_mem::HostBuf::from_bytes(&f[w[0]..w[1]]) };
+                    assert!(whole.push(buf));
+                }
+                assert_eq!(
+                    classify(&f[..3841], Some(&whole), verify),
+                    want,
+                    "udp={udp}"
+                );
+                assert_eq!(classify(f, None, verify), want);
+            }
+        }
     }
 }

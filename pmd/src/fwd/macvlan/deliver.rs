@@ -7,13 +7,15 @@
 //! here). The uplink takes no offload (AF_XDP has no segmentation offload; its
 //! transmit-checksum metadata is not used, see docs/offloads.md), so a frame asking
 //! for a checksum or TSO leaves it checksummed and segmented in software, each
-//! segment built in its UMEM chunk.
+//! segment built in its UMEM chunk. A frame (or segment) larger than a chunk, at a
+//! jumbo MTU, is built across several chunks ([`TxChain`], multi-buffer).
 
 use vpmd_backend::net::RxScratch;
 use vpmd_backend::offload::csum::Checksum;
 use vpmd_backend::offload::segment::{checksum_field, Segmenter};
 use vpmd_backend::offload::vnet_hdr::Request;
-use vpmd_uplink::tx::{TxBurst, XskTransmitter};
+use vpmd_backend::seglist::SegList;
+use vpmd_uplink::tx::{TxBurst, TxChain, XskTransmitter};
 
 use super::decide::Destinations;
 use super::UplinkEndpoint;
@@ -111,14 +113,18 @@ pub fn to_uplink(
     batch: &mut Batch,
     work: &mut PortTally,
 ) {
+    // Slots (chunks) for the burst: a frame or segment larger than a chunk
+    // takes several.
     let want: usize = dests
         .iter()
         .enumerate()
         .filter(|(_, d)| d.uplink)
         .map(
             |(k, _)| match (&batch.offload[k].request, &batch.plans[k]) {
-                (Request::Segment { .. }, Some(plan)) => plan.count(),
-                _ => 1,
+                (Request::Segment { size, .. }, Some(plan)) => {
+                    plan.count() * tx.slots_for(plan.header_len() + usize::from(*size))
+                }
+                _ => tx.slots_for(batch.lens[k] as usize),
             },
         )
         .sum();
@@ -179,18 +185,21 @@ pub fn to_uplink(
     }
 }
 
-/// Copies frame `k` into the burst's next chunk, filling in the checksum at
-/// `checksum` (`csum_start`, `csum_offset`) if the frame asks for one. `None`
-/// when the uplink has no free chunk.
+/// Copies frame `k` into the burst's next chunk (or chunks), filling in the
+/// checksum at `checksum` (`csum_start`, `csum_offset`) if the frame asks for one.
+/// `None` when the uplink has no free chunk.
 fn copy_out(
     burst: &mut TxBurst<'_>,
     batch: &Batch,
     k: usize,
     checksum: Option<(u16, u16)>,
 ) -> Option<()> {
-    let buf = burst.buffer()?;
     let n = batch.lens[k] as usize;
-    let copied = batch.frames[k].read_at(0, &mut buf[..n]);
+    let src = &batch.frames[k];
+    let Some(buf) = burst.buffer().filter(|b| n <= b.len()) else {
+        return copy_out_chain(burst, src, n, checksum);
+    };
+    let copied = src.read_at(0, &mut buf[..n]);
     debug_assert_eq!(copied as usize, n);
     if let Some((start, offset)) = checksum {
         // Checked against the frame by `TxOffload::check`; the copy is ours now.
@@ -203,9 +212,43 @@ fn copy_out(
     Some(())
 }
 
-/// Cuts TSO frame `k` into `plan`'s segments, each built in a chunk of the burst:
-/// the payload copied from the frame, then the headers written with its sum.
-/// Returns how many segments went out (the rest found no chunk).
+/// [`copy_out`] for a frame larger than a chunk: across a chain of them.
+#[cold]
+fn copy_out_chain(
+    burst: &mut TxBurst<'_>,
+    src: &SegList,
+    n: usize,
+    checksum: Option<(u16, u16)>,
+) -> Option<()> {
+    let mut chain = burst.chain(n)?;
+    match checksum {
+        None => {
+            chain_copy(&mut chain, 0, src, 0, n, None);
+        }
+        Some((start, offset)) => {
+            let start = usize::from(start);
+            let mut sum = Checksum::new();
+            chain_copy(&mut chain, 0, src, 0, start, None);
+            chain_copy(
+                &mut chain,
+                start,
+                src,
+                start as u32,
+                n - start,
+                Some(&mut sum),
+            );
+            let field = checksum_field(sum).to_be_bytes();
+            chain_write(&mut chain, start + usize::from(offset), &field);
+        }
+    }
+    chain.commit();
+    Some(())
+}
+
+/// Cuts TSO frame `k` into `plan`'s segments, each built in a chunk of the burst
+/// (in a chain of them when larger): the payload copied from the frame, then the
+/// headers written with its sum. Returns how many segments went out (the rest
+/// found no chunk).
 fn segment_out(
     burst: &mut TxBurst<'_>,
     batch: &Batch,
@@ -214,19 +257,87 @@ fn segment_out(
     tally: &mut PortTally,
 ) -> u32 {
     let head = plan.header_len();
+    let src = &batch.frames[k];
     let mut out = 0;
     for i in 0..plan.count() {
-        let Some(buf) = burst.buffer() else { break };
         let part = plan.segment(i);
         let end = head + part.payload_len;
-        batch.frames[k].read_at(part.payload_at as u32, &mut buf[head..end]);
         let mut sum = Checksum::new();
-        sum.add(&buf[head..end]);
-        plan.write_headers(i, sum, &mut buf[..head]);
-        burst.commit(end);
+        match burst.buffer() {
+            Some(buf) if end <= buf.len() => {
+                src.read_at(part.payload_at as u32, &mut buf[head..end]);
+                sum.add(&buf[head..end]);
+                plan.write_headers(i, sum, &mut buf[..head]);
+                burst.commit(end);
+            }
+            _ => {
+                // A segment larger than a chunk (jumbo MTU); its headers fit in
+                // the first (a chunk is 2 KiB at least, headers at most 256 bytes).
+                let Some(mut chain) = burst.chain(end) else {
+                    break;
+                };
+                let at = part.payload_at as u32;
+                chain_copy(&mut chain, head, src, at, part.payload_len, Some(&mut sum));
+                plan.write_headers(i, sum, &mut chain.part(0)[..head]);
+                chain.commit();
+            }
+        }
         tally.rx_packets += 1;
         tally.rx_bytes += end as u64;
         out += 1;
     }
     out
+}
+
+/// Copies `len` bytes of `src` from `from` on into `chain` at byte `at` of the
+/// frame it builds, across its parts; adds them to `sum` in order if given.
+fn chain_copy(
+    chain: &mut TxChain<'_, '_>,
+    at: usize,
+    src: &SegList,
+    from: u32,
+    len: usize,
+    mut sum: Option<&mut Checksum>,
+) {
+    let (mut done, mut offset) = (0, at);
+    for i in 0..chain.parts() {
+        let part = chain.part(i);
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        let want = (len - done).min(part.len() - offset);
+        let dst = &mut part[offset..offset + want];
+        src.read_at(from + done as u32, dst);
+        if let Some(sum) = sum.as_deref_mut() {
+            sum.add(dst);
+        }
+        done += want;
+        offset = 0;
+        if done == len {
+            break;
+        }
+    }
+    debug_assert_eq!(done, len);
+}
+
+/// Writes `bytes` at byte `at` of the frame `chain` builds (across a part
+/// boundary if it falls on one).
+fn chain_write(chain: &mut TxChain<'_, '_>, at: usize, bytes: &[u8]) {
+    let mut offset = at;
+    let mut rest = bytes;
+    for i in 0..chain.parts() {
+        let part = chain.part(i);
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        let n = rest.len().min(part.len() - offset);
+        part[offset..offset + n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        offset = 0;
+        if rest.is_empty() {
+            break;
+        }
+    }
 }

@@ -31,8 +31,9 @@ use vpmd_backend::guest_mem::HostBuf;
 use vpmd_backend::net;
 use vpmd_backend::offload::vnet_hdr;
 use vpmd_backend::port::{RingCache, TX_QUEUE};
+use vpmd_backend::seglist::SegList;
 use vpmd_uplink::packet_tap::PacketTap;
-use vpmd_uplink::rx::XskReceiver;
+use vpmd_uplink::rx::{RxFrame, XskReceiver};
 use vpmd_uplink::tx::XskTransmitter;
 
 use self::checksum::{UplinkChecksums, Verdict};
@@ -394,9 +395,59 @@ impl Stream for MacvlanShard {
     }
 }
 
+/// A frame from the uplink as the classifier reads it: in one piece (the group
+/// tap's copies), or possibly in parts (AF_XDP multi-buffer: jumbo frames).
+trait UplinkFrame<'f> {
+    /// The frame, or its first part (which holds its headers).
+    fn head(&self) -> &'f [u8];
+    /// Whether there is more than the head.
+    fn is_multi_buffer(&self) -> bool;
+    /// Appends every part to `list`; `false` if they do not fit.
+    fn push_parts(&self, list: &mut SegList) -> bool;
+}
+
+impl<'f> UplinkFrame<'f> for &'f [u8] {
+    #[inline]
+    fn head(&self) -> &'f [u8] {
+        self
+    }
+    #[inline]
+    fn is_multi_buffer(&self) -> bool {
+        false
+    }
+    fn push_parts(&self, list: &mut SegList) -> bool {
+        // SAFETY: the bytes ('f) outlive the burst being forwarded, and the batch's
+        // lists are used only in it: as copy sources (`deliver::to_vms`, never
+        // written) and cleared before their next use.
+        #[allow(unsafe_code)]
+        list.push(unsafe { HostBuf::from_bytes(self) })
+    }
+}
+
+impl<'f> UplinkFrame<'f> for RxFrame<'f> {
+    #[inline]
+    fn head(&self) -> &'f [u8] {
+        RxFrame::head(self)
+    }
+    #[inline]
+    fn is_multi_buffer(&self) -> bool {
+        RxFrame::is_multi_buffer(self)
+    }
+    fn push_parts(&self, list: &mut SegList) -> bool {
+        if !self.is_multi_buffer() {
+            return self.head().push_parts(list);
+        }
+        // SAFETY: as for a frame in one piece: the chunks ('f) stay ours until the
+        // burst is dropped, after the lists' last (read-only) use.
+        #[allow(unsafe_code)]
+        self.parts()
+            .all(|part| list.push(unsafe { HostBuf::from_bytes(part) }))
+    }
+}
+
 /// Classifies a burst of frames from the uplink and delivers them to the VMs.
 fn uplink_to_vms<'f>(
-    frames: impl Iterator<Item = &'f [u8]>,
+    frames: impl Iterator<Item = impl UplinkFrame<'f>>,
     table: &MacvlanTable,
     uplink: &mut UplinkEndpoint,
     vms: &mut [VhostEndpoint],
@@ -408,23 +459,26 @@ fn uplink_to_vms<'f>(
     for frame in frames.take(BURST) {
         let k = n;
         n += 1;
-        let len = frame.len() as u32;
+        let head = frame.head();
+        let multi = frame.is_multi_buffer();
+        batch.frames[k].clear();
+        batch.delivered[k] = false;
+        batch.offload[k] = TxOffload::NONE;
+        let fits = frame.push_parts(&mut batch.frames[k]);
+        let len = batch.frames[k].total();
         uplink.tally.tx_packets += 1;
         uplink.tally.tx_bytes += u64::from(len);
         batch.lens[k] = len;
-        batch.delivered[k] = false;
-        batch.offload[k] = TxOffload::NONE;
-        batch.frames[k].clear();
-        // SAFETY: `frame` ('f) outlives this call, and the batch's lists are used
-        // only in it: as copy sources (`deliver::to_vms`, never written) and
-        // cleared before their next use.
-        #[allow(unsafe_code)]
-        batch.frames[k].push(unsafe { HostBuf::from_bytes(frame) });
-        if len < MIN_FRAME {
+        if !fits {
+            // More parts than a frame list holds (64): a frame beyond any MTU.
+            batch.reason[k] = DropReason::TooBig;
+            continue;
+        }
+        if (head.len() as u32) < MIN_FRAME {
             batch.reason[k] = DropReason::Runt;
             continue;
         }
-        let (dst, src) = addresses(frame);
+        let (dst, src) = addresses(head);
         match table.decide(Ingress::Uplink, &dst, &src) {
             Ok(d) => dests[k] = d,
             Err(reason) => {
@@ -434,7 +488,8 @@ fn uplink_to_vms<'f>(
         }
         if uplink.checksums != UplinkChecksums::Trust {
             let verify = uplink.checksums == UplinkChecksums::Verify;
-            match checksum::classify(frame, verify) {
+            let whole = multi.then_some(&batch.frames[k]);
+            match checksum::classify(head, whole, verify) {
                 Verdict::Complete => {}
                 Verdict::Partial { start, offset } => {
                     uplink.tally.offload(OffloadEvent::PartialChecksum, 1);
