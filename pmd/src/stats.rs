@@ -62,6 +62,10 @@ pub struct UplinkInfo {
     /// multi-buffer, `XDP_USE_SG`): what jumbo MTUs need.
     #[serde(default)]
     pub multi_buffer: bool,
+    /// Frames leave with their TCP/UDP checksums for the kernel or NIC to fill in
+    /// (AF_XDP transmit metadata); else vpmd fills them in.
+    #[serde(default)]
+    pub tx_checksum_offload: bool,
     /// The kernel's `XDP_STATISTICS` of the AF_XDP sockets, summed (in snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xsk_kernel: Option<XskKernelCounts>,
@@ -251,13 +255,18 @@ impl Snapshot {
             if let Some(u) = &p.uplink {
                 let _ = write!(
                     extra,
-                    "  [{} XDP, {} sockets x{}{}, {}, checksums {}, max frame {}]",
+                    "  [{} XDP, {} sockets x{}{}, {}, checksums in {} out {}, max frame {}]",
                     u.xdp,
                     u.socket_mode,
                     u.queues,
                     if u.multi_buffer { " multi-buffer" } else { "" },
                     u.macvlan_mode,
                     u.checksums,
+                    if u.tx_checksum_offload {
+                        "kernel"
+                    } else {
+                        "vpmd"
+                    },
                     u.max_frame
                 );
             }

@@ -122,6 +122,7 @@ pub fn open(
         checksums: checksums.name().to_string(),
         max_frame: 0,
         multi_buffer: uplink.multi_buffer(),
+        tx_checksum_offload: false,
         xsk_kernel: None,
         sockets: Default::default(),
     };
@@ -171,6 +172,7 @@ pub fn open(
         // Frames of several chunks where the sockets are multi-buffer (jumbo MTUs).
         let max_frame = (mtu + L2_OVERHEAD).min(tx.max_frame() as u32);
         info.max_frame = max_frame;
+        info.tx_checksum_offload = tx.checksum_offload();
         let vms = m
             .ports
             .iter()
@@ -195,12 +197,17 @@ pub fn open(
         )));
     }
     log::info!(
-        "uplink {ifname}: MTU {mtu}, frames up to {} bytes each way{}",
+        "uplink {ifname}: MTU {mtu}, frames up to {} bytes each way{}; checksums out of it {}",
         info.max_frame,
         if info.multi_buffer {
             " (AF_XDP multi-buffer: frames larger than a UMEM chunk in several)"
         } else {
             " (one UMEM chunk per frame: the kernel refused XDP_USE_SG)"
+        },
+        if info.tx_checksum_offload {
+            "left to the kernel or NIC (AF_XDP transmit metadata)"
+        } else {
+            "filled in by vpmd (the kernel refused AF_XDP transmit metadata)"
         }
     );
     Ok(OpenedMacvlan {

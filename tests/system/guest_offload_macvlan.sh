@@ -81,9 +81,10 @@ stat() { port_stat "$(vpmd_stats_json)" "$1" "$2"; }
 # run_case NAME MTU PARTIAL: one guest boot, both transfers, the checks; PARTIAL
 # (yes/no): whether the namespace's frames arrive with partial checksums.
 run_case() {
-  local c=$1 mtu=$2 partial=$3 g="g-$1" t0=$SECONDS before_partial before_seg v host_mtu="" jumbo=""
+  local c=$1 mtu=$2 partial=$3 g="g-$1" t0=$SECONDS before_partial before_seg before_passed v host_mtu="" jumbo=""
   before_partial=$(stat "$UP" .offloads.partial_checksum)
   before_seg=$(stat vm0 .offloads.sw_segmented)
+  before_passed=$(stat vm0 .offloads.csum_passed)
   if ((mtu > 1500)); then
     host_mtu=$mtu jumbo="vpmd.size2=$((mtu - 28)) vpmd.count2=3"
   fi
@@ -104,13 +105,15 @@ run_case() {
     log "$p: offloads $(port_stat "$json" "$p" '.offloads | to_entries | map("\(.key)=\(.value)") | join(" ")');" \
       "drops $(port_stat "$json" "$p" '.drops | to_entries | map(select(.value > 0)) | map("\(.key)=\(.value)") | join(" ")')"
   done
-  v=$(port_stat "$json" "$UP" '"\(.uplink.max_frame) \(.uplink.multi_buffer)"')
-  [[ $v == "$((mtu + 18)) true" ]] ||
-    fail "case $c: uplink max frame and multi-buffer are '$v', wanted '$((mtu + 18)) true'"
+  v=$(port_stat "$json" "$UP" '"\(.uplink.max_frame) \(.uplink.multi_buffer) \(.uplink.tx_checksum_offload)"')
+  [[ $v == "$((mtu + 18)) true true" ]] ||
+    fail "case $c: uplink max frame, multi-buffer, tx checksum offload are '$v', wanted '$((mtu + 18)) true true'"
   [[ $(port_stat "$json" vm0 '.features | any(. == "HOST_TSO4")') == true ]] ||
     fail "case $c: the guest did not negotiate HOST_TSO4"
   v=$(($(port_stat "$json" vm0 .offloads.sw_segmented) - before_seg))
   ((v > 0)) || fail "case $c: none of the guest's TSO frames was segmented for the uplink"
+  v=$(($(port_stat "$json" vm0 .offloads.csum_passed) - before_passed))
+  ((v > 0)) || fail "case $c: none of the guest's checksum-only frames left with its checksum for the kernel"
   v=$(($(port_stat "$json" "$UP" .offloads.partial_checksum) - before_partial))
   case $partial in
     yes) ((v > 0)) || fail "case $c: no partial checksum seen from the namespace's veth" ;;

@@ -17,6 +17,11 @@
 //! larger than a chunk comes and goes as several descriptors, all but the last
 //! flagged `XDP_PKT_CONTD`: that is what carries jumbo frames (MTU 9000).
 //!
+//! Transmit metadata: the UMEM is registered with room for `struct
+//! xsk_tx_metadata` in front of every transmitted frame
+//! (`XDP_UMEM_TX_METADATA_LEN`, Linux 6.11+; without it if the kernel refuses),
+//! so that a frame may leave with its checksum for the kernel or NIC to fill in.
+//!
 //! # Threads
 //! An [`XskSocket`] is `Send` and not `Sync`: move it into the polling
 //! thread that serves its queue; that thread alone calls its `&mut self`
@@ -36,7 +41,7 @@ use std::sync::Arc;
 use crate::ring::{ConsumerRing, ProducerRing, XdpDesc};
 use crate::rx::{RxBurst, XskReceiver};
 use crate::stats::{RxCounters, TxCounters, XdpStatistics};
-use crate::tx::{TxBurst, XskTransmitter};
+use crate::tx::{TxBurst, TxSetup, XskTransmitter};
 use crate::umem::UmemArea;
 
 /// How the kernel moves frames between the device and the UMEM.
@@ -174,13 +179,32 @@ impl XskSocket {
                 source,
             })
         };
-        if setup.share_with.is_none() {
-            set(
-                "XDP_UMEM_REG",
-                libc::XDP_UMEM_REG,
-                &setup.umem.registration(),
-            )?;
-        }
+        // Transmit metadata (checksum offload) where the kernel takes it; the
+        // UMEM's owner decides for every socket sharing it.
+        let tx_metadata = match setup.share_with {
+            Some(owner) => owner.tx_checksum(),
+            None => {
+                let reg = |meta| {
+                    set(
+                        "XDP_UMEM_REG",
+                        libc::XDP_UMEM_REG,
+                        &setup.umem.registration(meta),
+                    )
+                };
+                match reg(true) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let why = std::error::Error::source(&e).map(ToString::to_string);
+                        log::info!(
+                            "{e} with XDP_UMEM_TX_METADATA_LEN ({}); registering the UMEM without transmit metadata",
+                            why.unwrap_or_default()
+                        );
+                        reg(false)?;
+                        false
+                    }
+                }
+            }
+        };
         set("XDP_UMEM_FILL_RING", libc::XDP_UMEM_FILL_RING, &rings.fill)?;
         set(
             "XDP_UMEM_COMPLETION_RING",
@@ -260,7 +284,11 @@ impl XskSocket {
                 .collect(),
             Arc::clone(umem),
             Arc::clone(&fd),
-            (queue, multi_buffer),
+            TxSetup {
+                queue_id: queue,
+                multi_buffer,
+                tx_metadata,
+            },
         );
         Ok(Self {
             receiver,
@@ -317,6 +345,13 @@ impl XskSocket {
     /// descriptors (`XDP_USE_SG`).
     pub fn multi_buffer(&self) -> bool {
         self.multi_buffer
+    }
+
+    /// Whether frames may leave with their TCP/UDP checksum for the kernel (or
+    /// the NIC) to fill in (AF_XDP transmit metadata); see
+    /// [`XskTransmitter::checksum_offload`].
+    pub fn tx_checksum(&self) -> bool {
+        self.transmitter.checksum_offload()
     }
 
     pub fn rx_counters(&self) -> RxCounters {

@@ -40,6 +40,9 @@ pub struct TxCounters {
     pub completed: u64,
     /// Chunks beyond the first of the frames sent in several (multi-buffer).
     pub parts_after_first: u64,
+    /// Frames sent with their checksum left to the kernel or NIC (transmit
+    /// metadata).
+    pub checksum_requests: u64,
     /// Frames asked for that got no slot: the TX ring was full.
     pub ring_full: u64,
     /// Frames asked for that got no slot: no free chunk (all in flight).

@@ -30,12 +30,24 @@ use std::sync::Arc;
 
 use crate::ring::{ConsumerRing, ProducerRing, XdpDesc};
 use crate::stats::TxCounters;
-use crate::umem::UmemArea;
+use crate::umem::{UmemArea, TX_METADATA_LEN, TX_METADATA_ROOM};
 
 /// Most chunks one multi-buffer frame takes: the kernel builds at most
 /// `MAX_SKB_FRAGS` (17 by default) fragments per frame in copy mode; 16
 /// chunks of 4096 bytes carry a 64 KiB frame.
 pub const MAX_TX_PARTS: usize = 16;
+
+/// What a transmitter is set up with.
+pub(crate) struct TxSetup {
+    pub queue_id: u32,
+    /// Frames may span several chunks (`XDP_USE_SG`).
+    pub multi_buffer: bool,
+    /// The UMEM has room for transmit metadata in front of each frame.
+    pub tx_metadata: bool,
+}
+
+/// `XDP_TX_METADATA`: the descriptor's frame has metadata in front of it.
+const DESC_TX_METADATA: u32 = libc::XDP_TX_METADATA;
 
 /// The transmit half of a socket. `Send`, not `Sync`: one thread owns it
 /// and calls [`Self::transmit_burst`] through `&mut self`.
@@ -48,7 +60,8 @@ pub struct XskTransmitter {
     free: Vec<u64>,
     umem: Arc<UmemArea>,
     fd: Arc<OwnedFd>,
-    /// Frames start this far into their chunk.
+    /// Frames start this far into their chunk: the UMEM's headroom, plus
+    /// [`crate::umem::TX_METADATA_ROOM`] with transmit metadata.
     headroom: u32,
     /// Largest frame a chunk holds.
     capacity: u32,
@@ -57,6 +70,8 @@ pub struct XskTransmitter {
     queue_id: u32,
     /// Frames may span several chunks (`XDP_USE_SG`).
     multi_buffer: bool,
+    /// Frames may leave with a checksum for the kernel to fill in.
+    tx_metadata: bool,
     counters: TxCounters,
 }
 
@@ -68,9 +83,15 @@ impl XskTransmitter {
         chunks: Vec<u64>,
         umem: Arc<UmemArea>,
         fd: Arc<OwnedFd>,
-        (queue_id, multi_buffer): (u32, bool),
+        setup: TxSetup,
     ) -> Self {
-        let headroom = umem.headroom();
+        let TxSetup {
+            queue_id,
+            multi_buffer,
+            tx_metadata,
+        } = setup;
+        let meta_room = if tx_metadata { TX_METADATA_ROOM } else { 0 };
+        let headroom = umem.headroom() + meta_room;
         let capacity = umem.chunk_size() - headroom;
         // Chunks are conserved: the list never outgrows its initial length,
         // so pushing reclaimed chunks back never reallocates.
@@ -86,6 +107,7 @@ impl XskTransmitter {
             kick_pending: false,
             queue_id,
             multi_buffer,
+            tx_metadata,
             counters: TxCounters::default(),
         }
     }
@@ -155,6 +177,16 @@ impl XskTransmitter {
         }
     }
 
+    /// Whether a frame may leave with its TCP/UDP checksum left for the
+    /// kernel or NIC to fill in ([`TxBurst::commit_partial`]): the UMEM has
+    /// transmit metadata (Linux 6.11+ in copy mode). A NIC that checksums
+    /// does it; otherwise the kernel does before the driver sees the frame;
+    /// on a veth the frame reaches the peer as the peer's own stack would
+    /// send it, checksum partial and trusted (`CHECKSUM_PARTIAL`).
+    pub fn checksum_offload(&self) -> bool {
+        self.tx_metadata
+    }
+
     /// Slots (chunks) a frame of `len` bytes takes.
     #[inline]
     pub fn slots_for(&self, len: usize) -> usize {
@@ -173,6 +205,23 @@ impl XskTransmitter {
 
     pub fn counters(&self) -> TxCounters {
         self.counters
+    }
+
+    /// Writes a checksum request into the metadata in front of the frame at
+    /// `addr` (a free chunk's, `tx_metadata` on); returns the descriptor
+    /// option that makes the kernel read it.
+    fn write_checksum_request(&mut self, addr: u64, (start, offset): (u16, u16)) -> u32 {
+        let mut meta = [0u8; TX_METADATA_LEN as usize];
+        meta[..8].copy_from_slice(&u64::from(libc::XDP_TXMD_FLAGS_CHECKSUM).to_ne_bytes());
+        meta[8..10].copy_from_slice(&start.to_ne_bytes());
+        meta[10..12].copy_from_slice(&offset.to_ne_bytes());
+        let at = addr - u64::from(TX_METADATA_LEN);
+        // SAFETY: the metadata area lies inside the frame's chunk, in front of
+        // the frame (headroom includes TX_METADATA_ROOM); the chunk is free,
+        // so on no ring and in no other view.
+        unsafe { self.umem.bytes_mut(at, meta.len()) }.copy_from_slice(&meta);
+        self.counters.checksum_requests += 1;
+        DESC_TX_METADATA
     }
 
     /// Makes the kernel look at the TX ring, if it asked to be told.
@@ -285,6 +334,19 @@ impl<'t> TxBurst<'t> {
     /// size means the frame did not fit, and it is counted as too big.
     /// Returns whether the frame was queued.
     pub fn commit(&mut self, len: usize) -> bool {
+        self.commit_with(len, None)
+    }
+
+    /// As [`Self::commit`], for a frame whose checksum is left to the kernel:
+    /// the sum from byte `csum_start` to the end goes at `csum_start +
+    /// csum_offset`, where the pseudo-header sum already is (as a virtio-net
+    /// `NEEDS_CSUM` frame has it). Only where
+    /// [`XskTransmitter::checksum_offload`]; otherwise the slot is abandoned.
+    pub fn commit_partial(&mut self, len: usize, csum_start: u16, csum_offset: u16) -> bool {
+        self.commit_with(len, Some((csum_start, csum_offset)))
+    }
+
+    fn commit_with(&mut self, len: usize, checksum: Option<(u16, u16)>) -> bool {
         if self.offered >= self.granted {
             return false;
         }
@@ -298,11 +360,20 @@ impl<'t> TxBurst<'t> {
             t.counters.too_big += 1;
             return false;
         }
+        if checksum.is_some() && !t.tx_metadata {
+            t.counters.abandoned += 1;
+            return false;
+        }
         let chunk = t.free.pop().expect("a granted slot has a free chunk");
+        let addr = chunk + u64::from(t.headroom);
+        let options = match checksum {
+            Some(request) => t.write_checksum_request(addr, request),
+            None => 0,
+        };
         let desc = XdpDesc {
-            addr: chunk + u64::from(t.headroom),
+            addr,
             len: len as u32,
-            options: 0,
+            options,
         };
         t.tx.write(self.queued, desc);
         self.queued += 1;
@@ -391,19 +462,37 @@ impl TxChain<'_, '_> {
     /// Puts every part on the TX ring, all but the last flagged
     /// `XDP_PKT_CONTD`; the burst's drop publishes them with its other frames.
     pub fn commit(self) {
+        self.commit_with(None);
+    }
+
+    /// As [`Self::commit`], with the checksum left to the kernel as in
+    /// [`TxBurst::commit_partial`] (the field must be in the first part).
+    /// Only where [`XskTransmitter::checksum_offload`]; otherwise abandoned.
+    pub fn commit_partial(self, csum_start: u16, csum_offset: u16) {
+        if !self.burst.transmitter.tx_metadata {
+            return; // dropped: abandoned
+        }
+        self.commit_with(Some((csum_start, csum_offset)));
+    }
+
+    fn commit_with(self, checksum: Option<(u16, u16)>) {
         let b = &mut *self.burst;
         let t = &mut *b.transmitter;
         let cap = t.capacity as usize;
         for i in 0..self.parts {
             let chunk = t.free.pop().expect("a chain's chunks are free");
             let len = (self.len - i * cap).min(cap);
-            let options = if i + 1 < self.parts {
+            let addr = chunk + u64::from(t.headroom);
+            let mut options = if i + 1 < self.parts {
                 libc::XDP_PKT_CONTD
             } else {
                 0
             };
+            if let (0, Some(request)) = (i, checksum) {
+                options |= t.write_checksum_request(addr, request);
+            }
             let desc = XdpDesc {
-                addr: chunk + u64::from(t.headroom),
+                addr,
                 len: len as u32,
                 options,
             };

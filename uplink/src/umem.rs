@@ -17,6 +17,14 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+/// `sizeof(struct xsk_tx_metadata)`: flags (8 bytes), then the checksum
+/// request (start, offset: 2 bytes each) or the completion timestamp, padded.
+pub const TX_METADATA_LEN: u32 = 24;
+
+/// Where transmit metadata is on: bytes in front of a transmitted frame's
+/// data, its metadata at their end (the frame stays cache-line aligned).
+pub const TX_METADATA_ROOM: u32 = 64;
+
 /// Size of one chunk. A frame must fit in one chunk (no multi-buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChunkSize {
@@ -151,15 +159,21 @@ impl UmemArea {
         }))
     }
 
-    /// The `XDP_UMEM_REG` argument describing this area.
-    pub(crate) fn registration(&self) -> libc::xdp_umem_reg {
+    /// The `XDP_UMEM_REG` argument describing this area; `tx_metadata`: with
+    /// room for `struct xsk_tx_metadata` in front of every transmitted frame
+    /// (`XDP_UMEM_TX_METADATA_LEN`, Linux 6.11+), for transmit checksum offload.
+    pub(crate) fn registration(&self, tx_metadata: bool) -> libc::xdp_umem_reg {
         libc::xdp_umem_reg {
             addr: self.base.as_ptr() as u64,
             len: self.len as u64,
             chunk_size: self.chunk_size,
             headroom: self.headroom,
-            flags: 0,
-            tx_metadata_len: 0,
+            flags: if tx_metadata {
+                libc::XDP_UMEM_TX_METADATA_LEN
+            } else {
+                0
+            },
+            tx_metadata_len: if tx_metadata { TX_METADATA_LEN } else { 0 },
         }
     }
 

@@ -331,6 +331,7 @@ mod tests {
             checksums: "fix".into(),
             max_frame: 1518,
             multi_buffer: true,
+            tx_checksum_offload: true,
             xsk_kernel: Some(XskKernelCounts {
                 rx_ring_full: 7,
                 ..Default::default()

@@ -4,10 +4,11 @@
 //!
 //! Offloads: a VM receives a frame as a veth peer would ([`offload::send`]: passed
 //! through when it negotiated what the frame asks for, else checksummed or segmented
-//! here). The uplink takes no offload (AF_XDP has no segmentation offload; its
-//! transmit-checksum metadata is not used, see docs/offloads.md), so a frame asking
-//! for a checksum or TSO leaves it checksummed and segmented in software, each
-//! segment built in its UMEM chunk. A frame (or segment) larger than a chunk, at a
+//! here). AF_XDP has no segmentation offload: a TSO frame leaves the uplink
+//! segmented in software, each segment built in its UMEM chunk. Checksums go with
+//! AF_XDP's transmit metadata where the kernel has it (Linux 6.11+): a frame or
+//! segment leaves with its checksum partial and a request for the kernel (or NIC) to
+//! fill it in; elsewhere vpmd fills it in while copying. A frame (or segment) larger than a chunk, at a
 //! jumbo MTU, is built across several chunks ([`TxChain`], multi-buffer).
 
 use vpmd_backend::net::RxScratch;
@@ -131,6 +132,7 @@ pub fn to_uplink(
     if want == 0 {
         return;
     }
+    let partial_ok = tx.checksum_offload();
     let mut burst = tx.transmit_burst(want);
     for (k, d) in dests.iter().enumerate() {
         if !d.uplink {
@@ -145,6 +147,15 @@ pub fn to_uplink(
                 Some(()) => (1, 0, DropReason::NoDestination),
                 None => (0, 0, DropReason::UplinkBusy),
             },
+            Request::Checksum { start, offset } if partial_ok => {
+                match copy_out_partial(&mut burst, batch, k, (start, offset)) {
+                    Some(()) => {
+                        work.offload(OffloadEvent::CsumPassed, 1);
+                        (1, 0, DropReason::NoDestination)
+                    }
+                    None => (0, 0, DropReason::UplinkBusy),
+                }
+            }
             Request::Checksum { start, offset } => {
                 match copy_out(&mut burst, batch, k, Some((start, offset))) {
                     Some(()) => {
@@ -159,7 +170,8 @@ pub fn to_uplink(
                     (0, 0, DropReason::TooBig)
                 }
                 Some(plan) => {
-                    let out = segment_out(&mut burst, batch, k, plan, &mut uplink.tally);
+                    let out =
+                        segment_out(&mut burst, batch, k, plan, partial_ok, &mut uplink.tally);
                     if out > 0 {
                         work.offload(OffloadEvent::SwSegmented, 1);
                         work.offload(OffloadEvent::SwSegments, plan.count() as u64);
@@ -212,6 +224,31 @@ fn copy_out(
     Some(())
 }
 
+/// Copies frame `k` (it asks for a checksum: `start`, `offset`) into the burst's
+/// next chunk (or chunks) as it is, with a request for the kernel to fill the
+/// checksum in (the field holds the pseudo-header sum, as `NEEDS_CSUM` says).
+fn copy_out_partial(
+    burst: &mut TxBurst<'_>,
+    batch: &Batch,
+    k: usize,
+    (start, offset): (u16, u16),
+) -> Option<()> {
+    let n = batch.lens[k] as usize;
+    let src = &batch.frames[k];
+    match burst.buffer() {
+        Some(buf) if n <= buf.len() => {
+            src.read_at(0, &mut buf[..n]);
+            burst.commit_partial(n, start, offset).then_some(())
+        }
+        _ => {
+            let mut chain = burst.chain(n)?;
+            chain_copy(&mut chain, 0, src, 0, n, None);
+            chain.commit_partial(start, offset);
+            Some(())
+        }
+    }
+}
+
 /// [`copy_out`] for a frame larger than a chunk: across a chain of them.
 #[cold]
 fn copy_out_chain(
@@ -247,13 +284,15 @@ fn copy_out_chain(
 
 /// Cuts TSO frame `k` into `plan`'s segments, each built in a chunk of the burst
 /// (in a chain of them when larger): the payload copied from the frame, then the
-/// headers written with its sum. Returns how many segments went out (the rest
-/// found no chunk).
+/// headers written with its sum, or with the checksum left to the kernel
+/// (`partial`: the uplink takes checksum requests). Returns how many segments went
+/// out (the rest found no chunk).
 fn segment_out(
     burst: &mut TxBurst<'_>,
     batch: &Batch,
     k: usize,
     plan: &Segmenter,
+    partial: bool,
     tally: &mut PortTally,
 ) -> u32 {
     let head = plan.header_len();
@@ -266,9 +305,14 @@ fn segment_out(
         match burst.buffer() {
             Some(buf) if end <= buf.len() => {
                 src.read_at(part.payload_at as u32, &mut buf[head..end]);
-                sum.add(&buf[head..end]);
-                plan.write_headers(i, sum, &mut buf[..head]);
-                burst.commit(end);
+                if partial {
+                    let (start, offset) = plan.write_headers_partial(i, &mut buf[..head]);
+                    burst.commit_partial(end, start, offset);
+                } else {
+                    sum.add(&buf[head..end]);
+                    plan.write_headers(i, sum, &mut buf[..head]);
+                    burst.commit(end);
+                }
             }
             _ => {
                 // A segment larger than a chunk (jumbo MTU); its headers fit in
@@ -277,9 +321,15 @@ fn segment_out(
                     break;
                 };
                 let at = part.payload_at as u32;
-                chain_copy(&mut chain, head, src, at, part.payload_len, Some(&mut sum));
-                plan.write_headers(i, sum, &mut chain.part(0)[..head]);
-                chain.commit();
+                let summed = (!partial).then_some(&mut sum);
+                chain_copy(&mut chain, head, src, at, part.payload_len, summed);
+                if partial {
+                    let (start, offset) = plan.write_headers_partial(i, &mut chain.part(0)[..head]);
+                    chain.commit_partial(start, offset);
+                } else {
+                    plan.write_headers(i, sum, &mut chain.part(0)[..head]);
+                    chain.commit();
+                }
             }
         }
         tally.rx_packets += 1;
