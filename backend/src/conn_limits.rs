@@ -66,22 +66,37 @@ pub enum LimitError {
     },
 }
 
-/// The memory table as the frontend has described it: (guest address, size).
+/// A memory region as the frontend describes it: guest address, size, its
+/// address in the frontend, and the offset into its file.
+pub type Region = [u64; 4];
+
+/// The memory table as the frontend has described it, each region with the number
+/// of times it was added.
+///
+/// QEMU 7.2 sends a multi-queue port's regions once per queue pair: each pair is a
+/// vhost device of its own that keeps its own idea of what the backend holds, and
+/// all of them add (and remove) the same regions on the one connection. The library
+/// refuses a region that overlaps one it has, which would end the connection, so an
+/// exact repeat is counted here and not passed on, and only the last removal of a
+/// region is (as DPDK's vhost library tolerates the repeats).
 #[derive(Debug, Default)]
 pub struct RegionBook {
-    regions: Vec<(u64, u64)>,
+    regions: Vec<(Region, u32)>,
 }
 
 impl RegionBook {
-    fn check(regions: &[(u64, u64)], limits: &ConnLimits) -> Result<(), LimitError> {
-        if regions.len() > MAX_REGIONS {
-            return Err(LimitError::Regions {
-                count: regions.len(),
-            });
+    fn check<'a>(
+        regions: impl Iterator<Item = &'a Region>,
+        limits: &ConnLimits,
+    ) -> Result<(), LimitError> {
+        let (mut count, mut bytes) = (0usize, 0u64);
+        for r in regions {
+            count += 1;
+            bytes = bytes.saturating_add(r[1]);
         }
-        let bytes = regions
-            .iter()
-            .fold(0u64, |sum, &(_, size)| sum.saturating_add(size));
+        if count > MAX_REGIONS {
+            return Err(LimitError::Regions { count });
+        }
         if bytes > limits.max_memory {
             return Err(LimitError::Memory {
                 bytes,
@@ -92,31 +107,47 @@ impl RegionBook {
     }
 
     /// SET_MEM_TABLE: the table becomes `regions`, if within `limits`.
-    pub fn replace(
-        &mut self,
-        regions: Vec<(u64, u64)>,
-        limits: &ConnLimits,
-    ) -> Result<(), LimitError> {
-        Self::check(&regions, limits)?;
-        self.regions = regions;
+    pub fn replace(&mut self, regions: Vec<Region>, limits: &ConnLimits) -> Result<(), LimitError> {
+        Self::check(regions.iter(), limits)?;
+        self.regions = regions.into_iter().map(|r| (r, 1)).collect();
         Ok(())
     }
 
-    /// ADD_MEM_REG, if within `limits`.
-    pub fn add(&mut self, gpa: u64, size: u64, limits: &ConnLimits) -> Result<(), LimitError> {
-        self.regions.push((gpa, size));
-        if let Err(e) = Self::check(&self.regions, limits) {
-            self.regions.pop();
-            return Err(e);
+    /// ADD_MEM_REG, if within `limits`. `Ok(false)`: an exact repeat of a region
+    /// the table has, counted and not to be passed on.
+    pub fn add(&mut self, region: Region, limits: &ConnLimits) -> Result<bool, LimitError> {
+        if let Some(e) = self.regions.iter_mut().find(|(r, _)| *r == region) {
+            e.1 = e.1.saturating_add(1);
+            return Ok(false);
         }
-        Ok(())
+        Self::check(
+            self.regions
+                .iter()
+                .map(|(r, _)| r)
+                .chain(std::iter::once(&region)),
+            limits,
+        )?;
+        self.regions.push((region, 1));
+        Ok(true)
     }
 
-    /// REM_MEM_REG (a region the book does not know is ignored: the library refuses it).
-    pub fn remove(&mut self, gpa: u64, size: u64) {
-        if let Some(i) = self.regions.iter().position(|&r| r == (gpa, size)) {
+    /// REM_MEM_REG (compared by guest address and size, as the library does):
+    /// whether to pass it on: the region's last removal, or a region the book does
+    /// not know (the library refuses it).
+    pub fn remove(&mut self, gpa: u64, size: u64) -> bool {
+        let Some(i) = self
+            .regions
+            .iter()
+            .position(|(r, _)| (r[0], r[1]) == (gpa, size))
+        else {
+            return true;
+        };
+        self.regions[i].1 -= 1;
+        if self.regions[i].1 == 0 {
             self.regions.swap_remove(i);
+            return true;
         }
+        false
     }
 
     /// Regions now.
@@ -175,33 +206,66 @@ mod tests {
             max_memory: 1 << 30,
             ..ConnLimits::DEFAULT
         };
+        let r = |gpa: u64, size: u64| [gpa, size, 0x7f00_0000_0000 + gpa, 0];
         let mut book = RegionBook::default();
-        book.replace(vec![(0, 1 << 29), (1 << 29, 1 << 29)], &limits)
+        book.replace(vec![r(0, 1 << 29), r(1 << 29, 1 << 29)], &limits)
             .unwrap();
         assert!(matches!(
-            book.add(1 << 30, 4096, &limits),
+            book.add(r(1 << 30, 4096), &limits),
             Err(LimitError::Memory { .. })
         ));
         assert_eq!(book.len(), 2, "a refused region is not kept");
-        book.remove(1 << 29, 1 << 29);
-        book.add(1 << 30, 4096, &limits).unwrap();
+        assert!(book.remove(1 << 29, 1 << 29));
+        assert_eq!(book.add(r(1 << 30, 4096), &limits), Ok(true));
         let mut book = RegionBook::default();
         let big = ConnLimits {
             max_memory: u64::MAX,
             ..ConnLimits::DEFAULT
         };
         for i in 0..MAX_REGIONS as u64 {
-            book.add(i << 20, 1 << 20, &big).unwrap();
+            book.add(r(i << 20, 1 << 20), &big).unwrap();
         }
         assert_eq!(
-            book.add(1 << 40, 1 << 20, &big),
+            book.add(r(1 << 40, 1 << 20), &big),
             Err(LimitError::Regions {
                 count: MAX_REGIONS + 1
             })
         );
         assert!(book
-            .replace(vec![(0, u64::MAX), (1, u64::MAX)], &limits)
+            .replace(vec![r(0, u64::MAX), r(1, u64::MAX)], &limits)
             .is_err());
+    }
+
+    #[test]
+    fn repeated_regions_are_counted_not_passed_on() {
+        let limits = ConnLimits::DEFAULT;
+        let region = [1 << 32, 1 << 28, 0x7f00_0000_0000, 0];
+        let mut book = RegionBook::default();
+        assert_eq!(book.add(region, &limits), Ok(true), "the first: passed on");
+        assert_eq!(
+            book.add(region, &limits),
+            Ok(false),
+            "a repeat (queue pair 1)"
+        );
+        let mut moved = region;
+        moved[3] = 4096;
+        assert_eq!(
+            book.add(moved, &limits),
+            Ok(true),
+            "not a repeat: the library decides"
+        );
+        assert_eq!(book.len(), 2);
+        assert!(!book.remove(region[0], region[1]), "still added once more");
+        assert!(
+            book.remove(region[0], region[1]),
+            "the last removal: passed on"
+        );
+        assert!(book.remove(region[0], region[1]), "the other copy");
+        assert!(
+            book.remove(region[0], region[1]),
+            "unknown: passed on, refused there"
+        );
+        assert!(book.is_empty());
     }
 
     #[test]

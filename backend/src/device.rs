@@ -26,9 +26,6 @@ use crate::port::{close_reason, ActiveRings, ConnHealth, VirtioNetPort};
 use crate::split_ring::MAX_QUEUE_SIZE;
 use crate::GuestMemoryAtomicMmap;
 
-/// Queues per device: one RX/TX pair for now.
-pub const NUM_QUEUES: usize = 2;
-
 /// Backend state of one vhost-user connection of a port.
 pub struct NetDevice {
     port: Arc<VirtioNetPort>,
@@ -83,7 +80,7 @@ impl VhostUserBackend for NetDevice {
     type Vring = VringRwLock<GuestMemoryAtomicMmap>;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        2 * self.port.queue_pairs()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -91,7 +88,7 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn features(&self) -> u64 {
-        features::device_features(self.port.offloads())
+        features::device_features(self.port.offloads(), self.port.queue_pairs())
     }
 
     fn acked_features(&self, features: u64) {
@@ -111,7 +108,8 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let space = features::config_space(self.port.mac(), self.port.mtu());
+        let space =
+            features::config_space(self.port.mac(), self.port.mtu(), self.port.queue_pairs());
         features::config_window(&space, offset, size)
     }
 
@@ -138,7 +136,8 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        vec![(1 << NUM_QUEUES) - 1]
+        // One worker thread (kicks are not used: the rings are polled) for all.
+        vec![(1u64 << self.num_queues()) - 1]
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -158,7 +157,9 @@ impl VhostUserBackend for NetDevice {
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if usize::from(device_event) >= NUM_QUEUES || self.published.swap(true, Ordering::AcqRel) {
+        if usize::from(device_event) >= self.num_queues()
+            || self.published.swap(true, Ordering::AcqRel)
+        {
             return Ok(());
         }
         let rings = ActiveRings::new(

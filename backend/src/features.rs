@@ -17,7 +17,7 @@ use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -37,8 +37,13 @@ use crate::net::{NetLayout, Offloads};
 ///
 /// `offloads` is the port's choice of [`OFFLOADS`], already closed under their
 /// dependencies ([`offload_closure`]).
-pub fn device_features(offloads: u64) -> u64 {
-    (offloads & OFFLOADS)
+pub fn device_features(offloads: u64, queue_pairs: usize) -> u64 {
+    let mq = if queue_pairs > 1 {
+        1 << VIRTIO_NET_F_MQ
+    } else {
+        0
+    };
+    mq | (offloads & OFFLOADS)
         | (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MAC)
         | (1 << VIRTIO_NET_F_MTU)
@@ -94,7 +99,7 @@ pub fn offload_closure(wanted: u64) -> u64 {
 
 /// The virtio features vpmd offers, by the names logs, stats, metrics and the
 /// config file (lower case) use.
-pub const OFFERED_NAMES: [(u32, &str); 15] = [
+pub const OFFERED_NAMES: [(u32, &str); 16] = [
     (VIRTIO_NET_F_CSUM, "CSUM"),
     (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
     (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
@@ -110,6 +115,7 @@ pub const OFFERED_NAMES: [(u32, &str); 15] = [
     (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
     (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
     (VIRTIO_F_IN_ORDER, "IN_ORDER"),
+    (VIRTIO_NET_F_MQ, "MQ"),
 ];
 
 /// The names of the features in `acked` that vpmd offers, in [`OFFERED_NAMES`] order.
@@ -147,11 +153,11 @@ pub fn layout(acked: u64) -> NetLayout {
 const LINK_UP: u16 = 1;
 
 /// `struct virtio_net_config` up to and including `mtu` (5.1.4).
-pub fn config_space(mac: [u8; 6], mtu: u16) -> [u8; 12] {
+pub fn config_space(mac: [u8; 6], mtu: u16, queue_pairs: usize) -> [u8; 12] {
     let mut c = [0u8; 12];
     c[0..6].copy_from_slice(&mac);
     c[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
-    c[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+    c[8..10].copy_from_slice(&(queue_pairs as u16).to_le_bytes()); // max_virtqueue_pairs
     c[10..12].copy_from_slice(&mtu.to_le_bytes());
     c
 }
@@ -179,7 +185,12 @@ mod tests {
 
     #[test]
     fn config_carries_mac_and_mtu() {
-        let c = config_space([0x52, 0x54, 0, 0, 0, 1], 9000);
+        let c = config_space([0x52, 0x54, 0, 0, 0, 1], 9000, 2);
+        assert_eq!(
+            config_window(&c, 8, 2),
+            2u16.to_le_bytes(),
+            "max_virtqueue_pairs"
+        );
         assert_eq!(&config_window(&c, 0, 6), &[0x52, 0x54, 0, 0, 0, 1]);
         assert_eq!(config_window(&c, 10, 2), 9000u16.to_le_bytes());
         assert_eq!(config_window(&c, 300, 4), vec![0; 4]);
@@ -192,11 +203,11 @@ mod tests {
             (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_F_IN_ORDER);
         assert_eq!(describe(acked), "VERSION_1 EVENT_IDX IN_ORDER");
         assert_eq!(
-            describe(device_features(OFFLOADS)).split(' ').count(),
+            describe(device_features(OFFLOADS, 2)).split(' ').count(),
             OFFERED_NAMES.len(),
             "every offered bit named"
         );
-        assert_eq!(describe(device_features(0)).split(' ').count(), 7);
+        assert_eq!(describe(device_features(0, 1)).split(' ').count(), 7);
     }
 
     #[test]

@@ -30,6 +30,22 @@ pub const RX_QUEUE: usize = 0;
 /// Queue index of the first TX queue.
 pub const TX_QUEUE: usize = 1;
 
+/// Most queue pairs a port may have (`VIRTIO_NET_F_MQ`): what a VM of up to 8
+/// vCPUs spreads its traffic over; DPDK's and QEMU's limits are far above.
+pub const MAX_QUEUE_PAIRS: usize = 8;
+
+/// Queue index of queue pair `pair`'s RX queue (virtio-net: RX 2n, TX 2n+1).
+#[inline]
+pub const fn rx_queue(pair: usize) -> usize {
+    2 * pair
+}
+
+/// Queue index of queue pair `pair`'s TX queue.
+#[inline]
+pub const fn tx_queue(pair: usize) -> usize {
+    2 * pair + 1
+}
+
 /// What went wrong with a port's frontends, over all its connections. Each of
 /// these is rare (once per hostile connection, or a notification that found the
 /// guest's counter full), so they are plain shared atomics, not per-burst tallies.
@@ -180,6 +196,21 @@ impl ActiveRings {
         self.acked_features.load(Ordering::Relaxed)
     }
 
+    /// The queue pairs whose RX queue is started and enabled, as a bit mask (bit
+    /// `n`: pair `n`): where frames for this port may be steered. Takes each RX
+    /// vring's read lock once.
+    pub fn running_rx_queues(&self) -> u32 {
+        let pairs = (self.vrings.len() / 2).min(MAX_QUEUE_PAIRS);
+        (0..pairs)
+            .filter(|&p| self.queue_running(rx_queue(p)))
+            .fold(0, |m, p| m | 1 << p)
+    }
+
+    /// Queue pairs the connection has (half its vrings).
+    pub fn queue_pairs(&self) -> usize {
+        self.vrings.len() / 2
+    }
+
     /// Whether queue `index` is started and enabled.
     pub fn queue_running(&self, index: usize) -> bool {
         self.health.closing() == 0
@@ -196,6 +227,8 @@ pub struct VirtioNetPort {
     mac: [u8; 6],
     mtu: u16,
     offloads: u64,
+    /// Queue pairs offered (1: no `VIRTIO_NET_F_MQ`).
+    queue_pairs: usize,
     limits: ConnLimits,
     faults: Arc<PortFaults>,
     active: Mutex<Option<Arc<ActiveRings>>>,
@@ -213,6 +246,7 @@ impl VirtioNetPort {
             mac,
             mtu,
             offloads: features::OFFLOADS,
+            queue_pairs: 1,
             limits: ConnLimits::DEFAULT,
             faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
@@ -231,6 +265,18 @@ impl VirtioNetPort {
     pub fn with_offloads(mut self, offloads: u64) -> Self {
         self.offloads = features::offload_closure(offloads);
         self
+    }
+
+    /// The same port offering `pairs` queue pairs (1 to [`MAX_QUEUE_PAIRS`];
+    /// clamped), with `VIRTIO_NET_F_MQ` when more than one.
+    pub fn with_queue_pairs(mut self, pairs: usize) -> Self {
+        self.queue_pairs = pairs.clamp(1, MAX_QUEUE_PAIRS);
+        self
+    }
+
+    /// Queue pairs this port offers.
+    pub fn queue_pairs(&self) -> usize {
+        self.queue_pairs
     }
 
     /// The offload feature bits this port offers.

@@ -45,7 +45,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn_limits::{ConnLimits, LimitError, MessageRate, RegionBook};
+use crate::conn_limits::{ConnLimits, LimitError, MessageRate, Region, RegionBook};
 use crate::fault_guard::{self, MemoryWatch};
 use crate::fd_check::VRING_NOFD;
 use crate::guest_mem::MAX_REGIONS;
@@ -267,8 +267,8 @@ fn write_message(sock: &UnixStream, msg: &Message) -> Result<(), RelayError> {
     Ok(())
 }
 
-/// Regions a SET_MEM_TABLE body describes: (guest address, size) each.
-fn table_regions(body: &[u8]) -> Vec<(u64, u64)> {
+/// Regions a SET_MEM_TABLE body describes.
+fn table_regions(body: &[u8]) -> Vec<Region> {
     let count = body
         .get(0..4)
         .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
@@ -277,13 +277,14 @@ fn table_regions(body: &[u8]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The (guest address, size) of the `VhostUserMemoryRegion` at `at`.
-fn region_at(body: &[u8], at: usize) -> Option<(u64, u64)> {
+/// The `VhostUserMemoryRegion` at `at`: guest address, size, frontend address,
+/// file offset.
+fn region_at(body: &[u8], at: usize) -> Option<Region> {
     let word = |i: usize| {
         body.get(at + 8 * i..at + 8 * i + 8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
     };
-    Some((word(0)?, word(1)?))
+    Some([word(0)?, word(1)?, word(2)?, word(3)?])
 }
 
 /// A private, non-blocking eventfd standing in for one the frontend sent.
@@ -305,6 +306,15 @@ fn reply_u64(frontend: &UnixStream, request: u32, value: u64) -> Result<(), Rela
     Ok(())
 }
 
+/// Answers a message the relay does not pass on as the library would have: with
+/// an ack of success if the frontend asked for one.
+fn ack(st: &Negotiation, msg: &Message, frontend: &UnixStream) -> Result<(), RelayError> {
+    if st.reply_ack && msg.flags() & FLAG_NEED_REPLY != 0 {
+        reply_u64(frontend, msg.request(), 0)?;
+    }
+    Ok(())
+}
+
 /// Handles one frontend message: forward it, or hold it back and maybe ack it.
 fn relay_one(
     mut msg: Message,
@@ -323,13 +333,19 @@ fn relay_one(
             .replace(table_regions(&msg.body), limits)
             .map_err(limit)?,
         Ok(FrontendReq::ADD_MEM_REG) => {
-            if let Some((gpa, size)) = region_at(&msg.body, 8) {
-                st.book.add(gpa, size, limits).map_err(limit)?;
+            if let Some(region) = region_at(&msg.body, 8) {
+                if !st.book.add(region, limits).map_err(limit)? {
+                    // A repeat (another queue pair of a QEMU 7.2 frontend): the
+                    // library has the region; its fd is dropped here unmapped.
+                    return ack(st, &msg, frontend);
+                }
             }
         }
         Ok(FrontendReq::REM_MEM_REG) => {
-            if let Some((gpa, size)) = region_at(&msg.body, 8) {
-                st.book.remove(gpa, size);
+            if let Some([gpa, size, ..]) = region_at(&msg.body, 8) {
+                if !st.book.remove(gpa, size) {
+                    return ack(st, &msg, frontend);
+                }
             }
         }
         Ok(FrontendReq::GET_MAX_MEM_SLOTS) => {

@@ -57,8 +57,9 @@ pub enum QueueError {
     Stopped,
 }
 
-/// Queues a [`QueueCache`] keeps mapped rings for.
-const CACHED_QUEUES: usize = 2;
+/// Queues a [`QueueCache`] keeps mapped rings for: every queue of a port with the
+/// most queue pairs.
+const CACHED_QUEUES: usize = 2 * crate::port::MAX_QUEUE_PAIRS;
 
 /// What a queue's ring areas are mapped from, in the current snapshot: (size, desc,
 /// avail, used).

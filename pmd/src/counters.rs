@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use vpmd_backend::port::MAX_QUEUE_PAIRS;
 
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +168,21 @@ pub struct PortTally {
     pub ring_errors: u64,
     /// Offload work, by [`OffloadEvent`].
     pub offloads: [u64; NUM_OFFLOADS],
+    /// Per queue pair of a multi-queue port (counted per burst, not per frame):
+    /// frames taken from TX queue `n`, those of them dropped, frames delivered into
+    /// RX queue `n`.
+    pub queues: QueueTally,
+}
+
+/// A port's figures per queue pair (index: pair).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueTally {
+    /// Frames taken from the pair's TX queue.
+    pub tx_packets: [u64; MAX_QUEUE_PAIRS],
+    /// Of those, frames dropped.
+    pub tx_dropped: [u64; MAX_QUEUE_PAIRS],
+    /// Frames delivered into the pair's RX queue.
+    pub rx_packets: [u64; MAX_QUEUE_PAIRS],
 }
 
 impl PortTally {
@@ -206,6 +222,9 @@ pub struct CounterBlock {
     drops: [AtomicU64; NUM_DROPS],
     ring_errors: AtomicU64,
     offloads: [AtomicU64; NUM_OFFLOADS],
+    queue_tx_packets: [AtomicU64; MAX_QUEUE_PAIRS],
+    queue_tx_dropped: [AtomicU64; MAX_QUEUE_PAIRS],
+    queue_rx_packets: [AtomicU64; MAX_QUEUE_PAIRS],
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
@@ -233,6 +252,12 @@ impl CounterBlock {
         for (c, &n) in self.offloads.iter().zip(&t.offloads) {
             add(c, n);
         }
+        let q = &t.queues;
+        for i in 0..MAX_QUEUE_PAIRS {
+            add(&self.queue_tx_packets[i], q.tx_packets[i]);
+            add(&self.queue_tx_dropped[i], q.tx_dropped[i]);
+            add(&self.queue_rx_packets[i], q.rx_packets[i]);
+        }
         *t = PortTally::default();
     }
 
@@ -251,6 +276,11 @@ impl CounterBlock {
         sum.ring_errors += load(&self.ring_errors);
         for (s, c) in sum.offloads.iter_mut().zip(&self.offloads) {
             *s += load(c);
+        }
+        for i in 0..MAX_QUEUE_PAIRS {
+            sum.queues.tx_packets[i] += load(&self.queue_tx_packets[i]);
+            sum.queues.tx_dropped[i] += load(&self.queue_tx_dropped[i]);
+            sum.queues.rx_packets[i] += load(&self.queue_rx_packets[i]);
         }
     }
 }
@@ -272,8 +302,9 @@ impl PortCounters {
         block
     }
 
-    /// A snapshot, for stats: the sum over every block.
-    pub fn snapshot(&self, name: &str, kind: &str, up: bool) -> PortStats {
+    /// A snapshot, for stats: the sum over every block; per queue for a port of
+    /// `queue_pairs` > 1.
+    pub fn snapshot(&self, name: &str, kind: &str, up: bool, queue_pairs: usize) -> PortStats {
         let mut t = PortTally::default();
         for b in self
             .blocks
@@ -299,8 +330,35 @@ impl PortCounters {
             faults: None,
             uplink: None,
             features: None,
+            queues: (queue_pairs > 1).then(|| {
+                (0..queue_pairs.min(MAX_QUEUE_PAIRS))
+                    .map(|i| QueueStats {
+                        queue: i as u32,
+                        core: None,
+                        tx_packets: t.queues.tx_packets[i],
+                        tx_dropped: t.queues.tx_dropped[i],
+                        rx_packets: t.queues.rx_packets[i],
+                    })
+                    .collect()
+            }),
         }
     }
+}
+
+/// One queue pair of a multi-queue port at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// The pair's number (RX queue 2n, TX queue 2n+1).
+    pub queue: u32,
+    /// The core of the polling thread that polls its TX queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<usize>,
+    /// Frames taken from its TX queue.
+    pub tx_packets: u64,
+    /// Of those, frames dropped (the port's `drops` say why).
+    pub tx_dropped: u64,
+    /// Frames delivered into its RX queue (steered by flow hash).
+    pub rx_packets: u64,
 }
 
 impl DropCounts {
@@ -350,6 +408,9 @@ pub struct PortStats {
     /// has the port's rings started (VM ports only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
+    /// Per queue pair, for a port with more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<QueueStats>>,
 }
 
 named_counters! {
@@ -493,7 +554,7 @@ mod tests {
         c.flush(&mut t);
         t.rx_packets = 5;
         other.flush(&mut t);
-        let s = port.snapshot("vm0", "vhost-user", false);
+        let s = port.snapshot("vm0", "vhost-user", false, 1);
         assert_eq!(s.rx_packets, 5, "blocks add up");
         assert_eq!((s.tx_packets, s.tx_bytes), (3, 180));
         assert_eq!(s.drops.peer_down, 2);

@@ -159,6 +159,9 @@ struct PortAdd {
     /// MTU, 68-9000 [default: 1500].
     #[arg(long)]
     mtu: Option<u64>,
+    /// Queue pairs, 1-8 (more than 1: VIRTIO_NET_F_MQ; veth pairs only) [default: 1].
+    #[arg(long, value_name = "N")]
+    queues: Option<u64>,
     /// Permission bits of the socket file, octal [default: 0600].
     #[arg(long, value_name = "MODE")]
     socket_mode: Option<String>,
@@ -215,6 +218,7 @@ impl PortAdd {
             }
         };
         opt("mtu", self.mtu.map(Into::into));
+        opt("queues", self.queues.map(Into::into));
         opt("socket_mode", self.socket_mode.clone().map(Into::into));
         opt("socket_owner", self.socket_owner.clone().map(Into::into));
         opt("socket_group", self.socket_group.clone().map(Into::into));
@@ -670,11 +674,18 @@ fn print_usage(config: &Config) {
         } else {
             String::new()
         };
+        // QEMU: queues=N on the netdev, mq=on on the device (the guest then uses
+        // min(N, vCPUs) pairs).
+        let (queues, mq) = if p.queue_pairs > 1 {
+            (format!(",queues={}", p.queue_pairs), ",mq=on".to_string())
+        } else {
+            (String::new(), String::new())
+        };
         println!(
             "  {n}: {s} ({role})\n    qemu-system-x86_64 ... \
              -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \
-             -chardev {chardev} -netdev vhost-user,id={n},chardev={n} \
-             -device virtio-net-pci,netdev={n},mac={mac}{mtu}",
+             -chardev {chardev} -netdev vhost-user,id={n},chardev={n}{queues} \
+             -device virtio-net-pci,netdev={n},mac={mac}{mtu}{mq}",
             n = p.name,
             s = p.socket.display(),
             role = match p.mode {

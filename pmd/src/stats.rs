@@ -169,12 +169,28 @@ impl Registry {
 
     /// Reads every counter now.
     pub fn snapshot(&self) -> Snapshot {
+        let threads = read(&self.threads);
+        // The core polling each (port, TX queue pair), from the stream names.
+        let core_of = |port: &str, pair: usize| {
+            threads.iter().find_map(|t| {
+                t.streams
+                    .iter()
+                    .any(|s| crate::fwd::veth::stream_source(s) == Some((port, pair)))
+                    .then_some(t.core)
+            })
+        };
         Snapshot {
             ports: read(&self.ports)
                 .iter()
                 .map(|p| match &p.kind {
                     PortKind::Vhost(port) => {
-                        let mut s = p.counters.snapshot(&p.name, "vhost-user", port.is_up());
+                        let pairs = port.queue_pairs();
+                        let mut s = p
+                            .counters
+                            .snapshot(&p.name, "vhost-user", port.is_up(), pairs);
+                        for q in s.queues.iter_mut().flatten() {
+                            q.core = core_of(&p.name, q.queue as usize);
+                        }
                         s.faults = Some(FaultCounts::of(port.faults()));
                         s.features = port.active().map(|a| {
                             vpmd_backend::features::names(a.acked_features())
@@ -185,7 +201,7 @@ impl Registry {
                         s
                     }
                     PortKind::Uplink(info) => {
-                        let mut s = p.counters.snapshot(&p.name, "uplink", true);
+                        let mut s = p.counters.snapshot(&p.name, "uplink", true, 1);
                         let mut info = info.clone();
                         info.xsk_kernel = info.sockets.read();
                         s.uplink = Some(info);
@@ -193,7 +209,7 @@ impl Registry {
                     }
                 })
                 .collect(),
-            threads: read(&self.threads)
+            threads: threads
                 .iter()
                 .map(|t| t.counters.snapshot(t.core, &t.streams, self.tsc_hz))
                 .collect(),
@@ -293,6 +309,23 @@ impl Snapshot {
                 let _ = writeln!(out, "  {line:w$}");
             }
         }
+        let queued: Vec<&PortStats> = self.ports.iter().filter(|p| p.queues.is_some()).collect();
+        if !queued.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nqueue pairs of multi-queue ports (TX: taken, dropped; RX: delivered, by flow hash):"
+            );
+            for p in queued {
+                for q in p.queues.iter().flatten() {
+                    let core = q.core.map_or("-".to_string(), |c| c.to_string());
+                    let _ = writeln!(
+                        out,
+                        "  {:<w$}  q{}  core {core:>2}  tx {} (dropped {})  rx {}",
+                        p.name, q.queue, q.tx_packets, q.tx_dropped, q.rx_packets
+                    );
+                }
+            }
+        }
         let _ = writeln!(out, "\npolling threads:");
         for t in &self.threads {
             let per_frame = if t.frames > 0 {
@@ -385,6 +418,7 @@ mod tests {
                 faults: None,
                 uplink: None,
                 features: Some(vec!["CSUM".into(), "VERSION_1".into(), "MRG_RXBUF".into()]),
+                queues: None,
             }],
             threads: vec![ThreadStats {
                 core: 1,

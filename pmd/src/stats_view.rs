@@ -37,6 +37,20 @@ fn port_delta(cur: &PortStats, prev: Option<&PortStats>) -> PortStats {
         ring_errors: sub(cur.ring_errors, prev.ring_errors),
         offloads: cur.offloads.since(&prev.offloads),
         faults,
+        queues: cur.queues.as_ref().map(|qs| {
+            qs.iter()
+                .map(|q| {
+                    let before = prev.queues.iter().flatten().find(|p| p.queue == q.queue);
+                    let was = |f: fn(&crate::counters::QueueStats) -> u64| before.map_or(0, f);
+                    crate::counters::QueueStats {
+                        tx_packets: sub(q.tx_packets, was(|p| p.tx_packets)),
+                        tx_dropped: sub(q.tx_dropped, was(|p| p.tx_dropped)),
+                        rx_packets: sub(q.rx_packets, was(|p| p.rx_packets)),
+                        ..q.clone()
+                    }
+                })
+                .collect()
+        }),
         ..cur.clone()
     }
 }
@@ -270,6 +284,7 @@ mod tests {
             faults: Some(FaultCounts::default()),
             uplink: None,
             features: None,
+            queues: None,
         }
     }
 

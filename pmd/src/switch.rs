@@ -157,18 +157,29 @@ fn ensure_parent(path: &Path, what: &str) -> Result<(), StartError> {
     }
 }
 
-/// The two directions of a veth pair.
-fn pair_streams(a: (&LivePort, &LivePort)) -> [Box<dyn Stream>; 2] {
+/// The two directions of a veth pair: one stream per TX queue pair of each port,
+/// the first port's first (dealt round-robin, queue pair `n` of each direction lands
+/// on the same thread).
+fn pair_streams(a: (&LivePort, &LivePort)) -> Vec<Box<dyn Stream>> {
     let endpoint = |p: &LivePort| VhostEndpoint::new(p.port.clone(), &p.counters);
-    [
-        Box::new(VethStream::new(endpoint(a.0), endpoint(a.1))),
-        Box::new(VethStream::new(endpoint(a.1), endpoint(a.0))),
-    ]
+    let mut out: Vec<Box<dyn Stream>> = Vec::new();
+    for (src, dst) in [(a.0, a.1), (a.1, a.0)] {
+        for pair in 0..src.port.queue_pairs() {
+            out.push(Box::new(VethStream::new(
+                endpoint(src),
+                endpoint(dst),
+                pair,
+            )));
+        }
+    }
+    out
 }
 
-/// The name of the stream from `a` to `b`.
-fn veth_stream_name(a: &str, b: &str) -> String {
-    format!("{a}->{b}")
+/// The names of the streams from `a` (of `pairs` queue pairs) to `b`.
+fn veth_stream_names(a: &str, b: &str, pairs: usize) -> Vec<String> {
+    (0..pairs)
+        .map(|q| crate::fwd::veth::stream_name(a, b, q, pairs))
+        .collect()
 }
 
 /// Deals the streams out to the cores round-robin, in config order, so that the two
@@ -196,7 +207,8 @@ fn open_port(
     let port = Arc::new(
         VirtioNetPort::new(&spec.name, spec.mac.0, spec.mtu)
             .with_limits(spec.limits)
-            .with_offloads(spec.offloads),
+            .with_offloads(spec.offloads)
+            .with_queue_pairs(spec.queue_pairs),
     );
     let role = match spec.mode {
         Mode::Server => {
@@ -216,11 +228,13 @@ fn open_port(
         Role::Client => "connecting to",
     };
     log::info!(
-        "port {}: {doing} {} (mac {}, mtu {})",
+        "port {}: {doing} {} (mac {}, mtu {}, {} queue pair{})",
         spec.name,
         spec.socket.display(),
         spec.mac,
-        spec.mtu
+        spec.mtu,
+        spec.queue_pairs,
+        if spec.queue_pairs == 1 { "" } else { "s" }
     );
     Ok((port, Arc::new(PortCounters::default()), socket))
 }
@@ -641,6 +655,13 @@ impl State {
                 "macvlan.port: port {name:?} already belongs to {by}"
             ));
         }
+        if self.ports[idx].port.queue_pairs() > 1 {
+            return Err(format!(
+                "macvlan.port: port {name:?} has {} queue pairs: macvlan ports have one \
+                 (multi-queue is for veth pairs so far)",
+                self.ports[idx].port.queue_pairs()
+            ));
+        }
         let layout = &self.macvlans[m].layout;
         if layout.mode == MacvlanMode::Passthru && !layout.ports.is_empty() {
             return Err(format!(
@@ -850,7 +871,7 @@ impl State {
         }
         let streams = pair_streams((&self.ports[idx[0]], &self.ports[idx[1]]));
         self.veths.push([a.to_string(), b.to_string()]);
-        self.add_streams(registry, streams.into());
+        self.add_streams(registry, streams);
         log::info!("veth {a} <-> {b}: added at runtime");
         Ok(())
     }
@@ -866,7 +887,9 @@ impl State {
             return Ok(None);
         };
         let [a, b] = self.veths.remove(k);
-        let names = [veth_stream_name(&a, &b), veth_stream_name(&b, &a)];
+        let pairs = |n: &str| self.find(n).map_or(1, |i| self.ports[i].port.queue_pairs());
+        let mut names = veth_stream_names(&a, &b, pairs(&a));
+        names.extend(veth_stream_names(&b, &a, pairs(&b)));
         let in_flight = self.remove_streams(registry, &names);
         log::info!(
             "veth {a} <-> {b}: removed; frames left untaken in the senders' rings: {}",
@@ -905,7 +928,9 @@ impl State {
             // and its memory unmapped (no stream holds it any more).
             c.stop();
         }
-        let last = live.counters.snapshot(name, "vhost-user", false);
+        let last = live
+            .counters
+            .snapshot(name, "vhost-user", false, live.port.queue_pairs());
         registry.remove_port(name);
         log::info!(
             "port {name}: removed at runtime{}; last counters tx_packets={} rx_packets={} \

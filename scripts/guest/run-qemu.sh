@@ -6,7 +6,7 @@
 # Usage: scripts/guest/run-qemu.sh --socket PATH --role server|client \
 #          --mac MAC --serial LOGFILE --pidfile PIDFILE \
 #          [--append "vpmd.ip=198.18.0.1/24 vpmd.peer=198.18.0.2 ..."] \
-#          [--host-mtu N] [--guest-dir DIR] [--mem 256M]
+#          [--host-mtu N] [--guest-dir DIR] [--mem 256M] [--smp N] [--queues N]
 #
 #   --role server  the backend (vpmd) listens on PATH; QEMU connects to it.
 #   --role client  the backend connects; QEMU listens on PATH (it removes a
@@ -17,13 +17,15 @@
 #                  as its MTU and maximum MTU. Needed for MTU > 1500.
 #   --guest-dir    where vmlinuz/initramfs.gz are (built there if missing or
 #                  stale); default <repo>/target/guest.
+#   --smp N        vCPUs (default 1).
+#   --queues N     queue pairs of the netdev (queues=N, mq=on; default 1).
 # The serial console and QEMU's own messages both go to LOGFILE.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
-SOCKET="" ROLE="" MAC="" SERIAL="" PIDFILE="" APPEND="" HOST_MTU="" MEM=256M
+SOCKET="" ROLE="" MAC="" SERIAL="" PIDFILE="" APPEND="" HOST_MTU="" MEM=256M SMP=1 QUEUES=1
 GUEST_DIR=$REPO/target/guest
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -36,7 +38,9 @@ while [[ $# -gt 0 ]]; do
     --host-mtu)  HOST_MTU=$2; shift 2 ;;
     --guest-dir) GUEST_DIR=$2; shift 2 ;;
     --mem)       MEM=$2; shift 2 ;;
-    -h|--help)   sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --smp)       SMP=$2; shift 2 ;;
+    --queues)    QUEUES=$2; shift 2 ;;
+    -h|--help)   sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run-qemu.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +62,11 @@ DEVICE="virtio-net-pci,netdev=n0,mac=$MAC,romfile="
 # when the guest starts a vhost-user virtio-net device that has MSI-X.
 DEVICE+=",vectors=0"
 [[ -n $HOST_MTU ]] && DEVICE+=",host_mtu=$HOST_MTU"
+NETDEV="vhost-user,id=n0,chardev=c0"
+if ((QUEUES > 1)); then
+  NETDEV+=",queues=$QUEUES"
+  DEVICE+=",mq=on"
+fi
 
 # ipv6.disable=1: no router solicitations/MLD reports to disturb the counters.
 # panic=1 + -no-reboot: if /init dies, QEMU exits instead of hanging.
@@ -65,10 +74,10 @@ CMDLINE="console=ttyS0 quiet ipv6.disable=1 panic=1 $APPEND"
 
 # vhost-user needs guest RAM the backend can map: a shared memfd backend.
 qemu-system-x86_64 \
-  -machine q35,accel=tcg -smp 1 -m "$MEM" \
+  -machine q35,accel=tcg -smp "$SMP" -m "$MEM" \
   -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem \
   -chardev "$CHARDEV" \
-  -netdev vhost-user,id=n0,chardev=c0 \
+  -netdev "$NETDEV" \
   -device "$DEVICE" \
   -nographic -no-reboot -nodefaults -serial stdio -monitor none \
   -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.gz" \

@@ -210,12 +210,14 @@ wait_port_state() {
   return 1
 }
 
-# start_guest NAME SOCKET ROLE MAC HOST_MTU APPEND: boot a guest; its serial
-# console goes to $WORK/NAME.log. HOST_MTU may be "" (QEMU default).
+# start_guest NAME SOCKET ROLE MAC HOST_MTU APPEND [RUN_QEMU_ARGS...]: boot a guest;
+# its serial console goes to $WORK/NAME.log. HOST_MTU may be "" (QEMU default);
+# further arguments go to run-qemu.sh (--smp 2 --queues 2).
 start_guest() {
   local name=$1 sock=$2 role=$3 mac=$4 mtu=$5 append=$6
+  shift 6
   local args=(--socket "$sock" --role "$role" --mac "$mac" --guest-dir "$GUEST_DIR"
-              --serial "$WORK/$name.log" --pidfile "$WORK/$name.pid" --append "$append")
+              --serial "$WORK/$name.log" --pidfile "$WORK/$name.pid" --append "$append" "$@")
   [[ -n $mtu ]] && args+=(--host-mtu "$mtu")
   "$RUN_QEMU" "${args[@]}" || fail "run-qemu.sh failed for $name"
   register_pid "$(cat "$WORK/$name.pid")" qemu-system-x86

@@ -143,6 +143,9 @@ struct RawPort {
     // naming the field rather than serde's "expected u16".
     #[serde(default = "default_mtu")]
     mtu: u64,
+    /// Queue pairs (VIRTIO_NET_F_MQ when above 1).
+    #[serde(default = "default_queue_pairs")]
+    queues: u64,
     #[serde(default)]
     socket_mode: Option<String>,
     #[serde(default)]
@@ -229,6 +232,10 @@ fn default_mtu() -> u64 {
     1500
 }
 
+fn default_queue_pairs() -> u64 {
+    1
+}
+
 fn default_max_memory_mib() -> u64 {
     vpmd_backend::conn_limits::ConnLimits::DEFAULT.max_memory >> 20
 }
@@ -289,6 +296,8 @@ pub struct Port {
     pub mac: MacAddr,
     /// MTU.
     pub mtu: u16,
+    /// Queue pairs offered (`queues`; 1: no VIRTIO_NET_F_MQ).
+    pub queue_pairs: usize,
     /// Socket permission bits.
     pub socket_mode: u32,
     /// Owner (uid) the socket file is given (server role); `None`: vpmd's user.

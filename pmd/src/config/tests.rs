@@ -55,6 +55,9 @@ fn builtin_and_examples_parse() {
     assert_eq!(c.ports.len(), 2);
     assert_eq!(c.veths, vec![[0, 1]]);
     let c = parse(PAIR).unwrap();
+    assert_eq!(c.ports[0].queue_pairs, 1, "one queue pair by default");
+    let mq = parse(&PAIR.replace("mtu = 9000", "mtu = 9000\nqueues = 8")).unwrap();
+    assert_eq!(mq.ports[1].queue_pairs, 8);
     assert_eq!(c.ports[1].mode, Mode::Client);
     assert_eq!(c.ports[1].mtu, 9000);
     assert_eq!(c.ports[0].socket_mode, 0o600);
@@ -205,6 +208,14 @@ fn errors_name_the_field() {
             "port[1].max_messages_per_sec",
         ),
         (PAIR, "mtu = 9000", "colour = 1", "colour"),
+        (PAIR, "mtu = 9000", "queues = 0", "port[1].queues"),
+        (PAIR, "mtu = 9000", "queues = 9", "port[1].queues"),
+        (
+            MACVLAN,
+            "allow_mac_spoofing = true",
+            "queues = 2",
+            "port[1].queues",
+        ),
         (
             PAIR,
             "cores = [1]",

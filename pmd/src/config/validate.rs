@@ -103,6 +103,15 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             let field = format!("macvlan[{i}].ports[{j}]");
             let idx = find(name, &field)?;
             claim(idx, &field, format!("macvlan[{i}]"))?;
+            if ports[idx].queue_pairs > 1 {
+                return Err(err.at(
+                    format!("port[{idx}].queues"),
+                    format!(
+                        "port {name:?} is on macvlan[{i}]: macvlan ports have one queue pair \
+                         (multi-queue is for veth pairs so far)"
+                    ),
+                ));
+            }
             idxs.push(idx);
         }
         macvlans.push(Macvlan {
@@ -354,6 +363,16 @@ fn validate_port(
                 ))
             }
         };
+        let max_pairs = vpmd_backend::port::MAX_QUEUE_PAIRS;
+        let queue_pairs = match usize::try_from(p.queues) {
+            Ok(n) if (1..=max_pairs).contains(&n) => n,
+            _ => {
+                return Err(err.at(
+                    f("queues"),
+                    format!("{} is outside 1-{max_pairs}", p.queues),
+                ))
+            }
+        };
         let socket_mode = parse_mode(p.socket_mode.as_deref(), &f("socket_mode"), err)?;
         let socket_owner = socket_id(
             p.socket_owner.as_ref(),
@@ -411,6 +430,7 @@ fn validate_port(
             mode: p.mode,
             mac,
             mtu,
+            queue_pairs,
             socket_mode,
             socket_owner,
             socket_group,

@@ -6,6 +6,8 @@
 //! - [`veth`]: a frame taken from one port of a pair is delivered to the other.
 //! - [`macvlan`]: VM ports hanging off an AF_XDP uplink, by destination MAC.
 //!
+//! - [`steer`]: which RX queue of a multi-queue port a frame goes to.
+//!
 //! Shared pieces: [`VhostEndpoint`] (a vhost-user port as a stream holds it),
 //! [`deliver`] (one frame into a guest's RX queue, with the drop reason on failure)
 //! and [`offload`] (what a sender's virtio-net header asks for, done for a receiver
@@ -13,12 +15,13 @@
 
 pub mod macvlan;
 pub mod offload;
+pub mod steer;
 pub mod veth;
 
 use std::sync::Arc;
 
 use vpmd_backend::net::{self, NetLayout, RxError, RxFrame, RxScratch};
-use vpmd_backend::port::{PortView, RingCache, VirtioNetPort, RX_QUEUE};
+use vpmd_backend::port::{rx_queue, PortView, RingCache, VirtioNetPort};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
 
@@ -209,12 +212,20 @@ pub struct RxTarget<'a> {
 }
 
 impl<'a> RxTarget<'a> {
-    /// Opens the port's RX queue for a burst; `Ok(None)` while its driver is not running.
+    /// Opens the port's (first) RX queue for a burst; `Ok(None)` while its driver is
+    /// not running.
     #[inline]
     pub fn open(view: PortView<'a>) -> Result<Option<RxTarget<'a>>, QueueError> {
+        Self::open_pair(view, 0)
+    }
+
+    /// Opens the RX queue of queue pair `pair` for a burst; `Ok(None)` while it is
+    /// not running (not started, or disabled by the driver).
+    #[inline]
+    pub fn open_pair(view: PortView<'a>, pair: usize) -> Result<Option<RxTarget<'a>>, QueueError> {
         let rings = view.rings();
         let layout = view.layout();
-        let Some(queue) = view.queue(RX_QUEUE)? else {
+        let Some(queue) = view.queue(rx_queue(pair))? else {
             return Ok(None);
         };
         let empty_reason = if rings.rx_posted(queue.pending()) {

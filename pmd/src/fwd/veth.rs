@@ -10,31 +10,67 @@
 //! What the sender's virtio-net header asks for (a checksum, TSO) is passed on to a
 //! peer that negotiated it and done in software for one that did not
 //! ([`super::offload`]).
+//!
+//! Multi-queue: a stream polls one TX queue of its source (one stream per queue
+//! pair, each on the thread it was given). Into a peer with one queue pair frames go
+//! straight, as above. Into a peer with several, a burst is taken in two passes:
+//! every frame is taken and steered to one of the peer's running RX queues by its
+//! flow hash ([`super::steer`]), then the RX queues that got frames are filled one
+//! after the other, in ascending order, each opened once.
 
 use vpmd_backend::net;
 use vpmd_backend::offload::vnet_hdr::{self, Request};
-use vpmd_backend::port::TX_QUEUE;
+use vpmd_backend::port::tx_queue;
 
 use super::offload::{self, SendScratch, Sent, TxOffload};
-use super::{bad_chain, ring_error, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use super::{
+    bad_chain, ring_error, steer, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
+};
 use crate::counters::DropReason;
 
-/// One direction of a veth pair.
+/// One direction of a veth pair, from one TX queue of the sender.
 pub struct VethStream {
     name: String,
     src: VhostEndpoint,
     dst: VhostEndpoint,
+    /// The sender's queue pair whose TX queue this stream polls.
+    pair: usize,
 }
 
 impl VethStream {
-    /// Frames from `src`'s TX queue into `dst`'s RX queue.
-    pub fn new(src: VhostEndpoint, dst: VhostEndpoint) -> Self {
+    /// Frames from `src`'s TX queue of queue pair `pair` into `dst`'s RX queues.
+    pub fn new(src: VhostEndpoint, dst: VhostEndpoint, pair: usize) -> Self {
+        let pairs = src.port.queue_pairs();
         VethStream {
-            name: format!("{}->{}", src.port.name(), dst.port.name()),
+            name: stream_name(src.port.name(), dst.port.name(), pair, pairs),
             src,
             dst,
+            pair,
         }
     }
+}
+
+/// The name of the stream from `src`'s queue pair `pair` (of `pairs`) to `dst`:
+/// "src->dst" for a single-queue sender, "src->dst/qN" otherwise.
+pub fn stream_name(src: &str, dst: &str, pair: usize, pairs: usize) -> String {
+    if pairs > 1 {
+        format!("{src}->{dst}/q{pair}")
+    } else {
+        format!("{src}->{dst}")
+    }
+}
+
+/// The sending port and queue pair of a veth stream named by [`stream_name`];
+/// `None` for other streams (macvlan shards). Port names hold no '>', so the first
+/// one is the arrow's.
+pub fn stream_source(name: &str) -> Option<(&str, usize)> {
+    let arrow = name.find('>')?;
+    let src = name.get(..arrow.checked_sub(1)?)?;
+    let pair = match name.rsplit_once("/q") {
+        Some((_, q)) => q.parse().ok()?,
+        None => 0,
+    };
+    Some((src, pair))
 }
 
 impl Stream for VethStream {
@@ -48,13 +84,17 @@ impl Stream for VethStream {
             return 0;
         };
         // Opened and dropped with nothing taken: no used entry, no notification.
-        match view.queue(TX_QUEUE) {
+        match view.queue(tx_queue(self.pair)) {
             Ok(Some(q)) => u64::from(q.pending()),
             _ => 0,
         }
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
+        if self.dst.port.queue_pairs() > 1 {
+            return self.poll_steered(s);
+        }
+        let pair = self.pair;
         let (src, dst) = (&mut self.src, &mut self.dst);
         // The peer's cache too, every poll, even when nothing is sent to it: a closed
         // connection is let go of (its guest memory unmapped) at once, not at the next
@@ -64,7 +104,7 @@ impl Stream for VethStream {
             return 0;
         };
         let src_layout = src_view.layout();
-        let mut txq = match src_view.queue(TX_QUEUE) {
+        let mut txq = match src_view.queue(tx_queue(pair)) {
             Ok(Some(q)) => q,
             Ok(None) => return 0,
             Err(e) => {
@@ -77,6 +117,7 @@ impl Stream for VethStream {
             return 0;
         }
         let max_frame = dst.max_frame();
+        let forwarded_before = src.tally.forwarded;
 
         // The peer's RX queue: absent while its guest driver is not running.
         let mut rx = None;
@@ -174,11 +215,193 @@ impl Stream for VethStream {
             // The TX buffers are done with either way; the device writes nothing into them.
             txq.push_used(head, 0);
         }
+        let forwarded = src.tally.forwarded - forwarded_before;
+        src.tally.queues.tx_packets[pair] += u64::from(taken);
+        src.tally.queues.tx_dropped[pair] += u64::from(taken) - forwarded;
         // Publish the receiver's frames, then give the sender its buffers back.
         drop(rx);
         drop(txq);
         src.flush();
         dst.flush();
         taken
+    }
+}
+
+impl VethStream {
+    /// A burst into a multi-queue peer: take and steer every frame, then fill the
+    /// peer's RX queues one at a time (see the module's documentation).
+    fn poll_steered(&mut self, s: &mut Scratch) -> u32 {
+        let pair = self.pair;
+        let (src, dst) = (&mut self.src, &mut self.dst);
+        let Scratch {
+            batch,
+            rx: rx_scratch,
+            offload: offload_scratch,
+            ..
+        } = s;
+        // Where the peer's frames may go: its running RX queues, read once a burst.
+        let running = dst
+            .cache
+            .rings(&dst.port)
+            .map_or(0, |v| v.rings().running_rx_queues());
+        let Some(src_view) = src.cache.rings(&src.port) else {
+            return 0;
+        };
+        let src_layout = src_view.layout();
+        let mut txq = match src_view.queue(tx_queue(pair)) {
+            Ok(Some(q)) => q,
+            Ok(None) => return 0,
+            Err(e) => {
+                ring_error(&mut src.tally, &mut src.log, src.port.name(), "TX", &e);
+                src.counters.flush(&mut src.tally);
+                return 0;
+            }
+        };
+        if txq.pending() == 0 {
+            return 0;
+        }
+        let max_frame = dst.max_frame();
+        let reads_header = src_layout.offloads.host_csum();
+        // The peer queue pair each frame goes to; NONE: dropped (reason in batch).
+        const NONE: u8 = u8::MAX;
+        let mut target = [NONE; BURST];
+        let mut wanted = 0u32;
+        let mut n = 0;
+        while n < BURST {
+            let Some(head) = txq.pop() else { break };
+            let k = n;
+            n += 1;
+            batch.heads[k] = head;
+            batch.delivered[k] = false;
+            batch.offload[k] = TxOffload::NONE;
+            src.tally.tx_packets += 1;
+            let mut vnet = [0u8; vnet_hdr::LEN];
+            let header: &mut [u8] = if reads_header { &mut vnet } else { &mut [] };
+            let frame = &mut batch.frames[k];
+            let len = match net::take_tx_frame_with_header(&txq, head, src_layout, frame, header) {
+                Ok(len) => len,
+                Err(e) => {
+                    bad_chain(&mut src.log, src.port.name(), "TX", &e);
+                    batch.reason[k] = DropReason::BadTxDesc;
+                    continue;
+                }
+            };
+            src.tally.tx_bytes += u64::from(len);
+            batch.lens[k] = len;
+            if reads_header {
+                let plan = &mut batch.plans[k];
+                match TxOffload::check(vnet, src_layout.offloads, &batch.frames[k], len, plan) {
+                    Ok(tx) => batch.offload[k] = tx,
+                    Err(e) => {
+                        offload::bad_offload(&mut src.log, src.port.name(), &e);
+                        batch.reason[k] = DropReason::BadOffload;
+                        continue;
+                    }
+                }
+            }
+            if len < MIN_FRAME {
+                batch.reason[k] = DropReason::Runt;
+                continue;
+            }
+            let mut head_bytes = [0u8; steer::HEAD];
+            let got = batch.frames[k].read_at(0, &mut head_bytes) as usize;
+            match steer::pick(steer::flow_hash(&head_bytes[..got]), running) {
+                Some(p) => {
+                    target[k] = p as u8;
+                    wanted |= 1 << p;
+                }
+                None => batch.reason[k] = DropReason::PeerDown,
+            }
+        }
+        let mut forwarded = 0u64;
+        while wanted != 0 {
+            let p = wanted.trailing_zeros() as usize;
+            wanted &= wanted - 1;
+            let mut rx = None;
+            let mut rx_broken = false;
+            if let Some(view) = dst.cache.rings(&dst.port) {
+                match RxTarget::open_pair(view, p) {
+                    Ok(t) => rx = t,
+                    Err(e) => {
+                        rx_broken = true;
+                        ring_error(&mut dst.tally, &mut dst.log, dst.port.name(), "RX", &e);
+                    }
+                }
+            }
+            for k in (0..n).filter(|&k| usize::from(target[k]) == p) {
+                let len = batch.lens[k];
+                let tx = &batch.offload[k];
+                let sent = match rx.as_mut() {
+                    Some(rx) if matches!(tx.request, Request::None) => offload::send_plain(
+                        rx,
+                        &batch.frames[k],
+                        len,
+                        max_frame,
+                        rx_scratch,
+                        &mut dst.log,
+                        dst.port.name(),
+                    ),
+                    Some(rx) => offload::send(
+                        rx,
+                        &batch.frames[k],
+                        len,
+                        tx,
+                        batch.plans[k].as_ref(),
+                        max_frame,
+                        SendScratch {
+                            rx: rx_scratch,
+                            offload: offload_scratch,
+                        },
+                        &mut src.tally,
+                        &mut dst.log,
+                        dst.port.name(),
+                    ),
+                    None if rx_broken => Sent::dropped(1, DropReason::BadRxDesc),
+                    // Stopped between the look at it and now.
+                    None => Sent::dropped(1, DropReason::PeerDown),
+                };
+                if sent.delivered > 0 {
+                    batch.delivered[k] = true;
+                    forwarded += 1;
+                    dst.tally.rx_packets += u64::from(sent.delivered);
+                    dst.tally.rx_bytes += sent.bytes;
+                    dst.tally.rx_dropped += u64::from(sent.dropped);
+                    dst.tally.queues.rx_packets[p] += u64::from(sent.delivered);
+                } else {
+                    batch.reason[k] = sent.reason;
+                }
+            }
+            // This queue's frames published before the next queue is opened.
+            drop(rx);
+        }
+        for k in 0..n {
+            if !batch.delivered[k] {
+                src.tally.drop(batch.reason[k]);
+            }
+            txq.push_used(batch.heads[k], 0);
+        }
+        src.tally.forwarded += forwarded;
+        src.tally.queues.tx_packets[pair] += n as u64;
+        src.tally.queues.tx_dropped[pair] += n as u64 - forwarded;
+        drop(txq);
+        src.flush();
+        dst.flush();
+        n as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_say_port_and_queue() {
+        assert_eq!(stream_name("a", "b", 0, 1), "a->b");
+        assert_eq!(stream_name("a", "b", 1, 2), "a->b/q1");
+        assert_eq!(stream_source("a->b"), Some(("a", 0)));
+        assert_eq!(stream_source("a->b/q1"), Some(("a", 1)));
+        assert_eq!(stream_source("x-->y-/q7"), Some(("x-", 7)));
+        assert_eq!(stream_source("eth0/q0"), None, "a macvlan shard");
+        assert_eq!(stream_source(">b"), None);
     }
 }

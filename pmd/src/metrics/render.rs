@@ -315,6 +315,7 @@ mod tests {
             }),
             uplink: None,
             features: Some(vec!["VERSION_1".into(), "EVENT_IDX".into()]),
+            queues: None,
         }
     }
 
