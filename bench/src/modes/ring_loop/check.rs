@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! `ring-loop`'s sampled checks: a received frame intact and from the other port, a TX
+//! `ring-loop`'s sampled checks: a received frame intact and from the other port (a
+//! test frame, or with `--tso` a TSO frame whole or one of its segments), a TX
 //! completion in ring order.
 
 #![allow(unsafe_code)] // descriptors read in place in our guest memory.
 
 use super::report::Checks;
 use super::ring::Ring;
+use super::tso::{RxOffloads, TsoFrames};
 use super::MACS;
 use crate::frame;
 use crate::pool::BufPool;
@@ -20,6 +22,8 @@ pub(super) struct Checker<'p> {
     layout: [NetLayout; 2],
     size: usize,
     queue_size: u16,
+    /// With `--tso`: the frames A sends and what B negotiated.
+    tso: Option<(TsoFrames, RxOffloads)>,
     pub(super) every: u64,
     /// Per sending port: check when `received` reaches this.
     pub(super) next_rx: [u64; 2],
@@ -45,11 +49,18 @@ impl<'p> Checker<'p> {
             layout,
             size,
             queue_size,
+            tso: None,
             every,
             next_rx: [1; 2],
             next_tx: [1; 2],
             out: Checks::default(),
         }
+    }
+
+    /// Expects port A's frames to be `frames`, received by a port B that negotiated
+    /// `rx`: whole, or cut into segments.
+    pub(super) fn expect_tso(&mut self, frames: TsoFrames, rx: RxOffloads) {
+        self.tso = Some((frames, rx));
     }
 
     fn problem(&mut self, p: String) {
@@ -62,7 +73,9 @@ impl<'p> Checker<'p> {
         self.out.rx_sampled += 1;
         let (id, len) = rx.last_used();
         let hdr_len = self.layout[to].hdr_len;
-        let bad = if id != rx.last_slot() {
+        let bad = if let Some((t, offloads)) = self.tso {
+            self.check_tso(t, offloads, id, len, rx.last_slot(), from, to)
+        } else if id != rx.last_slot() {
             Some(format!("RX used id {id} in slot {}", rx.last_slot()))
         } else if len as usize != hdr_len + self.size {
             Some(format!(
@@ -90,6 +103,49 @@ impl<'p> Checker<'p> {
         if let Some(p) = bad {
             self.out.rx_bad += 1;
             self.problem(p);
+        }
+    }
+
+    /// [`check_rx`](Self::check_rx) with `--tso`: used element `(id, len)` in `slot`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tso(
+        &mut self,
+        t: TsoFrames,
+        offloads: RxOffloads,
+        id: u32,
+        len: u32,
+        slot: u32,
+        from: usize,
+        to: usize,
+    ) -> Option<String> {
+        let hdr_len = self.layout[to].hdr_len;
+        if id != slot {
+            return Some(format!("RX used id {id} in slot {slot}"));
+        }
+        if (len as usize) < hdr_len + 60 || len > self.pool.buf_size() {
+            return Some(format!("RX used length {len}"));
+        }
+        let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len as usize);
+        let (hdr, frame) = bytes.split_at(hdr_len);
+        if self.layout[to].num_buffers(hdr) != 1 {
+            return Some(format!(
+                "num_buffers {} in a one-buffer frame",
+                self.layout[to].num_buffers(hdr)
+            ));
+        }
+        let hdr = &hdr[..10];
+        if offloads.segmented() {
+            return t
+                .check_segment(hdr, frame, offloads == RxOffloads::Csum)
+                .err();
+        }
+        match t.check_whole(hdr, frame, MACS[from], MACS[to]) {
+            Ok(true) => None,
+            Ok(false) => {
+                self.out.rx_offload_completed += 1;
+                None
+            }
+            Err(e) => Some(e),
         }
     }
 

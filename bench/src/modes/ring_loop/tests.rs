@@ -85,6 +85,7 @@ fn counts_checks_and_drops_against_a_fake_backend() {
         [tx[0].queue(), tx[1].queue()],
         [rx[0].queue(), rx[1].queue()],
         [false; 2],
+        [true; 2],
     );
     let mut c = Counters::default();
     let until = Instant::now() + Duration::from_millis(200);
