@@ -115,7 +115,7 @@ impl<'a> Ring<'a> {
     /// gives descriptors back.
     #[inline(always)]
     fn republish_within(&mut self, n: u16) {
-        if self.window >= self.mask {
+        if self.window > self.mask {
             return self.republish(n);
         }
         self.owed += n;
