@@ -5,17 +5,20 @@
 # TCP/IPv4 TSO frames from port A to port B through one backend polling on core
 # 1, the frontend on core 0, in three cells by what port B negotiates:
 #
-#   pass      GUEST_TSO4 + GUEST_CSUM: the backend may pass each frame whole
+#   pass      GUEST_TSO4 + GUEST_CSUM: the backend may pass each frame whole, into
+#             one RX buffer that holds it
+#   pass-mrg  the same into mergeable RX buffers of 4 KiB (MRG_RXBUF), about what
+#             a Linux guest posts: 16 buffers per frame
 #   seg-csum  GUEST_CSUM only: the backend segments (checksums may stay partial)
 #   seg-none  neither: the backend segments and fills every checksum in
 #
 #   backends  vpmd            one veth pair, default config (every offload on)
 #             testpmd         dpdk-testpmd, net_vhost ...,tso=1 on both ports, io
-#                             forwarding (pass only: io forwarding does not segment)
+#                             forwarding (pass cells only: io forwarding does not segment)
 #             testpmd-legacy  the same with legacy-ol-flags=1 and 64 KiB mbufs
 #                             (--mbuf-size=65535): the GSO request passes on in the
 #                             header instead of testpmd completing the checksum of
-#                             each 64 KiB frame in software (pass only)
+#                             each 64 KiB frame in software (pass cells only)
 #             testpmd-gso     tso=1,legacy-ol-flags=1, csum forwarding with
 #                             `set port 1 gso on`, `set gso segsz` = MSS + 54 (the
 #                             seg cells: the only way testpmd segments; its GSO
@@ -43,7 +46,7 @@
 #   --warmup S            seconds before measuring (default 1)
 #   --size BYTES          TSO frame size (default 64294: 54 + 44 x 1460)
 #   --mss N               gso_size (default 1460: MTU 1500, no TCP options)
-#   --cells "..."         subset of "pass seg-csum seg-none"
+#   --cells "..."         subset of "pass pass-mrg seg-csum seg-none"
 #   --backends "..."      subset of "vpmd testpmd testpmd-legacy testpmd-gso"
 #   --out DIR             where results go (default bench/results)
 #   --no-build            use target/release binaries as they are
@@ -58,7 +61,7 @@ source "$REPO/scripts/bench-lib.sh"
 source "$REPO/scripts/vpmd-config.sh"
 
 ROUNDS=5 DURATION=5 WARMUP=1 SIZE=64294 MSS=1460 QUICK=0 BUILD=1
-CELLS="pass seg-csum seg-none" BACKENDS="vpmd testpmd testpmd-legacy testpmd-gso"
+CELLS="pass pass-mrg seg-csum seg-none" BACKENDS="vpmd testpmd testpmd-legacy testpmd-gso"
 OUT=$REPO/bench/results
 CMDLINE="scripts/bench-tso.sh $*"
 while (($#)); do
@@ -76,7 +79,7 @@ while (($#)); do
   shift
 done
 for c in $CELLS; do
-  [[ " pass seg-csum seg-none " == *" $c "* ]] || bl_die "unknown cell '$c'"
+  [[ " pass pass-mrg seg-csum seg-none " == *" $c "* ]] || bl_die "unknown cell '$c'"
 done
 for b in $BACKENDS; do
   [[ " vpmd testpmd testpmd-legacy testpmd-gso " == *" $b "* ]] || bl_die "unknown backend '$b'"
@@ -98,15 +101,18 @@ LOAD_START=$(bl_load_snapshot)
 
 # rx_offloads CELL: what port B negotiates (vpmd-bench --rx-offloads).
 rx_offloads() {
-  case $1 in pass) echo tso ;; seg-csum) echo csum ;; seg-none) echo none ;; esac
+  case $1 in pass | pass-mrg) echo tso ;; seg-csum) echo csum ;; seg-none) echo none ;; esac
 }
+
+# rx_buf_args CELL: B's RX buffer size, if not a whole frame.
+rx_buf_args() { [[ $1 != pass-mrg ]] || echo --rx-buf 4096; }
 
 # applies BACKEND CELL: whether BACKEND is measured in CELL.
 applies() {
   case $1 in
     vpmd) return 0 ;;
-    testpmd | testpmd-legacy) [[ $2 == pass ]] ;;
-    testpmd-gso) [[ $2 != pass ]] ;;
+    testpmd | testpmd-legacy) [[ $2 == pass* ]] ;;
+    testpmd-gso) [[ $2 == seg-* ]] ;;
   esac
 }
 
@@ -164,10 +170,11 @@ backend_stop() {
 
 # measure BACKEND CELL ROUND: one ring-loop run; appends a JSON line to $MEAS.
 measure() {
-  local back=$1 cell=$2 round=$3 no_config=()
+  local back=$1 cell=$2 round=$3 no_config=() rx_buf
   [[ $back == vpmd ]] || no_config=(--no-config)
+  read -ra rx_buf <<<"$(rx_buf_args "$cell")"
   local cmd=("$VPMD_BENCH" "${no_config[@]}" ring-loop "$SOCK_A" "$SOCK_B" --size "$SIZE"
-    --tso "$MSS" --rx-offloads "$(rx_offloads "$cell")" --duration "$DURATION" --warmup "$WARMUP"
+    --tso "$MSS" --rx-offloads "$(rx_offloads "$cell")" "${rx_buf[@]}" --duration "$DURATION" --warmup "$WARMUP"
     --core "$FRONT_CORE" --huge --json)
   bl_note "front-$back-$cell" "${cmd[*]}"
   local rc=0
@@ -267,7 +274,7 @@ jq -r '
   "Command: `\(.command)`\n",
   "`vpmd-bench ring-loop --tso \(.config.mss) --size \(.config.size)` on core 0 sends TCP/IPv4 TSO frames of \(.config.size) bytes",
   "(\(.config.size - 54) payload bytes, gso_size \(.config.mss), NEEDS_CSUM) from port A to port B through one backend polling core 1;",
-  "B negotiates GUEST_TSO4 + GUEST_CSUM (pass), GUEST_CSUM only (seg-csum) or neither (seg-none); its RX buffers each hold a whole frame.",
+  "B negotiates GUEST_TSO4 + GUEST_CSUM (pass, pass-mrg), GUEST_CSUM only (seg-csum) or neither (seg-none); its RX buffers each hold a whole frame, except in pass-mrg (mergeable buffers of 4 KiB, 16 per frame).",
   "\(.config.rounds) round(s) of \(.config.duration_s) s, backends alternating; medians. Every backend busy-polls one core, so Gbit/s is also Gbit/s per backend core.",
   "Frontend busy: the share of its core the frontend needed (well below 100 %: the backend was the bottleneck).\n",
   "| cell | backend | median Gbit/s payload | min | max | runs | M frames/s | M segments/s | frontend busy | dropped (share of segments) | checks bad / sampled |",

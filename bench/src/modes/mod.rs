@@ -167,6 +167,16 @@ pub enum ModeError {
     /// The TSO frame options are invalid.
     #[error("TSO frames")]
     Tso(#[from] ring_loop::tso::TsoError),
+    /// `--rx-buf` does not fit the frames.
+    #[error("--rx-buf {rx_buf}: RX buffers must hold one segment ({min} bytes) and fit the pool's {max}")]
+    RxBuf {
+        /// The size asked for.
+        rx_buf: u32,
+        /// Header + one segment.
+        min: u32,
+        /// Pool buffer size.
+        max: u32,
+    },
     /// A port did not negotiate the offloads the mode needs.
     #[error("port {port} did not negotiate the features {missing:#x} (does the backend offer TSO and checksum offloads?)")]
     Offloads {
@@ -286,14 +296,17 @@ pub fn connect_all(
     mem: &mut GuestMem,
     pool: &mut BufPool,
 ) -> Result<Vec<Port>, FrontendError> {
-    connect_all_with(sockets, &vec![0; sockets.len()], dev, g, mem, pool)
+    let n = sockets.len();
+    let post = vec![pool.buf_size(); n];
+    connect_all_with(sockets, &vec![0; n], &post, dev, g, mem, pool)
 }
 
 /// [`connect_all`], asking on `sockets[i]` for the features `extra[i]` too (each only
-/// if offered, as every feature).
+/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes.
 pub fn connect_all_with(
     sockets: &[&Path],
     extra: &[u64],
+    rx_post_len: &[u32],
     dev: &DeviceArgs,
     g: &Global,
     mem: &mut GuestMem,
@@ -309,8 +322,8 @@ pub fn connect_all_with(
         })
         .collect::<Result<_, _>>()?;
     let mut ports = Vec::with_capacity(shakes.len());
-    for h in shakes {
-        ports.push(h.start(mem, pool, pool.buf_size())?);
+    for (h, &post) in shakes.into_iter().zip(rx_post_len) {
+        ports.push(h.start(mem, pool, post)?);
     }
     Ok(ports)
 }

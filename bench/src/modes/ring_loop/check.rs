@@ -24,6 +24,11 @@ pub(super) struct Checker<'p> {
     queue_size: u16,
     /// With `--tso`: the frames A sends and what B negotiated.
     tso: Option<(TsoFrames, RxOffloads)>,
+    /// With `--tso`: RX buffers per whole frame on B (above 1: merged), and B's RX
+    /// buffer size.
+    merged: (u16, usize),
+    /// A merged frame gathered for its check (allocated once).
+    scratch: Vec<u8>,
     pub(super) every: u64,
     /// Per sending port: check when `received` reaches this.
     pub(super) next_rx: [u64; 2],
@@ -50,6 +55,8 @@ impl<'p> Checker<'p> {
             size,
             queue_size,
             tso: None,
+            merged: (1, 0),
+            scratch: Vec::new(),
             every,
             next_rx: [1; 2],
             next_tx: [1; 2],
@@ -58,9 +65,20 @@ impl<'p> Checker<'p> {
     }
 
     /// Expects port A's frames to be `frames`, received by a port B that negotiated
-    /// `rx`: whole, or cut into segments.
-    pub(super) fn expect_tso(&mut self, frames: TsoFrames, rx: RxOffloads) {
+    /// `rx`: whole (in RX buffers of `rx_buf` bytes, merged if need be), or cut into
+    /// segments (one buffer each).
+    pub(super) fn expect_tso(&mut self, frames: TsoFrames, rx: RxOffloads, rx_buf: usize) {
         self.tso = Some((frames, rx));
+        let whole = self.layout[1].hdr_len + frames.size();
+        let n = if rx.segmented() {
+            1
+        } else {
+            whole.div_ceil(rx_buf)
+        };
+        self.merged = (n as u16, rx_buf);
+        if n > 1 {
+            self.scratch = vec![0; whole];
+        }
     }
 
     fn problem(&mut self, p: String) {
@@ -74,7 +92,7 @@ impl<'p> Checker<'p> {
         let (id, len) = rx.last_used();
         let hdr_len = self.layout[to].hdr_len;
         let bad = if let Some((t, offloads)) = self.tso {
-            self.check_tso(t, offloads, id, len, rx.last_slot(), from, to)
+            self.check_tso(t, offloads, rx, from, to)
         } else if id != rx.last_slot() {
             Some(format!("RX used id {id} in slot {}", rx.last_slot()))
         } else if len as usize != hdr_len + self.size {
@@ -106,30 +124,53 @@ impl<'p> Checker<'p> {
         }
     }
 
-    /// [`check_rx`](Self::check_rx) with `--tso`: used element `(id, len)` in `slot`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`check_rx`](Self::check_rx) with `--tso`: the last frame or segment `rx`
+    /// received, gathered from its buffers when merged.
     fn check_tso(
         &mut self,
         t: TsoFrames,
         offloads: RxOffloads,
-        id: u32,
-        len: u32,
-        slot: u32,
+        rx: &Ring,
         from: usize,
         to: usize,
     ) -> Option<String> {
         let hdr_len = self.layout[to].hdr_len;
-        if id != slot {
-            return Some(format!("RX used id {id} in slot {slot}"));
+        let (n, rx_buf) = self.merged;
+        // The last entry of a burst ends a frame: its first buffer is n - 1 before.
+        let mut got = 0;
+        for back in (0..n).rev() {
+            let (id, len) = rx.used_before(back);
+            let slot = rx.slot_before(back);
+            if id != slot {
+                return Some(format!("RX used id {id} in slot {slot}"));
+            }
+            let len = len as usize;
+            if len > self.pool.buf_size() as usize
+                || (n > 1 && back > 0 && len != rx_buf)
+                || (back == 0 && len < hdr_len + 60)
+                || got + len > self.scratch.len().max(len)
+            {
+                return Some(format!(
+                    "RX used length {len} in buffer {} of {n}",
+                    n - back
+                ));
+            }
+            if n > 1 {
+                let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len);
+                self.scratch[got..got + len].copy_from_slice(bytes);
+            }
+            got += len;
         }
-        if (len as usize) < hdr_len + 60 || len > self.pool.buf_size() {
-            return Some(format!("RX used length {len}"));
-        }
-        let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len as usize);
+        let (id, len) = rx.last_used();
+        let bytes = if n > 1 {
+            &self.scratch[..got]
+        } else {
+            self.pool.bytes(self.rx_bufs[to][id as usize], len as usize)
+        };
         let (hdr, frame) = bytes.split_at(hdr_len);
-        if self.layout[to].num_buffers(hdr) != 1 {
+        if self.layout[to].num_buffers(hdr) != n {
             return Some(format!(
-                "num_buffers {} in a one-buffer frame",
+                "num_buffers {} in a frame of {n} buffer(s)",
                 self.layout[to].num_buffers(hdr)
             ));
         }

@@ -117,6 +117,11 @@ pub struct TsoArgs {
     /// makes the run bound by the round trip between frontend and backend instead.
     #[arg(long, value_name = "FRAMES")]
     pub tx_window: Option<u16>,
+    /// With --tso, the size of port B's RX buffers (default: a whole frame). Smaller
+    /// ones, down to one segment, take a frame passed whole in several merged buffers
+    /// (B negotiates MRG_RXBUF), as Linux's mergeable buffers of about 4 KiB do.
+    #[arg(long, value_name = "BYTES")]
+    pub rx_buf: Option<u32>,
 }
 
 impl TsoArgs {
@@ -192,8 +197,31 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         .map(|mss| TsoFrames::new(args.run.size, mss))
         .transpose()?;
     let want = args.tso.features();
+    let whole = pool.buf_size();
+    let rx_buf = match (tso, args.tso.rx_buf) {
+        (Some(t), Some(b)) => {
+            let min = (12 + tso::HEADERS + usize::from(t.mss())) as u32;
+            if b < min || b > whole {
+                return Err(ModeError::RxBuf {
+                    rx_buf: b,
+                    min,
+                    max: whole,
+                });
+            }
+            b
+        }
+        _ => whole,
+    };
     let sockets = [args.run.a.as_path(), args.run.b.as_path()];
-    let mut ports = modes::connect_all_with(&sockets, &want, &args.dev, g, &mut mem, &mut pool)?;
+    let mut ports = modes::connect_all_with(
+        &sockets,
+        &want,
+        &[whole, rx_buf],
+        &args.dev,
+        g,
+        &mut mem,
+        &mut pool,
+    )?;
     for (p, port) in ports.iter().enumerate() {
         let missing = want[p] & !port.info().negotiated.features;
         if missing != 0 {
@@ -226,8 +254,20 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         q,
         args.check_every,
     );
+    // RX entries per frame A sends: its segments, or the buffers a whole frame takes.
+    let per_frame = match tso {
+        Some(t) if args.tso.rx_offloads.segmented() => t.segments() as u64,
+        Some(t) => (ports[1].hdr_len() + t.size()).div_ceil(rx_buf as usize) as u64,
+        None => 1,
+    };
+    if per_frame > 1 && !args.tso.rx_offloads.segmented() && !ports[1].info().layout.mrg_rxbuf {
+        return Err(ModeError::Offloads {
+            port: PORT_NAMES[1],
+            missing: 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF,
+        });
+    }
     if let Some(t) = tso {
-        chk.expect_tso(t, args.tso.rx_offloads);
+        chk.expect_tso(t, args.tso.rx_offloads, rx_buf as usize);
     }
     let mut rings = Rings::new(
         [ports[0].tx.queue(), ports[1].tx.queue()],
@@ -276,10 +316,10 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
 
     // What one RX used entry is: a frame, or (segmenting) one of its segments.
     let segmented = tso.filter(|_| args.tso.rx_offloads.segmented());
-    let per_frame = segmented.map_or(1, |t| t.segments() as u64);
-    let entry_bytes = segmented.map_or(args.run.size as f64, |t| {
-        (t.payload() + tso::HEADERS * t.segments()) as f64 / t.segments() as f64
-    });
+    let entry_bytes = match segmented {
+        Some(t) => (t.payload() + tso::HEADERS * t.segments()) as f64 / t.segments() as f64,
+        None => args.run.size as f64 / per_frame as f64,
+    };
     let bytes = |entries: u64| (entries as f64 * entry_bytes) as u64;
     let directions = [0, 1].map(|p| {
         let frames = during.received[p] - before.received[p];
@@ -316,6 +356,8 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
             rx_offloads: args.tso.rx_offloads,
             segmented: segmented.is_some(),
             segments_per_frame: t.segments() as u64,
+            rx_buf,
+            rx_entries_per_frame: per_frame,
             payload_per_frame: t.payload(),
             frames_mpps: whole / secs.max(1e-9) / 1e6,
             segments_mpps: whole * t.segments() as f64 / secs.max(1e-9) / 1e6,

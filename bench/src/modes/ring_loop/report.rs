@@ -100,6 +100,10 @@ pub struct TsoReport {
     pub segmented: bool,
     /// Segments one frame is cut into.
     pub segments_per_frame: u64,
+    /// Bytes of each of B's RX buffers.
+    pub rx_buf: u32,
+    /// RX used entries per frame: its segments, or the merged buffers it fills.
+    pub rx_entries_per_frame: u64,
     /// TCP payload bytes per frame.
     pub payload_per_frame: usize,
     /// Frames delivered per second, millions (segments / segments per frame when
@@ -170,8 +174,8 @@ impl fmt::Display for RingLoopReport {
             writeln!(
                 f,
                 "  TSO a -> b, MSS {}, receiver offloads {:?} ({}): {:.4} M frames/s, {:.3} M \
-                 segments/s, {:.3} Gbit/s of TCP payload ({} segments of {} payload bytes per frame; TX window \
-                 {} frames)",
+                 segments/s, {:.3} Gbit/s of TCP payload ({} segments of {} payload bytes per frame; {} RX \
+                 buffer(s) of {} bytes per frame; TX window {} frames)",
                 t.mss,
                 t.rx_offloads,
                 if t.segmented { "segmented by the backend" } else { "passed whole" },
@@ -180,6 +184,8 @@ impl fmt::Display for RingLoopReport {
                 t.payload_gbps,
                 t.segments_per_frame,
                 t.payload_per_frame,
+                t.rx_entries_per_frame,
+                t.rx_buf,
                 t.tx_window
             )?;
         }

@@ -129,7 +129,13 @@ impl<'a> Ring<'a> {
 
     /// The used element for `used.idx - 1` (the last one seen): id and length.
     pub(super) fn last_used(&self) -> (u32, u32) {
-        let slot = usize::from(self.used.wrapping_sub(1) & self.mask);
+        self.used_before(0)
+    }
+
+    /// The used element for `used.idx - 1 - back` (`back` below the ring size): id and
+    /// length.
+    pub(super) fn used_before(&self, back: u16) -> (u32, u32) {
+        let slot = usize::from(self.used.wrapping_sub(1).wrapping_sub(back) & self.mask);
         // SAFETY: `slot <= mask < size`: an element of the used ring laid out by
         // `SplitQueue::new`; the device wrote it before the `used.idx` we loaded
         // (acquire) and does not write it again before we republish its descriptor.
@@ -144,7 +150,12 @@ impl<'a> Ring<'a> {
 
     /// The slot (= descriptor id, in order) of the last used element seen.
     pub(super) fn last_slot(&self) -> u32 {
-        u32::from(self.used.wrapping_sub(1) & self.mask)
+        self.slot_before(0)
+    }
+
+    /// The slot of the used element `back` before the last one seen.
+    pub(super) fn slot_before(&self, back: u16) -> u32 {
+        u32::from(self.used.wrapping_sub(1).wrapping_sub(back) & self.mask)
     }
 
     /// Keeps EVENT_IDX `used_event` half the index space ahead of `used.idx`, so the
