@@ -60,8 +60,9 @@ pub struct LoopArgs {
     pub a: PathBuf,
     /// vhost-user socket of port B.
     pub b: PathBuf,
-    /// Ethernet frame size in bytes (no FCS), 60 to 9000.
-    #[arg(long, default_value = "64", value_parser = parse_frame_size)]
+    /// Ethernet frame size in bytes (no FCS), 60 to 9000; with `ring-loop --tso`, the
+    /// TSO frame's, up to 65549 (an IPv4 packet of 65535 bytes).
+    #[arg(long, default_value = "64", value_parser = parse_loop_frame_size)]
     pub size: usize,
     /// Seconds to measure.
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
@@ -163,6 +164,27 @@ pub enum ModeError {
     /// The AF_XDP socket could not be set up.
     #[error(transparent)]
     Uplink(vpmd_uplink::UplinkError),
+    /// The TSO frame options are invalid.
+    #[error("TSO frames")]
+    Tso(#[from] ring_loop::tso::TsoError),
+    /// `--rx-buf` does not fit the frames.
+    #[error("--rx-buf {rx_buf}: RX buffers must hold one segment ({min} bytes) and fit the pool's {max}")]
+    RxBuf {
+        /// The size asked for.
+        rx_buf: u32,
+        /// Header + one segment.
+        min: u32,
+        /// Pool buffer size.
+        max: u32,
+    },
+    /// A port did not negotiate the offloads the mode needs.
+    #[error("port {port} did not negotiate the features {missing:#x} (does the backend offer TSO and checksum offloads?)")]
+    Offloads {
+        /// The port ("a" or "b").
+        port: &'static str,
+        /// The feature bits asked for and not negotiated.
+        missing: u64,
+    },
     /// The backend never carried a frame.
     #[error("no frame came through within {0:?}: is the backend forwarding?")]
     NoTraffic(Duration),
@@ -274,13 +296,34 @@ pub fn connect_all(
     mem: &mut GuestMem,
     pool: &mut BufPool,
 ) -> Result<Vec<Port>, FrontendError> {
+    let n = sockets.len();
+    let post = vec![pool.buf_size(); n];
+    connect_all_with(sockets, &vec![0; n], &post, dev, g, mem, pool)
+}
+
+/// [`connect_all`], asking on `sockets[i]` for the features `extra[i]` too (each only
+/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes.
+pub fn connect_all_with(
+    sockets: &[&Path],
+    extra: &[u64],
+    rx_post_len: &[u32],
+    dev: &DeviceArgs,
+    g: &Global,
+    mem: &mut GuestMem,
+    pool: &mut BufPool,
+) -> Result<Vec<Port>, FrontendError> {
     let shakes: Vec<Handshake> = sockets
         .iter()
-        .map(|s| Port::handshake(&port_options(s, dev, g)))
+        .zip(extra)
+        .map(|(s, f)| {
+            let mut o = port_options(s, dev, g);
+            o.features |= f;
+            Port::handshake(&o)
+        })
         .collect::<Result<_, _>>()?;
     let mut ports = Vec::with_capacity(shakes.len());
-    for h in shakes {
-        ports.push(h.start(mem, pool, pool.buf_size())?);
+    for (h, &post) in shakes.into_iter().zip(rx_post_len) {
+        ports.push(h.start(mem, pool, post)?);
     }
     Ok(ports)
 }
@@ -300,6 +343,19 @@ pub fn parse_frame_size(s: &str) -> Result<usize, String> {
         return Err(format!(
             "frame size {n} is outside {}..=9000",
             frame::MIN_LEN
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses a loop mode's frame size in 60..=65549 (each mode checks its own limit).
+pub fn parse_loop_frame_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(frame::MIN_LEN..=ring_loop::tso::MAX_FRAME).contains(&n) {
+        return Err(format!(
+            "frame size {n} is outside {}..={}",
+            frame::MIN_LEN,
+            ring_loop::tso::MAX_FRAME
         ));
     }
     Ok(n)
@@ -364,6 +420,8 @@ mod tests {
         assert_eq!(parse_frame_size("64"), Ok(64));
         assert!(parse_frame_size("59").is_err());
         assert!(parse_frame_size("9001").is_err());
+        assert_eq!(parse_loop_frame_size("65549"), Ok(65549));
+        assert!(parse_loop_frame_size("65550").is_err());
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_seconds("-1").is_err());
         assert_eq!(buf_size_for(64), 2048);

@@ -27,29 +27,52 @@
 //! frontend stops republishing and drains, so `taken - received` per direction is what
 //! the backend dropped.
 //!
+//! With `--tso MSS` the run is one-directional, A to B: port A negotiates CSUM and
+//! HOST_TSO4 and its TX ring holds TCP/IPv4 frames of `--size` bytes (up to 64 KiB) with
+//! a virtio-net header asking for segmentation at MSS and the checksum left partial, as
+//! Linux sends them ([`tso`]); port B negotiates what `--rx-offloads` says: GUEST_TSO4
+//! and GUEST_CSUM (the backend may pass each frame whole), GUEST_CSUM only or nothing
+//! (the backend must cut it into segments, and fill checksums in for `none`). B's RX
+//! buffers are each big enough for a whole frame (one descriptor each, one buffer per
+//! frame or per segment, as Linux's "big packets" without MRG_RXBUF). B sends nothing:
+//! bulk TCP is one-directional, and the ACKs going back are small frames a backend
+//! forwards at its small-frame rate, which the plain mode measures already; sending
+//! them here would only mix the two costs in one figure. Received counts are RX used
+//! entries, i.e. segments when the backend segments: a backend's drops are then
+//! `taken x segments per frame - received`.
+//!
 //! Here: the options, the setup (frames prebuilt, rings filled once) and the run's phases
 //! (warm-up, measured run, drain); `ring`: the rings driven by their indexes and the
 //! polling loop with its counters; `check`: the sampled checks; `report`: what the mode
-//! reports, and the steal time it reads.
+//! reports, and the steal time it reads; `tso`: the TSO frames and their checks.
 
 mod check;
 mod report;
 mod ring;
 #[cfg(test)]
 mod tests;
+pub mod tso;
+#[cfg(test)]
+mod tso_tests;
 
 use std::time::{Duration, Instant};
 
 use self::check::Checker;
 use self::report::{read_steal, steal_over};
-pub use self::report::{Checks, Direction, DirectionTotals, FrontendCost, RingLoopReport, Steal};
+pub use self::report::{
+    Checks, Direction, DirectionTotals, FrontendCost, RingLoopReport, Steal, TsoReport,
+};
 use self::ring::{Counters, Rings};
+use self::tso::{RxOffloads, TsoFrames};
 use crate::frame::{Endpoints, FrameError, FrameTemplate};
 use crate::modes::loop_report::{ratio, CoreCost, Rate, Stopwatch, PORT_NAMES};
 use crate::modes::{self, DeviceArgs, Global, ModeError};
 use crate::net_tx::{TxQueue, ZERO_HDR};
 use crate::pool::BufPool;
 use crate::port::Port;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+};
 
 /// The drain ends once nothing moved for this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
@@ -68,9 +91,55 @@ pub struct RingLoopArgs {
     /// last check) and as many TX completions; 0: none.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub check_every: u64,
+    /// TSO frames, one direction.
+    #[command(flatten)]
+    pub tso: TsoArgs,
     /// Device options.
     #[command(flatten)]
     pub dev: DeviceArgs,
+}
+
+/// `--tso`: port A sends TSO frames to port B, which sends nothing.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TsoArgs {
+    /// Port A sends TCP/IPv4 TSO frames of --size bytes (up to 65549) to be cut into
+    /// segments of MSS payload bytes (A negotiates CSUM and HOST_TSO4); B sends nothing.
+    #[arg(long, value_name = "MSS")]
+    pub tso: Option<u16>,
+    /// With --tso, what port B negotiates: `tso` (GUEST_CSUM and GUEST_TSO4: frames may
+    /// pass whole), `csum` (GUEST_CSUM only: the backend segments, checksums may stay
+    /// partial) or `none` (the backend segments and fills every checksum in).
+    #[arg(long, value_enum, default_value = "tso", value_name = "WHICH")]
+    pub rx_offloads: RxOffloads,
+    /// With --tso, most TX frames left with the backend at once (default, or 0: the
+    /// ring size, the open loop of the plain mode). A window of what B's RX ring holds
+    /// (ring size / segments per frame) spares a segmenting backend its drops, but
+    /// makes the run bound by the round trip between frontend and backend instead.
+    #[arg(long, value_name = "FRAMES")]
+    pub tx_window: Option<u16>,
+    /// With --tso, the size of port B's RX buffers (default: a whole frame). Smaller
+    /// ones, down to one segment, take a frame passed whole in several merged buffers
+    /// (B negotiates MRG_RXBUF), as Linux's mergeable buffers of about 4 KiB do.
+    #[arg(long, value_name = "BYTES")]
+    pub rx_buf: Option<u32>,
+}
+
+impl TsoArgs {
+    /// Feature bits ports A and B must negotiate.
+    fn features(&self) -> [u64; 2] {
+        if self.tso.is_none() {
+            return [0; 2];
+        }
+        let guest = match self.rx_offloads {
+            RxOffloads::Tso => (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4),
+            RxOffloads::Csum => 1 << VIRTIO_NET_F_GUEST_CSUM,
+            RxOffloads::None => 0,
+        };
+        [
+            (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4),
+            guest,
+        ]
+    }
 }
 
 /// The frames port `p` sends: from its MAC to the other port's.
@@ -97,6 +166,20 @@ fn fill_tx(tx: &mut TxQueue, pool: &mut BufPool, template: &FrameTemplate, q: u1
     tx.flush();
 }
 
+/// Fills a TX ring with `q` TSO frames (frame `i` in descriptor `i`, from port A to B)
+/// and publishes them at once.
+fn fill_tx_tso(tx: &mut TxQueue, pool: &mut BufPool, frames: &TsoFrames, q: u16) {
+    let hdr_len = tx.hdr_len();
+    for i in 0..q {
+        let buf = pool.get().expect("pool sized for every ring");
+        let bytes = pool.bytes_mut(buf);
+        frames.write_hdr(&mut bytes[..hdr_len]);
+        let len = frames.write(i, MACS[0], MACS[1], &mut bytes[hdr_len..]);
+        assert!(tx.post(pool, buf, len as u32), "a fresh TX ring is free");
+    }
+    tx.flush();
+}
+
 /// Runs the ring loop.
 pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError> {
     modes::pin(args.dev.core)?;
@@ -108,11 +191,54 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         4 * u32::from(q),
         modes::buf_size_for(args.run.size),
     )?;
+    let tso = args
+        .tso
+        .tso
+        .map(|mss| TsoFrames::new(args.run.size, mss))
+        .transpose()?;
+    let want = args.tso.features();
+    let whole = pool.buf_size();
+    let rx_buf = match (tso, args.tso.rx_buf) {
+        (Some(t), Some(b)) => {
+            let min = (12 + tso::HEADERS + usize::from(t.mss())) as u32;
+            if b < min || b > whole {
+                return Err(ModeError::RxBuf {
+                    rx_buf: b,
+                    min,
+                    max: whole,
+                });
+            }
+            b
+        }
+        _ => whole,
+    };
     let sockets = [args.run.a.as_path(), args.run.b.as_path()];
-    let mut ports = modes::connect_all(&sockets, &args.dev, g, &mut mem, &mut pool)?;
+    let mut ports = modes::connect_all_with(
+        &sockets,
+        &want,
+        &[whole, rx_buf],
+        &args.dev,
+        g,
+        &mut mem,
+        &mut pool,
+    )?;
+    for (p, port) in ports.iter().enumerate() {
+        let missing = want[p] & !port.info().negotiated.features;
+        if missing != 0 {
+            return Err(ModeError::Offloads {
+                port: PORT_NAMES[p],
+                missing,
+            });
+        }
+    }
     std::thread::sleep(args.run.settle);
-    for (p, port) in ports.iter_mut().enumerate() {
-        fill_tx(&mut port.tx, &mut pool, &template(p, args.run.size)?, q);
+    match &tso {
+        Some(t) => fill_tx_tso(&mut ports[0].tx, &mut pool, t, q),
+        None => {
+            for (p, port) in ports.iter_mut().enumerate() {
+                fill_tx(&mut port.tx, &mut pool, &template(p, args.run.size)?, q);
+            }
+        }
     }
     let setup_kicks: u64 = ports.iter().map(Port::kicks).sum();
 
@@ -128,11 +254,34 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         q,
         args.check_every,
     );
+    // RX entries per frame A sends: its segments, or the buffers a whole frame takes.
+    let per_frame = match tso {
+        Some(t) if args.tso.rx_offloads.segmented() => t.segments() as u64,
+        Some(t) => (ports[1].hdr_len() + t.size()).div_ceil(rx_buf as usize) as u64,
+        None => 1,
+    };
+    if per_frame > 1 && !args.tso.rx_offloads.segmented() && !ports[1].info().layout.mrg_rxbuf {
+        return Err(ModeError::Offloads {
+            port: PORT_NAMES[1],
+            missing: 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF,
+        });
+    }
+    if let Some(t) = tso {
+        chk.expect_tso(t, args.tso.rx_offloads, rx_buf as usize);
+    }
     let mut rings = Rings::new(
         [ports[0].tx.queue(), ports[1].tx.queue()],
         [ports[0].rx.queue(), ports[1].rx.queue()],
         [event_idx(&ports[0]), event_idx(&ports[1])],
+        [true, tso.is_none()],
     );
+    let tx_window = tso.map(|_| match args.tso.tx_window {
+        Some(0) | None => q,
+        Some(w) => w,
+    });
+    if let Some(w) = tx_window {
+        rings.set_tx_window(w);
+    }
 
     let mut c = Counters::default();
     let (mut ok, _) = rings.spin(
@@ -165,11 +314,18 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         return Err(ModeError::NoTraffic(args.run.warmup + args.run.duration));
     }
 
+    // What one RX used entry is: a frame, or (segmenting) one of its segments.
+    let segmented = tso.filter(|_| args.tso.rx_offloads.segmented());
+    let entry_bytes = match segmented {
+        Some(t) => (t.payload() + tso::HEADERS * t.segments()) as f64 / t.segments() as f64,
+        None => args.run.size as f64 / per_frame as f64,
+    };
+    let bytes = |entries: u64| (entries as f64 * entry_bytes) as u64;
     let directions = [0, 1].map(|p| {
         let frames = during.received[p] - before.received[p];
         let taken = during.taken[p] - before.taken[p];
         Direction {
-            rate: Rate::new(p, frames, frames * args.run.size as u64, secs),
+            rate: Rate::new(p, frames, bytes(frames), secs),
             taken,
             taken_mpps: modes::mpps(taken, secs),
             rx_per_burst: ratio(
@@ -187,17 +343,35 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         to: PORT_NAMES[1 - p],
         taken: c.taken[p],
         received: c.received[p],
-        backend_drops: c.taken[p] as i64 - c.received[p] as i64,
+        backend_drops: (c.taken[p] * per_frame) as i64 - c.received[p] as i64,
     });
     let frames: u64 = directions.iter().map(|d| d.rate.frames).sum();
     let busy = during.busy_cycles - before.busy_cycles;
+    let tso_report = tso.map(|t| {
+        let entries = directions[0].rate.frames;
+        let whole = entries as f64 / per_frame as f64;
+        TsoReport {
+            mss: t.mss(),
+            tx_window: tx_window.unwrap_or(q).clamp(1, q),
+            rx_offloads: args.tso.rx_offloads,
+            segmented: segmented.is_some(),
+            segments_per_frame: t.segments() as u64,
+            rx_buf,
+            rx_entries_per_frame: per_frame,
+            payload_per_frame: t.payload(),
+            frames_mpps: whole / secs.max(1e-9) / 1e6,
+            segments_mpps: whole * t.segments() as f64 / secs.max(1e-9) / 1e6,
+            payload_gbps: whole * t.payload() as f64 * 8.0 / secs.max(1e-9) / 1e9,
+        }
+    });
     let report = RingLoopReport {
         mode: "ring-loop",
         size: args.run.size,
         queue_size: q,
         seconds: secs,
         total_mpps: modes::mpps(frames, secs),
-        total_gbps: modes::gbps(frames * args.run.size as u64, secs),
+        total_gbps: modes::gbps(bytes(frames), secs),
+        tso: tso_report,
         directions,
         backend_drops: totals.iter().map(|t| t.backend_drops).sum(),
         totals,

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::tso::RxOffloads;
 use crate::modes::loop_report::{self, CoreCost, Rate};
 
 /// One direction's numbers.
@@ -73,12 +74,45 @@ pub struct Checks {
     pub rx_sampled: u64,
     /// Of those, wrong (used id, length, header, frame or sender).
     pub rx_bad: u64,
+    /// With `--tso`, of the frames sampled: passed whole but with the checksum filled in
+    /// and no GSO request left in the header (valid, but the receiver cannot tell it
+    /// from one huge frame; DPDK's net_vhost io forwarding does this).
+    pub rx_offload_completed: u64,
     /// TX completions sampled.
     pub tx_sampled: u64,
     /// Of those, not in ring order.
     pub tx_out_of_order: u64,
     /// The first problem found, if any.
     pub first_problem: Option<String>,
+}
+
+/// With `--tso`: A to B in TSO frames and in TCP payload.
+#[derive(Clone, Debug, Serialize)]
+pub struct TsoReport {
+    /// `gso_size` of the frames sent.
+    pub mss: u16,
+    /// Most TX frames left with the backend at once.
+    pub tx_window: u16,
+    /// What port B negotiated.
+    pub rx_offloads: RxOffloads,
+    /// Whether the backend had to segment (B without GUEST_TSO4): received counts
+    /// are then segments.
+    pub segmented: bool,
+    /// Segments one frame is cut into.
+    pub segments_per_frame: u64,
+    /// Bytes of each of B's RX buffers.
+    pub rx_buf: u32,
+    /// RX used entries per frame: its segments, or the merged buffers it fills.
+    pub rx_entries_per_frame: u64,
+    /// TCP payload bytes per frame.
+    pub payload_per_frame: usize,
+    /// Frames delivered per second, millions (segments / segments per frame when
+    /// segmented).
+    pub frames_mpps: f64,
+    /// Segments delivered per second (whole or cut), millions: frames x segments per frame.
+    pub segments_mpps: f64,
+    /// Gigabits per second of TCP payload delivered.
+    pub payload_gbps: f64,
 }
 
 /// What `ring-loop` measured.
@@ -98,6 +132,9 @@ pub struct RingLoopReport {
     pub total_mpps: f64,
     /// Both directions.
     pub total_gbps: f64,
+    /// With `--tso`: the rates in frames, segments and payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tso: Option<TsoReport>,
     /// Whole run, after the drain: where frames went.
     pub totals: [DirectionTotals; 2],
     /// Sum of both directions' `backend_drops`.
@@ -133,6 +170,25 @@ impl fmt::Display for RingLoopReport {
             )?;
         }
         loop_report::write_total(f, self.total_mpps, self.total_gbps)?;
+        if let Some(t) = &self.tso {
+            writeln!(
+                f,
+                "  TSO a -> b, MSS {}, receiver offloads {:?} ({}): {:.4} M frames/s, {:.3} M \
+                 segments/s, {:.3} Gbit/s of TCP payload ({} segments of {} payload bytes per frame; {} RX \
+                 buffer(s) of {} bytes per frame; TX window {} frames)",
+                t.mss,
+                t.rx_offloads,
+                if t.segmented { "segmented by the backend" } else { "passed whole" },
+                t.frames_mpps,
+                t.segments_mpps,
+                t.payload_gbps,
+                t.segments_per_frame,
+                t.payload_per_frame,
+                t.rx_entries_per_frame,
+                t.rx_buf,
+                t.tx_window
+            )?;
+        }
         for t in &self.totals {
             writeln!(
                 f,
@@ -160,12 +216,20 @@ impl fmt::Display for RingLoopReport {
             .collect();
         writeln!(
             f,
-            "  steal: {:.3} s ({}); checks: {} rx sampled, {} bad; {} tx sampled, {} out of \
+            "  steal: {:.3} s ({}); checks: {} rx sampled, {} bad{}; {} tx sampled, {} out of \
              order{}",
             self.steal.seconds,
             per_cpu.join(", "),
             self.checks.rx_sampled,
             self.checks.rx_bad,
+            if self.checks.rx_offload_completed > 0 {
+                format!(
+                    ", {} passed whole with the checksum completed instead of the GSO request",
+                    self.checks.rx_offload_completed
+                )
+            } else {
+                String::new()
+            },
             self.checks.tx_sampled,
             self.checks.tx_out_of_order,
             self.checks

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The rings as `ring-loop` drives them, indexes only ([`Ring`]), and the polling loop
-//! over both ports' rings ([`Rings::spin`]) with its [`Counters`].
+//! over both directions' rings ([`Rings::spin`]) with its [`Counters`].
 
 #![allow(unsafe_code)] // ring indexes and used elements read in place in our guest memory.
 
@@ -40,6 +40,10 @@ pub(super) struct Ring<'a> {
     used: u16,
     /// `used_event` as last set.
     event: u16,
+    /// Most descriptors left with the device at once (TX; the ring size: no limit).
+    window: u16,
+    /// Descriptors taken back and not republished yet (held back by `window`).
+    owed: u16,
 }
 
 impl<'a> Ring<'a> {
@@ -85,6 +89,8 @@ impl<'a> Ring<'a> {
             avail: avail_now,
             used: 0,
             event: u16::from_le(used_event.load(Ordering::Relaxed)),
+            window: q.size(),
+            owed: 0,
         }
     }
 
@@ -104,9 +110,32 @@ impl<'a> Ring<'a> {
         self.avail_idx.store(self.avail.to_le(), Ordering::Release);
     }
 
+    /// Hands `n` more descriptors back as [`republish`](Self::republish) does, but
+    /// leaves at most `window` with the device: the rest are owed and go out as it
+    /// gives descriptors back.
+    #[inline(always)]
+    fn republish_within(&mut self, n: u16) {
+        if self.window > self.mask {
+            return self.republish(n);
+        }
+        self.owed += n;
+        let out = self.avail.wrapping_sub(self.used);
+        let k = self.owed.min(self.window.saturating_sub(out));
+        if k != 0 {
+            self.owed -= k;
+            self.republish(k);
+        }
+    }
+
     /// The used element for `used.idx - 1` (the last one seen): id and length.
     pub(super) fn last_used(&self) -> (u32, u32) {
-        let slot = usize::from(self.used.wrapping_sub(1) & self.mask);
+        self.used_before(0)
+    }
+
+    /// The used element for `used.idx - 1 - back` (`back` below the ring size): id and
+    /// length.
+    pub(super) fn used_before(&self, back: u16) -> (u32, u32) {
+        let slot = usize::from(self.used.wrapping_sub(1).wrapping_sub(back) & self.mask);
         // SAFETY: `slot <= mask < size`: an element of the used ring laid out by
         // `SplitQueue::new`; the device wrote it before the `used.idx` we loaded
         // (acquire) and does not write it again before we republish its descriptor.
@@ -121,7 +150,12 @@ impl<'a> Ring<'a> {
 
     /// The slot (= descriptor id, in order) of the last used element seen.
     pub(super) fn last_slot(&self) -> u32 {
-        u32::from(self.used.wrapping_sub(1) & self.mask)
+        self.slot_before(0)
+    }
+
+    /// The slot of the used element `back` before the last one seen.
+    pub(super) fn slot_before(&self, back: u16) -> u32 {
+        u32::from(self.used.wrapping_sub(1).wrapping_sub(back) & self.mask)
     }
 
     /// Keeps EVENT_IDX `used_event` half the index space ahead of `used.idx`, so the
@@ -161,23 +195,43 @@ pub(super) struct Counters {
     pub(super) kicks: u64,
 }
 
-/// The rings of both ports: `tx[p]`, `rx[p]` for port p.
+/// One direction: the TX ring of the sending port and the RX ring of the other.
+struct Dir<'a> {
+    tx: Ring<'a>,
+    rx: Ring<'a>,
+}
+
+/// The rings of both ports, by direction: `dirs[p]` carries what port p sends
+/// (`None`: p sends nothing, its TX ring and the other port's RX ring are not driven).
 pub(super) struct Rings<'a> {
-    tx: [Ring<'a>; 2],
-    rx: [Ring<'a>; 2],
+    dirs: [Option<Dir<'a>>; 2],
 }
 
 impl<'a> Rings<'a> {
     /// Takes over the TX and RX queues of ports 0 and 1 (see [`Ring::new`]), with
-    /// EVENT_IDX as each port negotiated.
+    /// EVENT_IDX as each port negotiated; for a port whose `sends` is false, neither
+    /// its TX queue nor the other port's RX queue.
     pub(super) fn new(
         tx: [&'a SplitQueue; 2],
         rx: [&'a SplitQueue; 2],
         event_idx: [bool; 2],
+        sends: [bool; 2],
     ) -> Self {
         Rings {
-            tx: [0, 1].map(|p| Ring::new(tx[p], event_idx[p])),
-            rx: [0, 1].map(|p| Ring::new(rx[p], event_idx[p])),
+            dirs: [0, 1].map(|p| {
+                sends[p].then(|| Dir {
+                    tx: Ring::new(tx[p], event_idx[p]),
+                    rx: Ring::new(rx[1 - p], event_idx[1 - p]),
+                })
+            }),
+        }
+    }
+
+    /// Leaves at most `window` TX descriptors with the backend at once, per port (the
+    /// ring starts full: the limit holds once the backend has taken the first frames).
+    pub(super) fn set_tx_window(&mut self, window: u16) {
+        for d in self.dirs.iter_mut().flatten() {
+            d.tx.window = window.clamp(1, d.tx.mask + 1);
         }
     }
 
@@ -200,32 +254,33 @@ impl<'a> Rings<'a> {
         loop {
             for _ in 0..POLLS_PER_CHECK {
                 let mut moved = false;
-                for p in 0..2 {
-                    let n = self.tx[p].poll();
+                for (p, d) in self.dirs.iter_mut().enumerate() {
+                    let Some(d) = d else { continue };
+                    let n = d.tx.poll();
                     if n != 0 {
                         moved = true;
                         if transmit {
-                            self.tx[p].republish(n);
+                            d.tx.republish_within(n);
                         }
                         c.taken[p] += u64::from(n);
                         c.tx_polls[p] += 1;
                         if c.taken[p] >= chk.next_tx[p] && chk.every > 0 {
                             chk.next_tx[p] = c.taken[p] + chk.every;
-                            chk.check_tx(&self.tx[p]);
+                            chk.check_tx(&d.tx);
                         }
                     }
                     // Frames sent by p arrive on the other port.
                     let to = 1 - p;
-                    let n = self.rx[to].poll();
+                    let n = d.rx.poll();
                     if n != 0 {
                         moved = true;
                         c.received[p] += u64::from(n);
                         c.rx_polls[p] += 1;
                         if c.received[p] >= chk.next_rx[p] && chk.every > 0 {
                             chk.next_rx[p] = c.received[p] + chk.every;
-                            chk.check_rx(&self.rx[to], p, to);
+                            chk.check_rx(&d.rx, p, to);
                         }
-                        self.rx[to].republish(n);
+                        d.rx.republish(n);
                     }
                 }
                 c.polls += 1;
@@ -243,8 +298,9 @@ impl<'a> Rings<'a> {
             if moved_since_check {
                 last_move = now;
                 moved_since_check = false;
-                for r in self.tx.iter_mut().chain(self.rx.iter_mut()) {
-                    r.keep_quiet();
+                for d in self.dirs.iter_mut().flatten() {
+                    d.tx.keep_quiet();
+                    d.rx.keep_quiet();
                 }
             } else {
                 // Quiet, and every TX descriptor offered has come back: nothing is
@@ -252,16 +308,17 @@ impl<'a> Rings<'a> {
                 // it took the frames from). Quiet alone is not enough: a backend
                 // preempted mid-burst is quiet too.
                 if quiet.is_some_and(|q| now.duration_since(last_move) >= q)
-                    && self.tx.iter().all(|r| r.avail == r.used)
+                    && self.dirs.iter().flatten().all(|d| d.tx.avail == d.tx.used)
                 {
                     return (true, true);
                 }
                 if now.duration_since(last_move) >= IDLE_KICK
                     && now.duration_since(last_kick) >= IDLE_KICK
                 {
-                    for r in self.tx.iter().chain(self.rx.iter()) {
-                        r.kick();
-                        c.kicks += 1;
+                    for d in self.dirs.iter().flatten() {
+                        d.tx.kick();
+                        d.rx.kick();
+                        c.kicks += 2;
                     }
                     last_kick = now;
                 }

@@ -20,6 +20,23 @@ use crate::virtio_net::NetLayout;
 /// and the drain leaves nothing in flight.
 #[test]
 fn counts_checks_and_drops_against_a_fake_backend() {
+    against_a_fake_backend(None);
+}
+
+/// The same with a TX window of 5: after the first burst (the ring starts full) the
+/// backend never finds more than 5 frames of a port waiting.
+#[test]
+fn a_tx_window_bounds_what_the_backend_finds() {
+    let most = against_a_fake_backend(Some(5));
+    assert!(
+        most.iter().all(|&m| m <= 5),
+        "most frames found at once: {most:?}"
+    );
+}
+
+/// Runs the rings against the fake backend; returns per port the most TX frames the
+/// backend found at once after its first look.
+fn against_a_fake_backend(window: Option<u16>) -> [usize; 2] {
     let (q, size) = (64u16, 128usize);
     let mut mem = GuestMem::new(0, 8 << 20).unwrap();
     let layout = NetLayout::new(1 << VIRTIO_F_VERSION_1);
@@ -43,13 +60,19 @@ fn counts_checks_and_drops_against_a_fake_backend() {
     let stop2 = Arc::clone(&stop);
     let backend = std::thread::spawn(move || {
         let (mut taken, mut delivered, mut n) = ([0u64; 2], [0u64; 2], 0u64);
+        let (mut most, mut looked) = ([0usize; 2], [false; 2]);
         let mut free: [VecDeque<Desc>; 2] = Default::default();
         while !stop2.load(Ordering::Relaxed) {
             for p in 0..2 {
                 let to = 1 - p;
                 free[to].extend(rx_dev[to].pop_all());
                 let (mut tx_used, mut rx_used) = (Vec::new(), Vec::new());
-                for d in tx_dev[p].pop_all() {
+                let found = tx_dev[p].pop_all();
+                if looked[p] {
+                    most[p] = most[p].max(found.len());
+                }
+                looked[p] |= !found.is_empty();
+                for d in found {
                     n += 1;
                     taken[p] += 1;
                     tx_used.push((d.id, 0));
@@ -70,7 +93,7 @@ fn counts_checks_and_drops_against_a_fake_backend() {
                 }
             }
         }
-        (taken, delivered)
+        (taken, delivered, most)
     });
 
     let mut chk = Checker::new(
@@ -85,14 +108,18 @@ fn counts_checks_and_drops_against_a_fake_backend() {
         [tx[0].queue(), tx[1].queue()],
         [rx[0].queue(), rx[1].queue()],
         [false; 2],
+        [true; 2],
     );
+    if let Some(w) = window {
+        rings.set_tx_window(w);
+    }
     let mut c = Counters::default();
     let until = Instant::now() + Duration::from_millis(200);
     assert!(rings.spin(&mut c, &mut chk, until, true, None).0);
     let until = Instant::now() + DRAIN_MAX;
     let (_, quiet) = rings.spin(&mut c, &mut chk, until, false, Some(DRAIN_QUIET));
     stop.store(true, Ordering::Relaxed);
-    let (taken, delivered) = backend.join().unwrap();
+    let (taken, delivered, most) = backend.join().unwrap();
 
     assert!(quiet, "the drain went quiet");
     assert_eq!(c.taken, taken);
@@ -113,4 +140,5 @@ fn counts_checks_and_drops_against_a_fake_backend() {
         "{:?}",
         chk.out.first_problem
     );
+    most
 }
