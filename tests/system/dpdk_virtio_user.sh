@@ -34,6 +34,13 @@
 #                with net_vhost ports, io forwarding) in place of vpmd, as a
 #                reference. The same checks run against its port counters.
 #   RUN_SECONDS  how long frames circulate (default 5)
+#   QUEUES       queue pairs per port (default 1). With 2: vpmd ports `queues = 2`,
+#                virtio-user `queues=2`, testpmd --rxq=2 --txq=2 and tx_first frames
+#                of several flows (--txonly-multi-flow, so that vpmd's flow hash
+#                spreads them); then also, per queue pair: vpmd took from each TX
+#                queue exactly what testpmd put there (its tx_qN_good_packets),
+#                every queue of both ports carried frames both ways, and vpmd's
+#                per-queue counts add up to its port counts.
 #   KEEP_WORK=1  keep the work dir (logs, config) even when the test passes
 # Needs root (hugepages, apt-get when DPDK is missing).
 set -euo pipefail
@@ -46,6 +53,7 @@ source "$REPO/scripts/bench-lib.sh"
 [[ $VPMD == /* ]] || VPMD=$REPO/$VPMD          # relative paths are from the repo root
 BACKEND=${BACKEND:-vpmd}
 RUN_SECONDS=${RUN_SECONDS:-5}
+QUEUES=${QUEUES:-1}
 FRONT_PREFIX=vpmdtest          # --file-prefix of the frontend testpmd
 BACK_PREFIX=vpmdtestback       # --file-prefix of the reference backend (BACKEND=dpdk)
 RING_SIZE=256                  # virtio-user's default queue_size (we do not change it)
@@ -167,13 +175,19 @@ done
 
 # The frontend: two virtio-user ports; main lcore 1 sits at the prompt, lcore 0
 # forwards. Few mbufs are needed: at most 2 bursts are ever in flight.
+MQ_VDEV="" MQ_APP=()
+if ((QUEUES > 1)); then
+  MQ_VDEV=",queues=$QUEUES"
+  MQ_APP=(--rxq="$QUEUES" --txq="$QUEUES" --txonly-multi-flow)
+fi
 FRONT_ARGS=(-l 0,1 --main-lcore 1 --no-pci --single-file-segments --file-prefix="$FRONT_PREFIX"
-  --vdev "net_virtio_user0,path=$SOCK0" --vdev "net_virtio_user1,path=$SOCK1"
-  -- -i --forward-mode=io --total-num-mbufs=16384)
+  --vdev "net_virtio_user0,path=$SOCK0$MQ_VDEV" --vdev "net_virtio_user1,path=$SOCK1$MQ_VDEV"
+  -- -i --forward-mode=io --total-num-mbufs=16384 "${MQ_APP[@]}")
 
 if [[ $BACKEND == vpmd ]]; then
   [[ -x $VPMD ]] || fail "vpmd binary $VPMD not found (cargo build --release, or set VPMD)"
   write_config "$WORK/vpmd.toml" server 1500 "$WORK"
+  ((QUEUES > 1)) && sed -i "/^mtu = /a queues = $QUEUES" "$WORK/vpmd.toml"
   log "starting vpmd ($VPMD)"
   "$VPMD" run --config "$WORK/vpmd.toml" >"$BACK_LOG" 2>&1 &
   BACK_PID=$!
@@ -188,8 +202,8 @@ else
   # (exactly a veth pair). Main lcore 0, forwarding lcore 1.
   log "starting the reference backend (testpmd with net_vhost ports)"
   start_testpmd backend "$BACK_LOG" -l 0,1 --main-lcore 0 --no-pci --single-file-segments \
-    --file-prefix="$BACK_PREFIX" --vdev "net_vhost0,iface=$SOCK0" --vdev "net_vhost1,iface=$SOCK1" \
-    -- -i --forward-mode=io --total-num-mbufs=16384
+    --file-prefix="$BACK_PREFIX" --vdev "net_vhost0,iface=$SOCK0$MQ_VDEV" --vdev "net_vhost1,iface=$SOCK1$MQ_VDEV" \
+    -- -i --forward-mode=io --total-num-mbufs=16384 "${MQ_APP[@]:0:2}"
   BACK_PID=$TP_PID BACK_FD=$TP_FD
   sockets_exist || fail "the backend testpmd did not create $SOCK0 and $SOCK1"
   tp_cmd "$BACK_FD" "$BACK_LOG" start
@@ -218,7 +232,7 @@ START_OFF=$CMD_OFF
 log_has_after "$FRONT_LOG" "$START_OFF" "nb forwarding ports=2" || fail "testpmd is not forwarding between 2 ports"
 BURST=$(tail -c "+$((START_OFF + 1))" "$FRONT_LOG" | sed -n 's/.*packets\/burst=\([0-9]\+\).*/\1/p' | head -n1)
 [[ $BURST =~ ^[0-9]+$ ]] || fail "could not read packets/burst from testpmd"
-INJECTED=$((2 * BURST))        # tx_first: one burst on each of the 2 ports
+INJECTED=$((2 * QUEUES * BURST)) # tx_first: one burst on each TX queue of the 2 ports
 log "forwarding; tx_first injected $BURST frames on each port; running ${RUN_SECONDS}s"
 
 sleep "$(awk -v s="$RUN_SECONDS" 'BEGIN { print s / 2 }')"
@@ -317,9 +331,9 @@ for p in 0 1; do
   # Bounded: frames delivered into port p's RX ring that testpmd has not
   # polled (it stopped); a ring holds at most RING_SIZE.
   in_ring=$((B_RX[$p] - TP[end,RX-packets,$p]))
-  ((in_ring >= 0 && in_ring <= RING_SIZE)) ||
+  ((in_ring >= 0 && in_ring <= QUEUES * RING_SIZE)) ||
     fail "vm$p: $BACKEND delivered ${B_RX[$p]} frames, testpmd port $p received ${TP[end,RX-packets,$p]}" \
-      "(difference $in_ring must be within 0..$RING_SIZE)"
+      "(difference $in_ring must be within 0..$((QUEUES * RING_SIZE)))"
   in_ring_total=$((in_ring_total + in_ring))
 done
 # Exact conservation: frames are injected only by tx_first; each is then either
@@ -329,6 +343,34 @@ expect=$((INJECTED - TP_TX_DROPPED - B_DROPS))
   fail "frames left in RX rings: $in_ring_total, expected $expect" \
     "(= $INJECTED injected - $TP_TX_DROPPED testpmd TX-dropped - $B_DROPS $BACKEND drops)"
 log "counters agree: TX exact on both ports, $in_ring_total frames left in RX rings as expected"
+
+if ((QUEUES > 1)) && [[ $BACKEND == vpmd ]]; then
+  tp_cmd "$FRONT_FD" "$FRONT_LOG" "show port xstats all"
+  XSTATS_OFF=$CMD_OFF
+  # tp_xstat PORT NAME: one of testpmd's extended counters of PORT in that output.
+  tp_xstat() {
+    local v
+    v=$(tail -c "+$((XSTATS_OFF + 1))" "$FRONT_LOG" | awk -v port="$1" -v name="$2:" '
+      /NIC extended statistics for port/ { inp = ($NF == port) }
+      inp && $1 == name { print $2; exit }')
+    [[ $v =~ ^[0-9]+$ ]] || fail "no xstat $2 for testpmd port $1"
+    echo "$v"
+  }
+  for p in 0 1; do
+    jq -e --arg n "vm$p" '.ports[] | select(.name == $n) |
+      ([.queues[].tx_packets] | add) == .tx_packets and ([.queues[].rx_packets] | add) == .rx_packets and
+      ([.queues[].tx_dropped] | add) == ([.drops[]] | add)' "$WORK/vpmd-stats.json" >/dev/null ||
+      fail "vm$p: per-queue counts do not add up: $(jq -c --arg n "vm$p" '.ports[] | select(.name == $n) | .queues' "$WORK/vpmd-stats.json")"
+    for ((q = 0; q < QUEUES; q++)); do
+      v_tx=$(vpmd_field $p ".queues[$q].tx_packets")
+      v_rx=$(vpmd_field $p ".queues[$q].rx_packets")
+      t_tx=$(tp_xstat $p "tx_q${q}_good_packets")
+      ((v_tx > 0 && v_rx > 0)) || fail "vm$p queue pair $q: tx $v_tx rx $v_rx, both must be > 0"
+      ((v_tx == t_tx)) || fail "vm$p queue pair $q: vpmd took $v_tx frames, testpmd put $t_tx on that TX queue"
+      log "vm$p q$q: tx $v_tx (testpmd tx_q${q}_good_packets $t_tx), rx $v_rx"
+    done
+  done
+fi
 
 # ---------------------------------------------------------------- shutdown
 
