@@ -74,6 +74,13 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// Show each polling thread's queues, like ovs-appctl dpif-netdev/pmd-rxq-show:
+    /// its busy share and, per queue it polls (a port's TX queue pair, a macvlan
+    /// shard), the frames taken from it and dropped.
+    Pmd {
+        #[command(flatten)]
+        control: ControlArg,
+    },
     /// Add, remove or list the running vpmd's ports (not written to the config
     /// file: a restart runs the file's ports only).
     Port {
@@ -115,7 +122,7 @@ enum PortAction {
     /// Add a port, with the fields of a [[port]] in the config file (README
     /// "Configuration") and the same checks. It is in no veth or macvlan until
     /// `vpmd veth add` or `vpmd macvlan add-port` puts it in one.
-    Add(PortAdd),
+    Add(Box<PortAdd>),
     /// Remove a port: its veth pair goes too (the peer stays, unpaired), its VM's
     /// connection is closed and its socket removed. Other ports are not disturbed.
     Del {
@@ -162,6 +169,10 @@ struct PortAdd {
     /// Queue pairs, 1-8 (more than 1: VIRTIO_NET_F_MQ; veth pairs only) [default: 1].
     #[arg(long, value_name = "N")]
     queues: Option<u64>,
+    /// The core polling each queue pair's TX queue, one per pair (e.g. 0,1)
+    /// [default: dealt out to the threads with the fewest streams].
+    #[arg(long, value_name = "CORES", value_delimiter = ',')]
+    queue_cores: Option<Vec<u64>>,
     /// Permission bits of the socket file, octal [default: 0600].
     #[arg(long, value_name = "MODE")]
     socket_mode: Option<String>,
@@ -219,6 +230,7 @@ impl PortAdd {
         };
         opt("mtu", self.mtu.map(Into::into));
         opt("queues", self.queues.map(Into::into));
+        opt("queue_cores", self.queue_cores.clone().map(Into::into));
         opt("socket_mode", self.socket_mode.clone().map(Into::into));
         opt("socket_owner", self.socket_owner.clone().map(Into::into));
         opt("socket_group", self.socket_group.clone().map(Into::into));
@@ -326,6 +338,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", snap.to_text());
             }
+            Ok(())
+        }
+        Command::Pmd { control } => {
+            let snap = control::request_stats(&control.control)?;
+            print!("{}", stats_view::rxq_text(&snap));
             Ok(())
         }
         Command::Port {

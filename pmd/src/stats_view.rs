@@ -174,13 +174,57 @@ pub fn rates_text(d: &Snapshot, secs: f64) -> String {
 fn thread_ports(t: &ThreadStats) -> Vec<&str> {
     let mut ports: Vec<&str> = Vec::new();
     for s in &t.streams {
-        for p in s.split("->") {
+        let names = match crate::fwd::veth::stream_ports(s) {
+            Some((src, dst, _)) => vec![src, dst],
+            None => vec![s.as_str()],
+        };
+        for p in names {
             if !p.is_empty() && !ports.contains(&p) {
                 ports.push(p);
             }
         }
     }
     ports
+}
+
+/// The queue view (`vpmd pmd`), like `ovs-appctl dpif-netdev/pmd-rxq-show`: for each
+/// polling thread its busy share and the queues it polls, each with the frames
+/// taken from it and dropped. A veth stream polls one TX queue of its sending port
+/// (queue-id: the pair); a macvlan shard polls one RX queue of its uplink and the TX
+/// queues of the VM ports it was given.
+pub fn rxq_text(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    for t in &snap.threads {
+        let _ = writeln!(
+            out,
+            "pmd thread core {}:\n  busy: {:.1}% of {} cycles",
+            t.core,
+            share(t.busy_cycles, t.busy_cycles + t.idle_cycles),
+            t.busy_cycles + t.idle_cycles
+        );
+        if t.streams.is_empty() {
+            let _ = writeln!(out, "  (no queues)");
+        }
+        for s in &t.streams {
+            let Some((src, dst, pair)) = crate::fwd::veth::stream_ports(s) else {
+                let _ = writeln!(out, "  macvlan shard: {s}");
+                continue;
+            };
+            let port = snap.ports.iter().find(|p| p.name == src);
+            let queue =
+                port.and_then(|p| p.queues.as_ref()?.iter().find(|q| q.queue as usize == pair));
+            let (taken, dropped) = match (port, queue) {
+                (_, Some(q)) => (q.tx_packets, q.tx_dropped),
+                (Some(p), None) => (p.tx_packets, p.drops.total()),
+                (None, None) => (0, 0),
+            };
+            let _ = writeln!(
+                out,
+                "  port: {src:<12} queue-id: {pair:>2}  to: {dst:<12} frames: {taken}  dropped: {dropped}"
+            );
+        }
+    }
+    out
 }
 
 /// The per-thread view (`vpmd stats --pmd`), like `ovs-appctl dpif-netdev/pmd-stats-show`:

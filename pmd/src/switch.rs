@@ -157,19 +157,20 @@ fn ensure_parent(path: &Path, what: &str) -> Result<(), StartError> {
     }
 }
 
+/// A stream and the core its thread must run on, if the config says (a port's
+/// `queue_cores`); `None`: dealt out automatically.
+type Placed = (Box<dyn Stream>, Option<usize>);
+
 /// The two directions of a veth pair: one stream per TX queue pair of each port,
 /// the first port's first (dealt round-robin, queue pair `n` of each direction lands
-/// on the same thread).
-fn pair_streams(a: (&LivePort, &LivePort)) -> Vec<Box<dyn Stream>> {
+/// on the same thread), each with the core its port's `queue_cores` names.
+fn pair_streams(a: (&LivePort, &LivePort)) -> Vec<Placed> {
     let endpoint = |p: &LivePort| VhostEndpoint::new(p.port.clone(), &p.counters);
-    let mut out: Vec<Box<dyn Stream>> = Vec::new();
+    let mut out: Vec<Placed> = Vec::new();
     for (src, dst) in [(a.0, a.1), (a.1, a.0)] {
         for pair in 0..src.port.queue_pairs() {
-            out.push(Box::new(VethStream::new(
-                endpoint(src),
-                endpoint(dst),
-                pair,
-            )));
+            let stream = VethStream::new(endpoint(src), endpoint(dst), pair);
+            out.push((Box::new(stream), src.spec.queue_cores.get(pair).copied()));
         }
     }
     out
@@ -182,9 +183,10 @@ fn veth_stream_names(a: &str, b: &str, pairs: usize) -> Vec<String> {
         .collect()
 }
 
-/// Deals the streams out to the cores round-robin, in config order, so that the two
+/// Puts each stream pinned to a core (`queue_cores`) on that core's thread, and deals
+/// the others out to the cores round-robin, in config order, so that the two
 /// directions of a pair land on different cores when there are two.
-fn assign_streams(cores: &[usize], streams: Vec<Box<dyn Stream>>) -> Vec<Assignment> {
+fn assign_streams(cores: &[usize], streams: Vec<Placed>) -> Vec<Assignment> {
     let mut out: Vec<Assignment> = cores
         .iter()
         .map(|&core| Assignment {
@@ -193,8 +195,17 @@ fn assign_streams(cores: &[usize], streams: Vec<Box<dyn Stream>>) -> Vec<Assignm
         })
         .collect();
     let n = out.len();
-    for (i, s) in streams.into_iter().enumerate() {
-        out[i % n].streams.push(s);
+    let mut next = 0;
+    for (s, pinned) in streams {
+        // Validated: a pinned core is one of `cores`.
+        let i = match pinned.and_then(|c| cores.iter().position(|&k| k == c)) {
+            Some(i) => i,
+            None => {
+                next += 1;
+                (next - 1) % n
+            }
+        };
+        out[i].streams.push(s);
     }
     out
 }
@@ -279,7 +290,7 @@ impl Switch {
                 connection: None,
             }
         };
-        let mut streams: Vec<Box<dyn Stream>> = Vec::new();
+        let mut streams: Vec<Placed> = Vec::new();
         for &[a, b] in &config.veths {
             streams.extend(pair_streams((&live(a), &live(b))));
         }
@@ -299,7 +310,7 @@ impl Switch {
                 macs: opened.uplink.mac_table(),
                 shards: opened.shards.iter().map(|s| s.name().to_string()).collect(),
             });
-            streams.extend(opened.shards);
+            streams.extend(opened.shards.into_iter().map(|s| (s, None)));
             port_entries.push(opened.entry);
             uplinks.push(opened.uplink);
         }
@@ -779,6 +790,14 @@ impl State {
     /// Adds a port (in no veth or macvlan yet): its socket opened, its connection
     /// thread started. On error nothing is left behind.
     fn add_port(&mut self, registry: &Registry, spec: Port) -> Result<(), String> {
+        for (q, c) in spec.queue_cores.iter().enumerate() {
+            if !self.threads.iter().any(|t| t.pmd.core() == *c) {
+                let cores: Vec<usize> = self.threads.iter().map(|t| t.pmd.core()).collect();
+                return Err(format!(
+                    "port.queue_cores[{q}]: core {c} is not one of pmd.cores {cores:?}"
+                ));
+            }
+        }
         let opened = open_port(&spec).map_err(|e| Chain(&e).to_string())?;
         let (port, counters, socket) = opened;
         let connection = socket.spawn().map_err(|e| Chain(&e).to_string())?;
@@ -796,16 +815,19 @@ impl State {
         Ok(())
     }
 
-    /// Starts polling `streams`: each goes to the polling thread with the fewest
-    /// streams, preferring threads this call has not given one yet (the two
-    /// directions of a pair land on two cores when there are two).
-    fn add_streams(&mut self, registry: &Registry, streams: Vec<Box<dyn Stream>>) {
+    /// Starts polling `streams`: one pinned to a core goes to that core's thread; any
+    /// other to the polling thread with the fewest streams, preferring threads this
+    /// call has not given one yet (the two directions of a pair land on two cores
+    /// when there are two).
+    fn add_streams(&mut self, registry: &Registry, streams: Vec<Placed>) {
         let mut given: Vec<usize> = Vec::new();
         let mut per_thread: Vec<Vec<Change>> = self.threads.iter().map(|_| Vec::new()).collect();
-        for s in streams {
+        for (s, pinned) in streams {
             // Fewest streams (those given in this call included), then lowest index.
             let load = |i: usize| (given.contains(&i), self.threads[i].streams.len(), i);
-            let Some(i) = (0..self.threads.len()).min_by_key(|&i| load(i)) else {
+            let on_core = pinned.and_then(|c| self.threads.iter().position(|t| t.pmd.core() == c));
+            let Some(i) = on_core.or_else(|| (0..self.threads.len()).min_by_key(|&i| load(i)))
+            else {
                 return;
             };
             log::info!(

@@ -31,9 +31,18 @@ IN_FLIGHT=$((32 << 20))
 NET=198.18.23
 
 mkdir -p "$WORK/sock"
+# vm0's queue pairs pinned the other way round from what round-robin would give
+# (queue_cores, like OVS's pmd-rxq-affinity); vm1's dealt out automatically.
 vpmd_veth_config "0, 1" "$CONTROL" "$WORK/sock/vm0.sock" "$WORK/sock/vm1.sock" server 1500 |
-  sed '/^mtu = /a queues = 2' >"$WORK/vpmd.toml"
+  sed '/^mtu = /a queues = 2' |
+  sed '0,/^queues = 2$/s//queues = 2\nqueue_cores = [1, 0]/' >"$WORK/vpmd.toml"
 start_vpmd "$WORK/vpmd.toml"
+# A runtime port naming a core vpmd does not poll on is refused, naming the field.
+if out=$("$VPMD" port add --control "$CONTROL" x --socket "$WORK/sock/x.sock" \
+  --mac 52:54:00:00:00:09 --queues 2 --queue-cores 0,7 2>&1); then
+  fail "a port with queue_cores naming core 7 was added: $out"
+fi
+[[ $out == *"port.queue_cores[1]"* ]] || fail "the refusal does not name port.queue_cores[1]: $out"
 
 field() { sed -nE "s/.*[ ]$2=([^ ]*).*/\\1/p" <<<"$1"; }
 
@@ -108,6 +117,11 @@ for p in vm0 vm1; do
   [[ $(port_stat "$S1" "$p" '[.queues[].core] | sort | join(",")') == "0,1" ]] ||
     fail "$p: its TX queues are not on the two threads: $(port_stat "$S1" "$p" '[.queues[].core]' | tr -d ' \n')"
 done
+[[ $(queue "$S1" vm0 0 core) == 1 && $(queue "$S1" vm0 1 core) == 0 ]] ||
+  fail "vm0's queue_cores = [1, 0] not followed: q0 on $(queue "$S1" vm0 0 core), q1 on $(queue "$S1" vm0 1 core)"
+PMD_VIEW=$("$VPMD" pmd --control "$CONTROL")
+log "vpmd pmd:"$'\n'"$PMD_VIEW"
+grep -Eq "port: vm0 +queue-id: +1 +to: vm1 " <<<"$PMD_VIEW" || fail "vpmd pmd does not list vm0's queue pair 1"
 log "stats:"$'\n'"$("$VPMD" stats --control "$CONTROL" | sed -n '/queue pairs/,/^$/p')"
 
 # 2. b down to one pair: its pair 1 is left alone both ways.

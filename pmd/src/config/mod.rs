@@ -146,6 +146,9 @@ struct RawPort {
     /// Queue pairs (VIRTIO_NET_F_MQ when above 1).
     #[serde(default = "default_queue_pairs")]
     queues: u64,
+    /// The core polling each queue pair's TX queue (like OVS's pmd-rxq-affinity).
+    #[serde(default)]
+    queue_cores: Option<Vec<u64>>,
     #[serde(default)]
     socket_mode: Option<String>,
     #[serde(default)]
@@ -298,6 +301,9 @@ pub struct Port {
     pub mtu: u16,
     /// Queue pairs offered (`queues`; 1: no VIRTIO_NET_F_MQ).
     pub queue_pairs: usize,
+    /// The core (one of `pmd.cores`) whose thread polls queue pair `n`'s TX queue
+    /// (`queue_cores`); empty: dealt out automatically.
+    pub queue_cores: Vec<usize>,
     /// Socket permission bits.
     pub socket_mode: u32,
     /// Owner (uid) the socket file is given (server role); `None`: vpmd's user.

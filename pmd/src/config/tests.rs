@@ -58,6 +58,9 @@ fn builtin_and_examples_parse() {
     assert_eq!(c.ports[0].queue_pairs, 1, "one queue pair by default");
     let mq = parse(&PAIR.replace("mtu = 9000", "mtu = 9000\nqueues = 8")).unwrap();
     assert_eq!(mq.ports[1].queue_pairs, 8);
+    let pinned =
+        parse(&PAIR.replace("mtu = 9000", "mtu = 9000\nqueues = 2\nqueue_cores = [1, 1]")).unwrap();
+    assert_eq!(pinned.ports[1].queue_cores, vec![1, 1]);
     assert_eq!(c.ports[1].mode, Mode::Client);
     assert_eq!(c.ports[1].mtu, 9000);
     assert_eq!(c.ports[0].socket_mode, 0o600);
@@ -210,6 +213,18 @@ fn errors_name_the_field() {
         (PAIR, "mtu = 9000", "colour = 1", "colour"),
         (PAIR, "mtu = 9000", "queues = 0", "port[1].queues"),
         (PAIR, "mtu = 9000", "queues = 9", "port[1].queues"),
+        (
+            PAIR,
+            "mtu = 9000",
+            "queues = 2\nqueue_cores = [1]",
+            "port[1].queue_cores",
+        ),
+        (
+            PAIR,
+            "mtu = 9000",
+            "queues = 2\nqueue_cores = [1, 3]",
+            "port[1].queue_cores[1]",
+        ),
         (
             MACVLAN,
             "allow_mac_spoofing = true",

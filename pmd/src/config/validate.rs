@@ -32,6 +32,16 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
     // No [[port]] at all is valid: vpmd then runs with none, and ports are added at
     // runtime (`vpmd port add`); main says so when it starts.
     let ports = validate_ports(&raw.ports, host, &err)?;
+    for (i, p) in ports.iter().enumerate() {
+        for (q, c) in p.queue_cores.iter().enumerate() {
+            if !cores.contains(c) {
+                return Err(err.at(
+                    format!("port[{i}].queue_cores[{q}]"),
+                    format!("core {c} is not one of pmd.cores {cores:?}"),
+                ));
+            }
+        }
+    }
 
     // Which veth or macvlan each port belongs to: at most one.
     let mut owner: Vec<Option<String>> = vec![None; ports.len()];
@@ -373,6 +383,19 @@ fn validate_port(
                 ))
             }
         };
+        let queue_cores = match &p.queue_cores {
+            None => Vec::new(),
+            Some(list) if list.len() != queue_pairs => {
+                return Err(err.at(
+                    f("queue_cores"),
+                    format!(
+                        "names {} cores for {queue_pairs} queue pair(s): one core per pair",
+                        list.len()
+                    ),
+                ))
+            }
+            Some(list) => list.iter().map(|&c| c as usize).collect(),
+        };
         let socket_mode = parse_mode(p.socket_mode.as_deref(), &f("socket_mode"), err)?;
         let socket_owner = socket_id(
             p.socket_owner.as_ref(),
@@ -431,6 +454,7 @@ fn validate_port(
             mac,
             mtu,
             queue_pairs,
+            queue_cores,
             socket_mode,
             socket_owner,
             socket_group,

@@ -61,16 +61,26 @@ pub fn stream_name(src: &str, dst: &str, pair: usize, pairs: usize) -> String {
 }
 
 /// The sending port and queue pair of a veth stream named by [`stream_name`];
-/// `None` for other streams (macvlan shards). Port names hold no '>', so the first
-/// one is the arrow's.
+/// `None` for other streams (macvlan shards).
 pub fn stream_source(name: &str) -> Option<(&str, usize)> {
+    stream_ports(name).map(|(src, _, pair)| (src, pair))
+}
+
+/// The sending port, receiving port and queue pair of a veth stream named by
+/// [`stream_name`]; `None` for other streams. Port names hold no '>' or '/', so the
+/// first '>' is the arrow's and a "/q" ends the receiver's name.
+pub fn stream_ports(name: &str) -> Option<(&str, &str, usize)> {
     let arrow = name.find('>')?;
     let src = name.get(..arrow.checked_sub(1)?)?;
-    let pair = match name.rsplit_once("/q") {
-        Some((_, q)) => q.parse().ok()?,
-        None => 0,
+    if !name[..arrow].ends_with('-') || src.is_empty() {
+        return None;
+    }
+    let rest = &name[arrow + 1..];
+    let (dst, pair) = match rest.split_once("/q") {
+        Some((dst, q)) => (dst, q.parse().ok()?),
+        None => (rest, 0),
     };
-    Some((src, pair))
+    (!dst.is_empty()).then_some((src, dst, pair))
 }
 
 impl Stream for VethStream {
@@ -403,5 +413,8 @@ mod tests {
         assert_eq!(stream_source("x-->y-/q7"), Some(("x-", 7)));
         assert_eq!(stream_source("eth0/q0"), None, "a macvlan shard");
         assert_eq!(stream_source(">b"), None);
+        assert_eq!(stream_ports("a->b/q1"), Some(("a", "b", 1)));
+        assert_eq!(stream_ports("a->b"), Some(("a", "b", 0)));
+        assert_eq!(stream_ports("a>b"), None);
     }
 }
