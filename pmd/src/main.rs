@@ -166,7 +166,7 @@ struct PortAdd {
     /// MTU, 68-9000 [default: 1500].
     #[arg(long)]
     mtu: Option<u64>,
-    /// Queue pairs, 1-8 (more than 1: VIRTIO_NET_F_MQ; veth pairs only) [default: 1].
+    /// Queue pairs, 1-8 (more than 1: VIRTIO_NET_F_MQ) [default: 1].
     #[arg(long, value_name = "N")]
     queues: Option<u64>,
     /// The core polling each queue pair's TX queue, one per pair (e.g. 0,1)

@@ -666,13 +666,6 @@ impl State {
                 "macvlan.port: port {name:?} already belongs to {by}"
             ));
         }
-        if self.ports[idx].port.queue_pairs() > 1 {
-            return Err(format!(
-                "macvlan.port: port {name:?} has {} queue pairs: macvlan ports have one \
-                 (multi-queue is for veth pairs so far)",
-                self.ports[idx].port.queue_pairs()
-            ));
-        }
         let layout = &self.macvlans[m].layout;
         if layout.mode == MacvlanMode::Passthru && !layout.ports.is_empty() {
             return Err(format!(

@@ -178,9 +178,8 @@ pub fn open(
             .iter()
             .map(|&p| VhostEndpoint::new(vhost[p].clone(), &counters[p]))
             .collect();
-        let own = (0..m.ports.len())
-            .filter(|i| i % m.queues as usize == q)
-            .collect();
+        let pairs: Vec<usize> = m.ports.iter().map(|&p| vhost[p].queue_pairs()).collect();
+        let own = crate::fwd::macvlan::ports::owned_queues(&pairs, m.queues as usize, q);
         shards.push(Box::new(MacvlanShard::new(
             format!("{ifname}/q{q}"),
             decide.clone(),

@@ -71,11 +71,13 @@ add_netns() {
   ip -n "$1" link set lo up
 }
 
-# add_veth HOST_IF NS NS_IF: a veth pair with one RX/TX queue per end (so every
-# frame lands on AF_XDP queue 0), HOST_IF here and NS_IF in namespace NS.
+# add_veth HOST_IF NS NS_IF [QUEUES]: a veth pair with QUEUES (default one) RX/TX
+# queues per end (one: every frame lands on AF_XDP queue 0), HOST_IF here and NS_IF
+# in namespace NS.
 add_veth() {
-  ip link add "$1" numrxqueues 1 numtxqueues 1 type veth \
-    peer name "$3" netns "$2" numrxqueues 1 numtxqueues 1 || fail "cannot create veth $1"
+  local q=${4:-1}
+  ip link add "$1" numrxqueues "$q" numtxqueues "$q" type veth \
+    peer name "$3" netns "$2" numrxqueues "$q" numtxqueues "$q" || fail "cannot create veth $1"
   _LINKS+=("$1")
 }
 

@@ -226,12 +226,6 @@ fn errors_name_the_field() {
             "port[1].queue_cores[1]",
         ),
         (
-            MACVLAN,
-            "allow_mac_spoofing = true",
-            "queues = 2",
-            "port[1].queues",
-        ),
-        (
             PAIR,
             "cores = [1]",
             "max_sleep_us = 20000",

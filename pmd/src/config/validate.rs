@@ -113,15 +113,6 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             let field = format!("macvlan[{i}].ports[{j}]");
             let idx = find(name, &field)?;
             claim(idx, &field, format!("macvlan[{i}]"))?;
-            if ports[idx].queue_pairs > 1 {
-                return Err(err.at(
-                    format!("port[{idx}].queues"),
-                    format!(
-                        "port {name:?} is on macvlan[{i}]: macvlan ports have one queue pair \
-                         (multi-queue is for veth pairs so far)"
-                    ),
-                ));
-            }
             idxs.push(idx);
         }
         macvlans.push(Macvlan {

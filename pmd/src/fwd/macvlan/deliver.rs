@@ -22,17 +22,19 @@ use super::decide::Destinations;
 use super::UplinkEndpoint;
 use crate::counters::{DropReason, OffloadEvent, PortTally};
 use crate::fwd::offload::{self, OffloadScratch, SendScratch};
-use crate::fwd::{ring_error, Batch, RxTarget, VhostEndpoint};
+use crate::fwd::{ring_error, steer, Batch, RxTarget, VhostEndpoint, BURST};
 
 /// Delivers each frame `k` of `batch` to the VMs in `dests[k].vms`. Each VM's RX
 /// queue is opened once, in ascending port order, and closed before the next one is
-/// opened, so no thread ever waits for one receive queue while holding another.
+/// opened, so no thread ever waits for one receive queue while holding another. A
+/// VM with several queue pairs gets each frame on one of its running RX queues by
+/// the frame's flow hash ([`steer`]), its queues filled one after the other.
 /// Offload work is counted in `work` (the sender's).
 pub fn to_vms(
     vms: &mut [VhostEndpoint],
     dests: &[Destinations],
     batch: &mut Batch,
-    (rx_scratch, offload_scratch): (&mut RxScratch, &mut OffloadScratch),
+    scratch: (&mut RxScratch, &mut OffloadScratch),
     work: &mut PortTally,
 ) {
     let mut left = dests.iter().fold(0u64, |m, d| m | d.vms);
@@ -41,65 +43,132 @@ pub fn to_vms(
         left &= left - 1;
         let bit = 1u64 << j;
         let vm = &mut vms[j];
-        let max_frame = vm.max_frame();
-        let mut down = DropReason::PeerDown;
-        let mut target = None;
-        if let Some(view) = vm.cache.rings(&vm.port) {
-            match RxTarget::open(view) {
-                Ok(t) => target = t,
-                Err(e) => {
-                    down = DropReason::BadRxDesc;
-                    ring_error(&mut vm.tally, &mut vm.log, vm.port.name(), "RX", &e);
-                }
-            }
+        if vm.port.queue_pairs() == 1 {
+            to_vm_queue(
+                vm,
+                0,
+                dests,
+                batch,
+                |k| dests[k].vms & bit != 0,
+                (&mut *scratch.0, &mut *scratch.1),
+                work,
+            );
+            continue;
         }
+        // Steer first: the VM's running RX queues, read once, and each frame's pick.
+        let running = vm
+            .cache
+            .rings(&vm.port)
+            .map_or(0, |v| v.rings().running_rx_queues());
+        let mut pair_of = [u8::MAX; BURST];
+        let mut wanted = 0u32;
         for (k, d) in dests.iter().enumerate() {
             if d.vms & bit == 0 {
                 continue;
             }
-            let len = batch.lens[k];
-            let sent = match target.as_mut() {
-                // The common case, without offload work.
-                Some(t) if matches!(batch.offload[k].request, Request::None) => {
-                    offload::send_plain(
-                        t,
-                        &batch.frames[k],
-                        len,
-                        max_frame,
-                        rx_scratch,
-                        &mut vm.log,
-                        vm.port.name(),
-                    )
+            let mut head = [0u8; steer::HEAD];
+            let got = batch.frames[k].read_at(0, &mut head) as usize;
+            match steer::pick(steer::flow_hash(&head[..got]), running) {
+                Some(p) => {
+                    pair_of[k] = p as u8;
+                    wanted |= 1 << p;
                 }
-                Some(t) => offload::send(
-                    t,
-                    &batch.frames[k],
-                    len,
-                    &batch.offload[k],
-                    batch.plans[k].as_ref(),
-                    max_frame,
-                    SendScratch {
-                        rx: rx_scratch,
-                        offload: offload_scratch,
-                    },
-                    work,
-                    &mut vm.log,
-                    vm.port.name(),
-                ),
-                None => offload::Sent::dropped(1, down),
-            };
-            if sent.delivered > 0 {
-                vm.tally.rx_packets += u64::from(sent.delivered);
-                vm.tally.rx_bytes += sent.bytes;
-                // Segments of a frame that got in only partly.
-                vm.tally.rx_dropped += u64::from(sent.dropped);
-                batch.delivered[k] = true;
-            } else {
-                if d.flood {
-                    vm.tally.rx_dropped += 1;
+                None => {
+                    // No RX queue running: as for a VM whose driver is down.
+                    if d.flood {
+                        vm.tally.rx_dropped += 1;
+                    }
+                    if !batch.delivered[k] {
+                        batch.reason[k] = DropReason::PeerDown;
+                    }
                 }
-                batch.reason[k] = sent.reason;
             }
+        }
+        while wanted != 0 {
+            let p = wanted.trailing_zeros() as usize;
+            wanted &= wanted - 1;
+            let picked = |k: usize| usize::from(pair_of[k]) == p;
+            to_vm_queue(
+                vm,
+                p,
+                dests,
+                batch,
+                picked,
+                (&mut *scratch.0, &mut *scratch.1),
+                work,
+            );
+        }
+    }
+}
+
+/// Delivers the frames `k` of `batch` that `picked` selects into the RX queue of
+/// `vm`'s queue pair `pair`, opened once for them.
+fn to_vm_queue(
+    vm: &mut VhostEndpoint,
+    pair: usize,
+    dests: &[Destinations],
+    batch: &mut Batch,
+    picked: impl Fn(usize) -> bool,
+    (rx_scratch, offload_scratch): (&mut RxScratch, &mut OffloadScratch),
+    work: &mut PortTally,
+) {
+    let max_frame = vm.max_frame();
+    let mut down = DropReason::PeerDown;
+    let mut target = None;
+    if let Some(view) = vm.cache.rings(&vm.port) {
+        match RxTarget::open_pair(view, pair) {
+            Ok(t) => target = t,
+            Err(e) => {
+                down = DropReason::BadRxDesc;
+                ring_error(&mut vm.tally, &mut vm.log, vm.port.name(), "RX", &e);
+            }
+        }
+    }
+    for (k, d) in dests.iter().enumerate() {
+        if !picked(k) {
+            continue;
+        }
+        let len = batch.lens[k];
+        let sent = match target.as_mut() {
+            // The common case, without offload work.
+            Some(t) if matches!(batch.offload[k].request, Request::None) => offload::send_plain(
+                t,
+                &batch.frames[k],
+                len,
+                max_frame,
+                rx_scratch,
+                &mut vm.log,
+                vm.port.name(),
+            ),
+            Some(t) => offload::send(
+                t,
+                &batch.frames[k],
+                len,
+                &batch.offload[k],
+                batch.plans[k].as_ref(),
+                max_frame,
+                SendScratch {
+                    rx: rx_scratch,
+                    offload: offload_scratch,
+                },
+                work,
+                &mut vm.log,
+                vm.port.name(),
+            ),
+            None => offload::Sent::dropped(1, down),
+        };
+        if sent.delivered > 0 {
+            vm.tally.rx_packets += u64::from(sent.delivered);
+            vm.tally.rx_bytes += sent.bytes;
+            vm.tally.queues.rx_packets[pair] += u64::from(sent.delivered);
+            // Segments of a frame that got in only partly.
+            vm.tally.rx_dropped += u64::from(sent.dropped);
+            batch.delivered[k] = true;
+        } else {
+            if d.flood {
+                vm.tally.rx_dropped += 1;
+            }
+            batch.reason[k] = sent.reason;
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`decide`]: where a frame goes, by mode and MAC (no rings; unit-tested alone).
 //! - [`deliver`]: classified frames into VM receive queues and out of the uplink.
 //! - [`header`]: a VM's frame with its Ethernet header read from guest memory once.
+//! - [`ports`]: which VM transmit queues a shard polls, and changing them at runtime.
 //! - this file: a [`MacvlanShard`], the stream a polling thread runs: one AF_XDP
 //!   queue of the uplink and the VM ports whose transmit queues it polls.
 //!
@@ -24,13 +25,16 @@ pub mod checksum;
 pub mod decide;
 pub mod deliver;
 pub mod header;
+pub mod ports;
+
+pub use self::ports::Released;
 
 use std::sync::Arc;
 
 use vpmd_backend::guest_mem::HostBuf;
 use vpmd_backend::net;
 use vpmd_backend::offload::vnet_hdr;
-use vpmd_backend::port::{RingCache, TX_QUEUE};
+use vpmd_backend::port::{tx_queue, RingCache};
 use vpmd_backend::seglist::SegList;
 use vpmd_uplink::packet_tap::PacketTap;
 use vpmd_uplink::rx::{RxFrame, XskReceiver};
@@ -70,8 +74,9 @@ pub struct MacvlanShard {
     /// Every VM port of the macvlan (index = port number in `table`), as
     /// destinations; this shard's own ring caches and tallies.
     vms: Vec<VhostEndpoint>,
-    /// The VM ports whose transmit queues this shard polls.
-    own: Vec<usize>,
+    /// The transmit queues this shard polls: (VM port, queue pair), see
+    /// [`ports::owned_queues`].
+    own: Vec<(usize, usize)>,
     /// Ring caches for those transmit queues (`tx_caches[k]` for `own[k]`), apart
     /// from the endpoints' caches that the receive side uses: a VM's TX queue stays
     /// open (borrowing its cache) while other VMs' endpoints receive, and a cache is
@@ -91,7 +96,7 @@ impl MacvlanShard {
         tap: Option<PacketTap>,
         uplink: UplinkEndpoint,
         vms: Vec<VhostEndpoint>,
-        own: Vec<usize>,
+        own: Vec<(usize, usize)>,
     ) -> Self {
         let tx_caches = own.iter().map(|_| RingCache::default()).collect();
         MacvlanShard {
@@ -151,19 +156,27 @@ impl MacvlanShard {
         let mut caches = std::mem::take(&mut self.tx_caches);
         let mut moved = 0;
         for (k, cache) in caches.iter_mut().enumerate() {
-            moved += self.forward_vm_burst(self.own[k], cache, s);
+            let (i, pair) = self.own[k];
+            moved += self.forward_vm_burst(i, pair, cache, s);
         }
         self.tx_caches = caches;
         moved
     }
 
-    /// One burst from VM port `i`'s transmit queue, read through `cache`.
-    fn forward_vm_burst(&mut self, i: usize, cache: &mut RingCache, s: &mut Scratch) -> u32 {
+    /// One burst from the transmit queue of VM port `i`'s queue pair `pair`, read
+    /// through `cache`.
+    fn forward_vm_burst(
+        &mut self,
+        i: usize,
+        pair: usize,
+        cache: &mut RingCache,
+        s: &mut Scratch,
+    ) -> u32 {
         let Some(view) = cache.rings(&self.vms[i].port) else {
             return 0;
         };
         let layout = view.layout();
-        let mut txq = match view.queue(TX_QUEUE) {
+        let mut txq = match view.queue(tx_queue(pair)) {
             Ok(Some(q)) => q,
             Ok(None) => return 0,
             Err(e) => {
@@ -264,6 +277,9 @@ impl MacvlanShard {
         let tally = &mut self.vms[i].tally;
         tally.take_offloads(&mut work);
         account(tally, batch, n);
+        let forwarded = batch.delivered[..n].iter().filter(|&&d| d).count();
+        tally.queues.tx_packets[pair] += n as u64;
+        tally.queues.tx_dropped[pair] += (n - forwarded) as u64;
         // Every copy is made: the sender may have its buffers back.
         for &head in &batch.heads[..n] {
             txq.push_used(head, 0);
@@ -271,106 +287,11 @@ impl MacvlanShard {
         n as u32
     }
 
-    /// Between two polls, when ports move onto or off the macvlan at runtime: its VM
-    /// ports are now `names`, in the order `table` numbers them; a port new to it
-    /// comes as `added` (this shard's endpoint for it). As at start-up, the shard
-    /// polls the transmit queues of the ports `i` with `i % queues == shard`.
-    /// Returns what it let go of, to be dropped by the caller; if `names` holds a
-    /// port that is neither kept nor `added`, changes nothing.
-    pub fn set_ports(
-        &mut self,
-        table: Arc<MacvlanTable>,
-        names: &[String],
-        added: Option<VhostEndpoint>,
-        queues: usize,
-        shard: usize,
-    ) -> Released {
-        let old_names: Vec<String> = self.vms.iter().map(|e| e.port.name().to_string()).collect();
-        let known = |n: &String| {
-            old_names.contains(n) || added.as_ref().is_some_and(|e| e.port.name() == n)
-        };
-        if !names.iter().all(known) || queues == 0 {
-            log::error!("{}: inconsistent port change ignored", self.name);
-            return Released {
-                endpoints: added.into_iter().collect(),
-                tx_caches: Vec::new(),
-            };
-        }
-        let mut added = added;
-        let mut old: Vec<Option<VhostEndpoint>> = std::mem::take(&mut self.vms)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut old_caches: Vec<(String, RingCache)> = std::mem::take(&mut self.own)
-            .into_iter()
-            .map(|i| old_names[i].clone())
-            .zip(std::mem::take(&mut self.tx_caches))
-            .collect();
-        for name in names {
-            let endpoint = match old_names.iter().position(|n| n == name) {
-                Some(i) => old[i].take(),
-                None => added.take(),
-            };
-            self.vms.extend(endpoint);
-        }
-        self.own = (0..names.len()).filter(|i| i % queues == shard).collect();
-        self.tx_caches = self
-            .own
-            .iter()
-            .map(
-                |&i| match old_caches.iter().position(|(n, _)| *n == names[i]) {
-                    Some(k) => old_caches.swap_remove(k).1,
-                    None => RingCache::default(),
-                },
-            )
-            .collect();
-        self.table = table;
-        Released {
-            endpoints: old.into_iter().flatten().collect(),
-            tx_caches: old_caches,
-        }
-    }
-
     fn flush(&mut self) {
         self.uplink.counters.flush(&mut self.uplink.tally);
         for vm in &mut self.vms {
             vm.flush();
         }
-    }
-}
-
-/// What a shard let go of when its ports changed: the endpoints of ports no
-/// longer on the macvlan and the ring caches of transmit queues it no longer
-/// polls (by port name). Dropped by the control plane, which lets go of the last
-/// mapping of those connections' memory.
-pub struct Released {
-    /// Endpoints of ports taken off.
-    pub endpoints: Vec<VhostEndpoint>,
-    /// Transmit-queue caches no longer used, with their port's name.
-    pub tx_caches: Vec<(String, RingCache)>,
-}
-
-impl Released {
-    /// Frames port `name`'s guest had made available on its transmit queue that
-    /// this shard will not take (the queue is opened and closed, nothing taken).
-    pub fn in_flight(&mut self, name: &str) -> u64 {
-        let Some(port) = self
-            .endpoints
-            .iter()
-            .find(|e| e.port.name() == name)
-            .map(|e| e.port.clone())
-        else {
-            return 0;
-        };
-        let mut n = 0;
-        for (_, cache) in self.tx_caches.iter_mut().filter(|(p, _)| p == name) {
-            if let Some(view) = cache.rings(&port) {
-                if let Ok(Some(q)) = view.queue(TX_QUEUE) {
-                    n += u64::from(q.pending());
-                }
-            }
-        }
-        n
     }
 }
 
