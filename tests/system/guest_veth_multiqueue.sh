@@ -7,7 +7,8 @@
 # cleared so that its kernel spreads flows over its TX queues by hash (a's kernel
 # does the same for the reverse runs). Then b goes down to one queue pair
 # (`ethtool -L eth0 combined 1`) and runs the same again; then b's QEMU is stopped
-# and started again, and the runs repeat with both pairs.
+# and started again, and the runs repeat with both pairs; then b resets its driver
+# (unbind, bind: the reboot path) and runs them once more.
 #
 # Checks: both guests see 2 queue pairs in use (ethtool -l); every run moves data
 # (received >= 1 MB, within what TCP leaves in flight of what was sent); after the
@@ -15,7 +16,7 @@
 # per-queue counters), each TX queue on the thread it was given (two cores); after
 # b went down to one pair its second pair carries nothing more either way while
 # traffic goes on (frames are never steered to a disabled queue); after b's QEMU
-# restarted both its pairs carry frames again; per port, the queues' counts add up
+# restarted, and again after its driver reset, both its pairs carry frames; per port, the queues' counts add up
 # to the port's, tx_packets = forwarded + drops, and the only drops are
 # no_rx_buffer (TCP's losses at a full ring) and peer_down (b's restart).
 set -euo pipefail
@@ -138,7 +139,7 @@ assert_queue_sums "$S2"
 # 3. b's QEMU restarts: both pairs again.
 stop_pid "$(guest_pid b)" TERM 10
 wait_port_state vm1 down 10 || fail "vm1 did not go down after b's QEMU stopped"
-start_guest b2 "$WORK/sock/vm1.sock" server 52:54:00:00:00:02 "" "$B_ARGS" "${MQ[@]}"
+start_guest b2 "$WORK/sock/vm1.sock" server 52:54:00:00:00:02 "" "$B_ARGS vpmd.rebind=1" "${MQ[@]}"
 wait_guest b2 '^VPMD-QUEUES' 120
 grep -aq '^VPMD-QUEUES combined=2 max=2' "$WORK/b2.log" ||
   fail "b after its restart does not use 2 queue pairs: $(grep -a '^VPMD-QUEUES' "$WORK/b2.log" | tr -d '\r')"
@@ -150,9 +151,25 @@ for f in tx_packets rx_packets; do
 done
 log "b restarted: vm1 q1 tx +$(($(queue "$S3" vm1 1 tx_packets) - $(queue "$S2" vm1 1 tx_packets))) rx +$(($(queue "$S3" vm1 1 rx_packets) - $(queue "$S2" vm1 1 rx_packets)))"
 assert_queue_sums "$S3"
+
+# 4. b's driver reset in the guest (unbind, bind: the device is stopped and set up
+# again over the same connection, as on a reboot): both pairs again.
+wait_guest b2 '^VPMD-REBIND' 60
+grep -aq '^VPMD-REBIND ok' "$WORK/b2.log" || fail "rebinding virtio_net in b failed"
+wait_for_log_count b2 '^VPMD-QUEUES combined=2 max=2' 2
+check_runs b2 4
+S4=$(vpmd_stats_json)
+for q in 0 1; do
+  for f in tx_packets rx_packets; do
+    (($(queue "$S4" vm1 "$q" "$f") > $(queue "$S3" vm1 "$q" "$f"))) ||
+      fail "vm1 pair $q $f did not move after b's driver reset"
+  done
+done
+log "b's driver reset: vm1 q0 tx +$(($(queue "$S4" vm1 0 tx_packets) - $(queue "$S3" vm1 0 tx_packets))), q1 tx +$(($(queue "$S4" vm1 1 tx_packets) - $(queue "$S3" vm1 1 tx_packets)))"
+assert_queue_sums "$S4"
 assert_no_drops --allow no_rx_buffer --allow peer_down vm0 vm1
 ! grep -a '^VPMD-ERROR' "$WORK/a.log" "$WORK/b.log" "$WORK/b2.log" || fail "errors inside a guest"
 stop_pid "$(guest_pid b2)" TERM 10
 stop_pid "$(guest_pid a)" TERM 10
 stop_vpmd
-pass "2 queue pairs per guest on a veth pair: every pair carries traffic both ways, a disabled pair gets nothing, a restarted QEMU gets both back"
+pass "2 queue pairs per guest on a veth pair: every pair carries traffic both ways, a disabled pair gets nothing, a restarted QEMU and a reset driver get both back"
