@@ -8,26 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vpmd_uplink::{Uplink, UplinkConfig};
+use vpmd_uplink::Uplink;
 
 const MTU: u32 = 9000;
-
-fn config(net: &TestNet) -> UplinkConfig {
-    UplinkConfig {
-        queues: vec![0],
-        umem: vpmd_uplink::UmemConfig {
-            chunks_per_queue: 1024,
-            ..Default::default()
-        },
-        rings: vpmd_uplink::RingSizes {
-            fill: 512,
-            completion: 512,
-            rx: 512,
-            tx: 512,
-        },
-        ..UplinkConfig::new(&net.host_if)
-    }
-}
 
 /// Frame lengths that cross chunk boundaries every way: one chunk exactly
 /// (3840 bytes after copy mode's 256 of headroom), one byte more, two and
@@ -40,7 +23,7 @@ fn jumbo_frames_pass_both_ways_in_several_chunks() {
         return;
     }
     let net = TestNet::new("jb", 1, MTU);
-    let mut uplink = Uplink::open(&config(&net)).expect("open uplink at MTU 9000");
+    let mut uplink = Uplink::open(&config(&net, vec![0])).expect("open uplink at MTU 9000");
     assert!(uplink.program().frags(), "program loaded frags-aware");
     assert!(
         uplink.multi_buffer(),

@@ -19,24 +19,6 @@ use vpmd_uplink::{
     UplinkConfig, UplinkError, XdpLink, XdpProgram,
 };
 
-fn config(net: &TestNet, queues: Vec<u32>) -> UplinkConfig {
-    UplinkConfig {
-        queues,
-        // Small enough to keep the test light, large enough for its bursts.
-        umem: vpmd_uplink::UmemConfig {
-            chunks_per_queue: 1024,
-            ..Default::default()
-        },
-        rings: vpmd_uplink::RingSizes {
-            fill: 512,
-            completion: 512,
-            rx: 512,
-            tx: 512,
-        },
-        ..UplinkConfig::new(&net.host_if)
-    }
-}
-
 #[test]
 fn receive_takes_vm_frames_and_passes_the_rest() {
     if !is_root() {

@@ -21,7 +21,7 @@ pub mod veth;
 use std::sync::Arc;
 
 use vpmd_backend::net::{self, NetLayout, RxError, RxFrame, RxScratch};
-use vpmd_backend::port::{rx_queue, PortView, RingCache, VirtioNetPort};
+use vpmd_backend::port::{rx_queue, tx_queue, PortView, RingCache, VirtioNetPort};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
 
@@ -194,6 +194,30 @@ pub fn bad_chain(log: &mut LogLimiter, port: &str, queue: &str, e: &dyn std::fmt
             "port {port}: bad {queue} descriptor chain skipped: {e} \
              ({held_back} similar messages held back)"
         );
+    }
+}
+
+/// Opens `port`'s TX queue of queue pair `pair` (through `cache`) for a burst, with
+/// the layout its guest negotiated; `None` when it is not running or holds no frame.
+/// A broken ring is counted and logged under the port (rate-limited by `log`), and
+/// the tally flushed to `counters` at once (no burst follows to do it).
+#[inline]
+pub fn open_tx<'c>(
+    cache: &'c mut RingCache,
+    port: &VirtioNetPort,
+    pair: usize,
+    (tally, log, counters): (&mut PortTally, &mut LogLimiter, &CounterBlock),
+) -> Option<(VirtQueue<'c>, NetLayout)> {
+    let view = cache.rings(port)?;
+    let layout = view.layout();
+    match view.queue(tx_queue(pair)) {
+        Ok(Some(q)) if q.pending() > 0 => Some((q, layout)),
+        Ok(_) => None,
+        Err(e) => {
+            ring_error(tally, log, port.name(), "TX", &e);
+            counters.flush(tally);
+            None
+        }
     }
 }
 

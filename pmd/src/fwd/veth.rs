@@ -24,7 +24,8 @@ use vpmd_backend::port::tx_queue;
 
 use super::offload::{self, SendScratch, Sent, TxOffload};
 use super::{
-    bad_chain, ring_error, steer, RxTarget, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME,
+    bad_chain, open_tx, ring_error, steer, RxTarget, Scratch, Stream, VhostEndpoint, BURST,
+    MIN_FRAME,
 };
 use crate::counters::DropReason;
 
@@ -110,22 +111,10 @@ impl Stream for VethStream {
         // connection is let go of (its guest memory unmapped) at once, not at the next
         // frame for it. One atomic load while nothing changed.
         let _ = dst.cache.rings(&dst.port);
-        let Some(src_view) = src.cache.rings(&src.port) else {
+        let counting = (&mut src.tally, &mut src.log, &*src.counters);
+        let Some((mut txq, src_layout)) = open_tx(&mut src.cache, &src.port, pair, counting) else {
             return 0;
         };
-        let src_layout = src_view.layout();
-        let mut txq = match src_view.queue(tx_queue(pair)) {
-            Ok(Some(q)) => q,
-            Ok(None) => return 0,
-            Err(e) => {
-                ring_error(&mut src.tally, &mut src.log, src.port.name(), "TX", &e);
-                src.counters.flush(&mut src.tally);
-                return 0;
-            }
-        };
-        if txq.pending() == 0 {
-            return 0;
-        }
         let max_frame = dst.max_frame();
         let forwarded_before = src.tally.forwarded;
 
@@ -254,22 +243,10 @@ impl VethStream {
             .cache
             .rings(&dst.port)
             .map_or(0, |v| v.rings().running_rx_queues());
-        let Some(src_view) = src.cache.rings(&src.port) else {
+        let counting = (&mut src.tally, &mut src.log, &*src.counters);
+        let Some((mut txq, src_layout)) = open_tx(&mut src.cache, &src.port, pair, counting) else {
             return 0;
         };
-        let src_layout = src_view.layout();
-        let mut txq = match src_view.queue(tx_queue(pair)) {
-            Ok(Some(q)) => q,
-            Ok(None) => return 0,
-            Err(e) => {
-                ring_error(&mut src.tally, &mut src.log, src.port.name(), "TX", &e);
-                src.counters.flush(&mut src.tally);
-                return 0;
-            }
-        };
-        if txq.pending() == 0 {
-            return 0;
-        }
         let max_frame = dst.max_frame();
         let reads_header = src_layout.offloads.host_csum();
         // The peer queue pair each frame goes to; NONE: dropped (reason in batch).

@@ -489,3 +489,22 @@ pub fn tap_test_frames_until(tap: &mut vpmd_uplink::PacketTap, seq: u32) -> Vec<
         .filter(|f| frame_seq(f).is_some())
         .collect()
 }
+
+/// An uplink on `net`'s host end over RX queues `queues`, with a UMEM and rings
+/// small enough to keep the tests light, large enough for their bursts.
+pub fn config(net: &TestNet, queues: Vec<u32>) -> vpmd_uplink::UplinkConfig {
+    vpmd_uplink::UplinkConfig {
+        queues,
+        umem: vpmd_uplink::UmemConfig {
+            chunks_per_queue: 1024,
+            ..Default::default()
+        },
+        rings: vpmd_uplink::RingSizes {
+            fill: 512,
+            completion: 512,
+            rx: 512,
+            tx: 512,
+        },
+        ..vpmd_uplink::UplinkConfig::new(&net.host_if)
+    }
+}

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use vpmd_backend::guest_mem::HostBuf;
 use vpmd_backend::net;
 use vpmd_backend::offload::vnet_hdr;
-use vpmd_backend::port::{tx_queue, RingCache};
+use vpmd_backend::port::RingCache;
 use vpmd_backend::seglist::SegList;
 use vpmd_uplink::packet_tap::PacketTap;
 use vpmd_uplink::rx::{RxFrame, XskReceiver};
@@ -44,7 +44,7 @@ use self::checksum::{UplinkChecksums, Verdict};
 use self::decide::{Destinations, Ingress, MacvlanTable};
 use self::header::Headers;
 use super::offload::{self, TxOffload};
-use super::{bad_chain, ring_error, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
+use super::{bad_chain, Scratch, Stream, VhostEndpoint, BURST, MIN_FRAME};
 use crate::counters::{CounterBlock, DropReason, OffloadEvent, PortTally};
 
 /// The uplink as a shard holds it: counters of the frames it brings in (`tx_*`,
@@ -172,23 +172,11 @@ impl MacvlanShard {
         cache: &mut RingCache,
         s: &mut Scratch,
     ) -> u32 {
-        let Some(view) = cache.rings(&self.vms[i].port) else {
+        let vm = &mut self.vms[i];
+        let counting = (&mut vm.tally, &mut vm.log, &*vm.counters);
+        let Some((mut txq, layout)) = super::open_tx(cache, &vm.port, pair, counting) else {
             return 0;
         };
-        let layout = view.layout();
-        let mut txq = match view.queue(tx_queue(pair)) {
-            Ok(Some(q)) => q,
-            Ok(None) => return 0,
-            Err(e) => {
-                let vm = &mut self.vms[i];
-                ring_error(&mut vm.tally, &mut vm.log, vm.port.name(), "TX", &e);
-                vm.flush();
-                return 0;
-            }
-        };
-        if txq.pending() == 0 {
-            return 0;
-        }
         let mut dests = [Destinations::default(); BURST];
         let batch = &mut s.batch;
         // The chain as the guest's buffers; batch.frames[k] becomes it sealed.
