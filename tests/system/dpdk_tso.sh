@@ -21,8 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/bench-lib.sh
 source "$REPO/scripts/bench-lib.sh"
 check_prereqs
-grep -qw /usr/bin/iperf3 "$GUEST_DIR/initramfs.gz.tools" 2>/dev/null ||
-  fail "no iperf3 in the guest initramfs (apt-get install iperf3, then rebuild the guest)"
+require_guest_iperf
 
 PREFIX=vpmdtso
 IPERF_TIME=6

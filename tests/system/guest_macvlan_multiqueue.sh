@@ -18,8 +18,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 check_prereqs
-grep -qw /usr/bin/iperf3 "$GUEST_DIR/initramfs.gz.tools" 2>/dev/null ||
-  fail "no iperf3 in the guest initramfs (apt-get install iperf3, then rebuild the guest)"
+require_guest_iperf
 
 IPERF_TIME=4
 MIN_BYTES=$((1 << 20))

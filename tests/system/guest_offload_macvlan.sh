@@ -32,8 +32,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 check_prereqs
 command -v iperf3 >/dev/null || fail "iperf3 missing (scripts/install-deps.sh installs it)"
 command -v ethtool >/dev/null || fail "ethtool missing (scripts/install-deps.sh installs it)"
-grep -qw /usr/bin/iperf3 "$GUEST_DIR/initramfs.gz.tools" 2>/dev/null ||
-  fail "no iperf3 in the guest initramfs (apt-get install iperf3, then rebuild the guest)"
+require_guest_iperf
 
 IPERF_TIME=6
 MIN_BYTES=$((1 << 20))

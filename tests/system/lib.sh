@@ -212,6 +212,12 @@ wait_port_state() {
   return 1
 }
 
+# require_guest_iperf: fail unless the guest initramfs has Debian's iperf3.
+require_guest_iperf() {
+  grep -qw /usr/bin/iperf3 "$GUEST_DIR/initramfs.gz.tools" 2>/dev/null ||
+    fail "no iperf3 in the guest initramfs (apt-get install iperf3, then rebuild the guest)"
+}
+
 # start_guest NAME SOCKET ROLE MAC HOST_MTU APPEND [RUN_QEMU_ARGS...]: boot a guest;
 # its serial console goes to $WORK/NAME.log. HOST_MTU may be "" (QEMU default);
 # further arguments go to run-qemu.sh (--smp 2 --queues 2).
