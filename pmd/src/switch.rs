@@ -1078,6 +1078,41 @@ mod tests {
         d
     }
 
+    /// A stream that only has a name.
+    struct Named(String);
+
+    impl Stream for Named {
+        fn name(&self) -> &str {
+            &self.0
+        }
+        fn poll(&mut self, _: &mut crate::fwd::Scratch) -> u32 {
+            0
+        }
+    }
+
+    #[test]
+    fn pinned_streams_go_to_their_core_the_rest_round_robin() {
+        let placed =
+            |name: &str, pin: Option<usize>| -> Placed { (Box::new(Named(name.into())), pin) };
+        let streams = vec![
+            placed("a->b/q0", Some(3)),
+            placed("a->b/q1", Some(3)),
+            placed("b->a/q0", None),
+            placed("b->a/q1", None),
+            placed("eth0/q0", None),
+        ];
+        let names = |a: &Assignment| {
+            a.streams
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        let out = assign_streams(&[2, 3], streams);
+        assert_eq!(out[0].core, 2);
+        assert_eq!(names(&out[0]), ["b->a/q0", "eth0/q0"]);
+        assert_eq!(names(&out[1]), ["a->b/q0", "a->b/q1", "b->a/q1"]);
+    }
+
     fn pmd_section(d: &Path) -> String {
         format!(
             "[pmd]\ncores = [0]\ncontrol_socket = \"{}\"\n",
