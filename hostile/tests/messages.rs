@@ -383,3 +383,63 @@ fn flood_of_connects_and_a_memfd_that_cannot_shrink() {
         assert_eq!(counter(s, "h", "forwarded"), 1, "{s}");
     });
 }
+
+/// QEMU 7.2 sends a multi-queue port's memory regions once per queue pair. vpmd
+/// maps a region once: an exact repeat (same guest address, size, frontend address
+/// and offset) is acked and not passed on, its fd dropped unmapped, even when it
+/// names another file; only the last of as many removals is passed on. Shrinking
+/// that other file afterwards harms nothing: vpmd never mapped it.
+#[test]
+fn a_region_added_again_is_mapped_once_and_its_other_file_never_used() {
+    let (sc, mut p, vm) = Scenario::start_with_h("dupregion");
+    let f = frame_to_p(11);
+    let (addr, len) = vm.tx_frame(0, &f);
+    let tx = vm.tx_ring();
+    tx.set_desc(0, Desc::new(addr, len, 0, 0));
+    let region = vm.mem.region();
+    let other = GuestRam::new(region.gpa, region.size as usize).expect("another memfd");
+    let o = other.region();
+    assert_eq!(
+        (o.gpa, o.size, o.uaddr, o.offset),
+        (region.gpa, region.size, region.uaddr, region.offset),
+        "the same region, another file"
+    );
+    let add = |fd| RawMsg::new(req::ADD_MEM_REG, body::single_region(&region)).with_fds(&[fd]);
+    let rem = || RawMsg::new(req::REM_MEM_REG, body::single_region(&region));
+    vm.conn
+        .request_ack(add(other.fd()))
+        .expect("a repeat naming another file: acked");
+    vm.conn
+        .request_ack(add(vm.mem.fd()))
+        .expect("a repeat: acked");
+    vm.conn
+        .request_ack(rem())
+        .expect("a removal of a repeat: acked");
+    vm.conn.request_ack(rem()).expect("another: acked");
+    other.truncate(0).expect("truncate the other file");
+    let mut got = 0u64;
+    for _ in 0..20 {
+        tx.offer(&[0; 16]);
+        let want = tx.avail_idx();
+        assert!(tx.wait_used(want, Duration::from_secs(5)), "h's TX stalled");
+        while let Some(fr) = p.fe.recv() {
+            assert_eq!(fr, f);
+            got += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    while let Some(fr) = p.fe.recv() {
+        assert_eq!(fr, f);
+        got += 1;
+    }
+    assert!(
+        !vm.conn.wait_closed(Duration::from_millis(200)),
+        "h's connection was closed"
+    );
+    sc.finish(|s| {
+        assert_eq!(counter(s, "h", "faults.mem_faults"), 0, "{s}");
+        assert_eq!(counter(s, "h", "faults.refused"), 0, "{s}");
+        assert_eq!(counter(s, "h", "tx_packets"), 320, "{s}");
+        assert_eq!(counter(s, "p", "rx_packets"), got, "{s}");
+    });
+}
