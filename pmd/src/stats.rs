@@ -66,12 +66,50 @@ pub struct UplinkInfo {
     /// (AF_XDP transmit metadata); else vpmd fills them in.
     #[serde(default)]
     pub tx_checksum_offload: bool,
+    /// The macvlan's VM ports, in the order the shards deal out their queues (in
+    /// snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// Where those are read from: kept current by the control plane when ports move
+    /// onto or off the macvlan (not part of snapshots).
+    #[serde(skip)]
+    pub port_list: SharedNames,
     /// The kernel's `XDP_STATISTICS` of the AF_XDP sockets, summed (in snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xsk_kernel: Option<XskKernelCounts>,
     /// Where those are read from (not part of snapshots).
     #[serde(skip)]
     pub sockets: XskStatsSource,
+}
+
+/// A list of names shared between the control plane (which changes it) and the
+/// stats (which read it). Always equal to another: it is a handle, not a value.
+#[derive(Debug, Clone, Default)]
+pub struct SharedNames(Arc<RwLock<Vec<String>>>);
+
+impl PartialEq for SharedNames {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SharedNames {}
+
+impl SharedNames {
+    /// A handle holding `names`.
+    pub fn new(names: Vec<String>) -> Self {
+        SharedNames(Arc::new(RwLock::new(names)))
+    }
+
+    /// The names now.
+    pub fn get(&self) -> Vec<String> {
+        read(&self.0).clone()
+    }
+
+    /// Replaces the names.
+    pub fn set(&self, names: Vec<String>) {
+        *write(&self.0) = names;
+    }
 }
 
 /// Duplicates of an uplink's AF_XDP socket descriptors, only for reading their
@@ -170,17 +208,48 @@ impl Registry {
     /// Reads every counter now.
     pub fn snapshot(&self) -> Snapshot {
         let threads = read(&self.threads);
-        // The core polling each (port, TX queue pair), from the stream names.
+        let ports = read(&self.ports);
+        let core_of_stream = |name: &str| {
+            threads
+                .iter()
+                .find(|t| t.streams.iter().any(|s| s == name))
+                .map(|t| t.core)
+        };
+        // The core polling each (port, TX queue pair): a veth stream's, from its name;
+        // on a macvlan, the shard's that was dealt the queue (macvlan::ports).
+        let pairs_of = |name: &str| {
+            ports.iter().find_map(|p| match &p.kind {
+                PortKind::Vhost(port) if p.name == name => Some(port.queue_pairs()),
+                _ => None,
+            })
+        };
         let core_of = |port: &str, pair: usize| {
-            threads.iter().find_map(|t| {
+            let veth = threads.iter().find_map(|t| {
                 t.streams
                     .iter()
                     .any(|s| crate::fwd::veth::stream_source(s) == Some((port, pair)))
                     .then_some(t.core)
+            });
+            veth.or_else(|| {
+                ports.iter().find_map(|u| {
+                    let PortKind::Uplink(info) = &u.kind else {
+                        return None;
+                    };
+                    let names = info.port_list.get();
+                    let i = names.iter().position(|n| n == port)?;
+                    let pairs: Vec<usize> =
+                        names.iter().map(|n| pairs_of(n).unwrap_or(1)).collect();
+                    let queues = info.queues as usize;
+                    let shard = (0..queues).find(|&s| {
+                        crate::fwd::macvlan::ports::owned_queues(&pairs, queues, s)
+                            .contains(&(i, pair))
+                    })?;
+                    core_of_stream(&format!("{}/q{shard}", u.name))
+                })
             })
         };
         Snapshot {
-            ports: read(&self.ports)
+            ports: ports
                 .iter()
                 .map(|p| match &p.kind {
                     PortKind::Vhost(port) => {
@@ -204,6 +273,7 @@ impl Registry {
                         let mut s = p.counters.snapshot(&p.name, "uplink", true, 1);
                         let mut info = info.clone();
                         info.xsk_kernel = info.sockets.read();
+                        info.ports = info.port_list.get();
                         s.uplink = Some(info);
                         s
                     }

@@ -207,17 +207,10 @@ pub fn rxq_text(snap: &Snapshot) -> String {
         }
         for s in &t.streams {
             let Some((src, dst, pair)) = crate::fwd::veth::stream_ports(s) else {
-                let _ = writeln!(out, "  macvlan shard: {s}");
+                macvlan_shard_lines(snap, s, &mut out);
                 continue;
             };
-            let port = snap.ports.iter().find(|p| p.name == src);
-            let queue =
-                port.and_then(|p| p.queues.as_ref()?.iter().find(|q| q.queue as usize == pair));
-            let (taken, dropped) = match (port, queue) {
-                (_, Some(q)) => (q.tx_packets, q.tx_dropped),
-                (Some(p), None) => (p.tx_packets, p.drops.total()),
-                (None, None) => (0, 0),
-            };
+            let (taken, dropped) = queue_figures(snap, src, pair);
             let _ = writeln!(
                 out,
                 "  port: {src:<12} queue-id: {pair:>2}  to: {dst:<12} frames: {taken}  dropped: {dropped}"
@@ -225,6 +218,58 @@ pub fn rxq_text(snap: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// Frames taken from port `name`'s TX queue of pair `pair`, and of them dropped (the
+/// port's totals for a port of one queue pair).
+fn queue_figures(snap: &Snapshot, name: &str, pair: usize) -> (u64, u64) {
+    let port = snap.ports.iter().find(|p| p.name == name);
+    let queue = port.and_then(|p| p.queues.as_ref()?.iter().find(|q| q.queue as usize == pair));
+    match (port, queue) {
+        (_, Some(q)) => (q.tx_packets, q.tx_dropped),
+        (Some(p), None) => (p.tx_packets, p.drops.total()),
+        (None, None) => (0, 0),
+    }
+}
+
+/// The lines of macvlan shard `shard` ("uplink/qK"): its AF_XDP queue and the VM TX
+/// queues it was dealt.
+fn macvlan_shard_lines(snap: &Snapshot, shard: &str, out: &mut String) {
+    let (uplink, k) = match shard.rsplit_once("/q") {
+        Some((u, k)) => (u, k.parse::<usize>().unwrap_or(0)),
+        None => (shard, 0),
+    };
+    let _ = writeln!(
+        out,
+        "  uplink: {uplink:<10} queue-id: {k:>2}  (macvlan shard {shard})"
+    );
+    let Some(info) = snap
+        .ports
+        .iter()
+        .find(|p| p.name == uplink)
+        .and_then(|p| p.uplink.as_ref())
+    else {
+        return;
+    };
+    let pairs: Vec<usize> = info
+        .ports
+        .iter()
+        .map(|n| {
+            snap.ports
+                .iter()
+                .find(|p| p.name == *n)
+                .and_then(|p| p.queues.as_ref().map(Vec::len))
+                .unwrap_or(1)
+        })
+        .collect();
+    for (i, pair) in crate::fwd::macvlan::ports::owned_queues(&pairs, info.queues as usize, k) {
+        let name = &info.ports[i];
+        let (taken, dropped) = queue_figures(snap, name, pair);
+        let _ = writeln!(
+            out,
+            "  port: {name:<12} queue-id: {pair:>2}  to: {uplink:<12} frames: {taken}  dropped: {dropped}"
+        );
+    }
 }
 
 /// The per-thread view (`vpmd stats --pmd`), like `ovs-appctl dpif-netdev/pmd-stats-show`:

@@ -130,6 +130,8 @@ struct LiveMacvlan {
     layout: MacvlanLayout,
     macs: MacTable,
     shards: Vec<String>,
+    /// Its VM ports as the stats know them.
+    port_list: crate::stats::SharedNames,
 }
 
 /// A polling thread and the names of its streams.
@@ -309,6 +311,7 @@ impl Switch {
                 layout,
                 macs: opened.uplink.mac_table(),
                 shards: opened.shards.iter().map(|s| s.name().to_string()).collect(),
+                port_list: opened.port_list.clone(),
             });
             streams.extend(opened.shards.into_iter().map(|s| (s, None)));
             port_entries.push(opened.entry);
@@ -651,6 +654,7 @@ impl State {
                 .change(vec![Change::Edit(shard.clone(), Box::new(edit))]);
             released.extend(out.lock().unwrap_or_else(PoisonError::into_inner).take());
         }
+        lm.port_list.set(names.to_vec());
         released
     }
 

@@ -61,6 +61,8 @@ pub struct OpenedMacvlan {
     pub shards: Vec<Box<dyn Stream>>,
     /// The uplink's counters, for stats.
     pub entry: PortEntry,
+    /// The macvlan's VM ports as the stats know them, to keep current.
+    pub port_list: crate::stats::SharedNames,
 }
 
 fn sys_net(ifname: &str, what: &str) -> Option<String> {
@@ -123,6 +125,10 @@ pub fn open(
         max_frame: 0,
         multi_buffer: uplink.multi_buffer(),
         tx_checksum_offload: false,
+        ports: Vec::new(),
+        port_list: crate::stats::SharedNames::new(
+            m.ports.iter().map(|&p| ports[p].name.clone()).collect(),
+        ),
         xsk_kernel: None,
         sockets: Default::default(),
     };
@@ -180,6 +186,14 @@ pub fn open(
             .collect();
         let pairs: Vec<usize> = m.ports.iter().map(|&p| vhost[p].queue_pairs()).collect();
         let own = crate::fwd::macvlan::ports::owned_queues(&pairs, m.queues as usize, q);
+        log::info!(
+            "macvlan on {ifname}: shard {ifname}/q{q} polls AF_XDP queue {q} and the TX queues of {}",
+            crate::fwd::macvlan::ports::describe(
+                &own,
+                |i| ports[m.ports[i]].name.as_str(),
+                |i| pairs[i]
+            )
+        );
         shards.push(Box::new(MacvlanShard::new(
             format!("{ifname}/q{q}"),
             decide.clone(),
@@ -209,9 +223,11 @@ pub fn open(
             "filled in by vpmd (the kernel refused AF_XDP transmit metadata)"
         }
     );
+    let port_list = info.port_list.clone();
     Ok(OpenedMacvlan {
         uplink,
         shards,
+        port_list,
         entry: PortEntry {
             name: ifname,
             kind: PortKind::Uplink(info),

@@ -70,6 +70,9 @@ for q in 0 1; do
   done
   log "vm0 q$q: core $(queue "$json" vm0 "$q" core), tx $(queue "$json" vm0 "$q" tx_packets), rx $(queue "$json" vm0 "$q" rx_packets)"
 done
+[[ $(port_stat "$json" vm0 '[.queues[].core] | join(",")') == "0,1" ]] ||
+  fail "vm0's queue pairs are not polled by the two shards' threads (cores 0, 1): $(port_stat "$json" vm0 '[.queues[].core]' | tr -d ' \n')"
+[[ $(port_stat "$json" "$UP" '.uplink.ports | join(",")') == vm0 ]] || fail "the uplink does not list vm0"
 port_stat "$json" vm0 '([.queues[].tx_packets] | add) == .tx_packets and ([.queues[].rx_packets] | add) == .rx_packets and ([.queues[].tx_dropped] | add) == ([.drops[]] | add)' |
   grep -qx true || fail "vm0: per-queue counts do not add up: $(port_stat "$json" vm0 '{tx_packets, rx_packets, queues}' | tr -d ' \n')"
 for p in vm0 "$UP"; do
@@ -78,7 +81,9 @@ for p in vm0 "$UP"; do
   v=$(port_stat "$json" "$p" '[.drops | to_entries[] | select(.key != "no_rx_buffer" and .key != "uplink_busy" and .key != "peer_down") | .value] | add')
   ((v == 0)) || fail "$p dropped $v frames for other reasons than a full queue"
 done
-log "vpmd pmd:"$'\n'"$("$VPMD" pmd --control "$CONTROL")"
+PMD_VIEW=$("$VPMD" pmd --control "$CONTROL")
+log "vpmd pmd:"$'\n'"$PMD_VIEW"
+grep -Eq "port: vm0 +queue-id: +1 +to: $UP " <<<"$PMD_VIEW" || fail "vpmd pmd does not list vm0's queue pair 1 under its shard"
 stop_pid "$(guest_pid g)" TERM 10
 stop_vpmd
 pass "a 2-queue guest on a 2-queue macvlan uplink: both queue pairs carry frames both ways, counts add up"

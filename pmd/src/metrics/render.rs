@@ -333,6 +333,8 @@ mod tests {
             max_frame: 1518,
             multi_buffer: true,
             tx_checksum_offload: true,
+            ports: vec!["vm0".into()],
+            port_list: Default::default(),
             xsk_kernel: Some(XskKernelCounts {
                 rx_ring_full: 7,
                 ..Default::default()

@@ -30,6 +30,25 @@ pub fn owned_queues(pairs: &[usize], queues: usize, shard: usize) -> Vec<(usize,
         .collect()
 }
 
+/// `own` for a log line: "vm0, vm1/q1" (a port of one queue pair by its name alone),
+/// or "no VM port".
+pub fn describe<'n>(
+    own: &[(usize, usize)],
+    name: impl Fn(usize) -> &'n str,
+    pairs: impl Fn(usize) -> usize,
+) -> String {
+    if own.is_empty() {
+        return "no VM port".to_string();
+    }
+    own.iter()
+        .map(|&(i, p)| match pairs(i) {
+            1 => name(i).to_string(),
+            _ => format!("{}/q{p}", name(i)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl MacvlanShard {
     /// Between two polls, when ports move onto or off the macvlan at runtime: its VM
     /// ports are now `names`, in the order `table` numbers them; a port new to it
@@ -89,6 +108,11 @@ impl MacvlanShard {
             })
             .collect();
         self.table = table;
+        log::info!(
+            "{}: polls the TX queues of {}",
+            self.name,
+            describe(&self.own, |i| self.vms[i].port.name(), |i| pairs[i])
+        );
         Released {
             endpoints: old.into_iter().flatten().collect(),
             tx_caches: old_caches,
