@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::counters::{FaultCounts, PortStats, XskKernelCounts};
+use crate::counters::{FaultCounts, PortStats, QueueStats, XskKernelCounts};
 use crate::stats::Snapshot;
 
 /// A port's counters of one group, by name.
@@ -169,6 +169,37 @@ pub fn render(snap: &Snapshot) -> String {
                     "vpmd_port_feature_negotiated",
                     &[("port", &p.name), ("feature", feature)],
                     u8::from(taken.iter().any(|t| t == feature)),
+                );
+            }
+        }
+    }
+    // Per queue pair of multi-queue ports: TX queue taken / dropped, RX delivered.
+    type QueueCounter = (&'static str, &'static str, fn(&QueueStats) -> u64);
+    let queue_counters: [QueueCounter; 3] = [
+        (
+            "vpmd_port_queue_tx_packets_total",
+            "Frames taken from a queue pair's TX queue (ports with more than one pair).",
+            |q| q.tx_packets,
+        ),
+        (
+            "vpmd_port_queue_tx_dropped_total",
+            "Of the frames taken from a queue pair's TX queue, those dropped.",
+            |q| q.tx_dropped,
+        ),
+        (
+            "vpmd_port_queue_rx_packets_total",
+            "Frames delivered into a queue pair's RX queue (steered by flow hash).",
+            |q| q.rx_packets,
+        ),
+    ];
+    for (name, help, read) in queue_counters {
+        w.family(name, "counter", help);
+        for p in &snap.ports {
+            for q in p.queues.iter().flatten() {
+                w.sample(
+                    name,
+                    &[("port", &p.name), ("queue", &q.queue.to_string())],
+                    read(q),
                 );
             }
         }
@@ -344,8 +375,20 @@ mod tests {
         let mut down = port("vm1");
         down.state = "down".into();
         down.features = None;
+        let mut mq = port("vm0");
+        mq.queues = Some(
+            (0..2)
+                .map(|q| QueueStats {
+                    queue: q,
+                    core: Some(1),
+                    tx_packets: 6,
+                    tx_dropped: 2 - u64::from(q),
+                    rx_packets: 5,
+                })
+                .collect(),
+        );
         Snapshot {
-            ports: vec![port("vm0"), down, uplink],
+            ports: vec![mq, down, uplink],
             threads: vec![ThreadStats {
                 core: 1,
                 streams: vec!["vm0->vm1".into(), "vm1->vm0".into()],
@@ -385,6 +428,9 @@ mod tests {
             "vpmd_pmd_polls_total{core=\"1\"} 99",
             "vpmd_pmd_stream_info{core=\"1\",stream=\"vm1->vm0\"} 1",
             "vpmd_tsc_hz 2000000000",
+            "vpmd_port_queue_tx_packets_total{port=\"vm0\",queue=\"1\"} 6",
+            "vpmd_port_queue_tx_dropped_total{port=\"vm0\",queue=\"0\"} 2",
+            "vpmd_port_queue_rx_packets_total{port=\"vm0\",queue=\"1\"} 5",
         ] {
             assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
         }
