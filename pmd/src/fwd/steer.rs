@@ -46,10 +46,17 @@ pub fn flow_hash(head: &[u8]) -> u32 {
             // Offset or more fragments: no ports in this fragment (or in the rest).
             let fragmented = u16::from_be_bytes([l3h[6], l3h[7]]) & 0x3fff != 0;
             let l4 = (!fragmented && ihl >= 20).then(|| l3h.get(ihl..)).flatten();
-            (fold(&l3h[12..16]), fold(&l3h[16..20]), l3h[9], l4)
+            (
+                u64::from(word32(l3h, 12)),
+                u64::from(word32(l3h, 16)),
+                l3h[9],
+                l4,
+            )
         }
         0x86dd if l3h.len() >= 40 && l3h[0] >> 4 == 6 => {
-            (fold(&l3h[8..24]), fold(&l3h[24..40]), l3h[6], l3h.get(40..))
+            // Each address folded to 64 bits: its two halves, one of them turned.
+            let addr = |at: usize| word64(l3h, at) ^ word64(l3h, at + 8).rotate_left(29);
+            (addr(8), addr(24), l3h[6], l3h.get(40..))
         }
         _ => return mac_hash(head),
     };
@@ -63,33 +70,46 @@ pub fn flow_hash(head: &[u8]) -> u32 {
         _ => 0,
     };
     let (lo, hi) = (a.min(b), a.max(b));
-    (mix(mix(mix(lo) ^ hi) ^ (ports << 8 | u64::from(proto))) >> 32) as u32
+    // One multiply per word, one finalising mix: the frame's only per-frame cost
+    // beside the copy in a multi-queue burst.
+    let x =
+        lo.wrapping_mul(K1) ^ hi.rotate_left(31).wrapping_mul(K2) ^ (ports << 8 | u64::from(proto));
+    (mix(x) >> 32) as u32
+}
+
+/// Odd 64-bit constants (splitmix64's).
+const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const K2: u64 = 0xbf58_476d_1ce4_e5b9;
+
+fn word32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn word64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
 /// Hash of the two MACs (order-free), for frames that are not IP.
 fn mac_hash(head: &[u8]) -> u32 {
-    let (a, b) = match (head.get(0..6), head.get(6..12)) {
-        (Some(d), Some(s)) => (fold(d), fold(s)),
-        _ => return 0,
+    let mac = |at: usize| {
+        head.get(at..at + 6).map(|m| {
+            let mut w = [0u8; 8];
+            w[..6].copy_from_slice(m);
+            u64::from_le_bytes(w)
+        })
     };
-    (mix(mix(a.min(b)) ^ a.max(b)) >> 32) as u32
-}
-
-/// Up to 16 bytes folded into 64 bits (IPv6 addresses: two halves xored).
-fn fold(bytes: &[u8]) -> u64 {
-    let mut acc = 0u64;
-    for (i, chunk) in bytes.chunks(8).enumerate() {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        acc ^= u64::from_le_bytes(w).rotate_left(i as u32 * 29);
-    }
-    acc
+    let (Some(a), Some(b)) = (mac(0), mac(6)) else {
+        return 0;
+    };
+    (mix(a.min(b).wrapping_mul(K1) ^ a.max(b)) >> 32) as u32
 }
 
 /// A 64-bit finaliser (splitmix64's); callers keep its high 32 bits.
 fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut z = x.wrapping_add(K1);
+    z = (z ^ (z >> 30)).wrapping_mul(K2);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
@@ -102,8 +122,9 @@ pub fn pick(hash: u32, running: u32) -> Option<usize> {
     if n == 0 {
         return None;
     }
-    // The (hash mod n)-th running pair: a bit walk over at most 8 bits.
-    let mut k = hash % n;
+    // The k-th running pair, k = hash * n / 2^32 (a multiply, not a division), by a
+    // bit walk over at most 8 bits.
+    let mut k = ((u64::from(hash) * u64::from(n)) >> 32) as u32;
     let mut left = running;
     loop {
         let pair = left.trailing_zeros() as usize;

@@ -19,15 +19,19 @@
 //! after the other, in ascending order, each opened once.
 
 use vpmd_backend::net;
+use vpmd_backend::net::NetLayout;
 use vpmd_backend::offload::vnet_hdr::{self, Request};
-use vpmd_backend::port::tx_queue;
+use vpmd_backend::port::{tx_queue, MAX_QUEUE_PAIRS};
+use vpmd_backend::virtqueue::VirtQueue;
 
 use super::offload::{self, SendScratch, Sent, TxOffload};
 use super::{
     bad_chain, open_tx, ring_error, steer, RxTarget, Scratch, Stream, VhostEndpoint, BURST,
     MIN_FRAME,
 };
-use crate::counters::DropReason;
+use crate::counters::{CounterBlock, DropReason, PortTally};
+use crate::ratelimit::LogLimiter;
+use vpmd_backend::port::VirtioNetPort;
 
 /// One direction of a veth pair, from one TX queue of the sender.
 pub struct VethStream {
@@ -102,19 +106,72 @@ impl Stream for VethStream {
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
-        if self.dst.port.queue_pairs() > 1 {
-            return self.poll_steered(s);
-        }
         let pair = self.pair;
         let (src, dst) = (&mut self.src, &mut self.dst);
         // The peer's cache too, every poll, even when nothing is sent to it: a closed
         // connection is let go of (its guest memory unmapped) at once, not at the next
         // frame for it. One atomic load while nothing changed.
         let _ = dst.cache.rings(&dst.port);
-        let counting = (&mut src.tally, &mut src.log, &*src.counters);
-        let Some((mut txq, src_layout)) = open_tx(&mut src.cache, &src.port, pair, counting) else {
+        let VhostEndpoint {
+            port,
+            counters,
+            cache,
+            tally,
+            log,
+        } = src;
+        let Some((txq, src_layout)) = open_tx(cache, port, pair, (tally, log, counters)) else {
             return 0;
         };
+        let sender = Sender {
+            port,
+            tally,
+            log,
+            counters,
+        };
+        // Into a multi-queue peer: where its frames may go, read once a burst (the
+        // RX vrings' read locks, taken after the TX queue's as every thread does).
+        // With one RX queue running, the frames go straight into it as into a
+        // single-queue peer: no hash, no second pass.
+        let mut dst_pair = 0;
+        if dst.port.queue_pairs() > 1 {
+            let running = dst
+                .cache
+                .rings(&dst.port)
+                .map_or(0, |v| v.rings().running_rx_queues());
+            if running.count_ones() > 1 {
+                return burst_steered((sender, dst), (txq, src_layout), pair, running, s);
+            }
+            dst_pair = (running.trailing_zeros() as usize).min(MAX_QUEUE_PAIRS - 1);
+        }
+        burst_direct((sender, dst), (txq, src_layout), pair, dst_pair, s)
+    }
+}
+
+/// What a burst needs of its sending endpoint while its TX queue is open (the queue
+/// borrows the endpoint's ring cache).
+struct Sender<'a> {
+    port: &'a VirtioNetPort,
+    tally: &'a mut PortTally,
+    log: &'a mut LogLimiter,
+    counters: &'a CounterBlock,
+}
+
+impl Sender<'_> {
+    fn flush(&mut self) {
+        self.counters.flush(self.tally);
+    }
+}
+
+/// A burst from `src`'s TX queue of pair `pair` (open: `txq`) straight into `dst`'s
+/// RX queue of pair `dst_pair`, frame by frame.
+fn burst_direct(
+    (mut src, dst): (Sender<'_>, &mut VhostEndpoint),
+    (mut txq, src_layout): (VirtQueue<'_>, NetLayout),
+    pair: usize,
+    dst_pair: usize,
+    s: &mut Scratch,
+) -> u32 {
+    {
         let max_frame = dst.max_frame();
         let forwarded_before = src.tally.forwarded;
 
@@ -122,7 +179,7 @@ impl Stream for VethStream {
         let mut rx = None;
         let mut rx_broken = false;
         if let Some(dst_view) = dst.cache.rings(&dst.port) {
-            match RxTarget::open(dst_view) {
+            match RxTarget::open_pair(dst_view, dst_pair) {
                 Ok(target) => rx = target,
                 Err(e) => {
                     rx_broken = true;
@@ -152,7 +209,7 @@ impl Stream for VethStream {
             ) {
                 Ok(len) => len,
                 Err(e) => {
-                    bad_chain(&mut src.log, src.port.name(), "TX", &e);
+                    bad_chain(&mut *src.log, src.port.name(), "TX", &e);
                     src.tally.drop(DropReason::BadTxDesc);
                     txq.push_used(head, 0);
                     continue;
@@ -166,7 +223,7 @@ impl Stream for VethStream {
             };
             let sent = match checked {
                 Err(e) => {
-                    offload::bad_offload(&mut src.log, src.port.name(), &e);
+                    offload::bad_offload(&mut *src.log, src.port.name(), &e);
                     Sent::dropped(1, DropReason::BadOffload)
                 }
                 Ok(_) if len < MIN_FRAME => Sent::dropped(1, DropReason::Runt),
@@ -192,7 +249,7 @@ impl Stream for VethStream {
                             rx: &mut s.rx,
                             offload: &mut s.offload,
                         },
-                        &mut src.tally,
+                        &mut *src.tally,
                         &mut dst.log,
                         dst.port.name(),
                     ),
@@ -208,6 +265,7 @@ impl Stream for VethStream {
                 dst.tally.rx_packets += u64::from(sent.delivered);
                 dst.tally.rx_bytes += sent.bytes;
                 dst.tally.rx_dropped += u64::from(sent.dropped);
+                dst.tally.queues.rx_packets[dst_pair] += u64::from(sent.delivered);
             } else {
                 src.tally.drop(sent.reason);
             }
@@ -226,27 +284,23 @@ impl Stream for VethStream {
     }
 }
 
-impl VethStream {
-    /// A burst into a multi-queue peer: take and steer every frame, then fill the
-    /// peer's RX queues one at a time (see the module's documentation).
-    fn poll_steered(&mut self, s: &mut Scratch) -> u32 {
-        let pair = self.pair;
-        let (src, dst) = (&mut self.src, &mut self.dst);
+/// A burst into a multi-queue peer with several RX queues running (`running`): take
+/// and steer every frame, then fill the peer's RX queues one at a time (see the
+/// module's documentation).
+fn burst_steered(
+    (mut src, dst): (Sender<'_>, &mut VhostEndpoint),
+    (mut txq, src_layout): (VirtQueue<'_>, NetLayout),
+    pair: usize,
+    running: u32,
+    s: &mut Scratch,
+) -> u32 {
+    {
         let Scratch {
             batch,
             rx: rx_scratch,
             offload: offload_scratch,
             ..
         } = s;
-        // Where the peer's frames may go: its running RX queues, read once a burst.
-        let running = dst
-            .cache
-            .rings(&dst.port)
-            .map_or(0, |v| v.rings().running_rx_queues());
-        let counting = (&mut src.tally, &mut src.log, &*src.counters);
-        let Some((mut txq, src_layout)) = open_tx(&mut src.cache, &src.port, pair, counting) else {
-            return 0;
-        };
         let max_frame = dst.max_frame();
         let reads_header = src_layout.offloads.host_csum();
         // The peer queue pair each frame goes to; NONE: dropped (reason in batch).
@@ -268,7 +322,7 @@ impl VethStream {
             let len = match net::take_tx_frame_with_header(&txq, head, src_layout, frame, header) {
                 Ok(len) => len,
                 Err(e) => {
-                    bad_chain(&mut src.log, src.port.name(), "TX", &e);
+                    bad_chain(&mut *src.log, src.port.name(), "TX", &e);
                     batch.reason[k] = DropReason::BadTxDesc;
                     continue;
                 }
@@ -280,7 +334,7 @@ impl VethStream {
                 match TxOffload::check(vnet, src_layout.offloads, &batch.frames[k], len, plan) {
                     Ok(tx) => batch.offload[k] = tx,
                     Err(e) => {
-                        offload::bad_offload(&mut src.log, src.port.name(), &e);
+                        offload::bad_offload(&mut *src.log, src.port.name(), &e);
                         batch.reason[k] = DropReason::BadOffload;
                         continue;
                     }
@@ -339,7 +393,7 @@ impl VethStream {
                             rx: rx_scratch,
                             offload: offload_scratch,
                         },
-                        &mut src.tally,
+                        &mut *src.tally,
                         &mut dst.log,
                         dst.port.name(),
                     ),
