@@ -185,6 +185,9 @@ pub enum ModeError {
         /// The feature bits asked for and not negotiated.
         missing: u64,
     },
+    /// `ring-loop --tso` with more than one queue pair.
+    #[error("--tso runs over one queue pair: drop --queues")]
+    TsoQueues,
     /// The backend never carried a frame.
     #[error("no frame came through within {0:?}: is the backend forwarding?")]
     NoTraffic(Duration),
@@ -298,15 +301,18 @@ pub fn connect_all(
 ) -> Result<Vec<Port>, FrontendError> {
     let n = sockets.len();
     let post = vec![pool.buf_size(); n];
-    connect_all_with(sockets, &vec![0; n], &post, dev, g, mem, pool)
+    connect_all_with(sockets, &vec![0; n], &post, 1, dev, g, mem, pool)
 }
 
 /// [`connect_all`], asking on `sockets[i]` for the features `extra[i]` too (each only
-/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes.
+/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes and
+/// `queue_pairs` queue pairs on every port.
+#[allow(clippy::too_many_arguments)]
 pub fn connect_all_with(
     sockets: &[&Path],
     extra: &[u64],
     rx_post_len: &[u32],
+    queue_pairs: u16,
     dev: &DeviceArgs,
     g: &Global,
     mem: &mut GuestMem,
@@ -318,6 +324,7 @@ pub fn connect_all_with(
         .map(|(s, f)| {
             let mut o = port_options(s, dev, g);
             o.features |= f;
+            o.queue_pairs = queue_pairs;
             Port::handshake(&o)
         })
         .collect::<Result<_, _>>()?;

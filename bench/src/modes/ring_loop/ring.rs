@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The rings as `ring-loop` drives them, indexes only ([`Ring`]), and the polling loop
-//! over both directions' rings ([`Rings::spin`]) with its [`Counters`].
+//! over both directions' rings ([`Rings::spin`]) with its [`Counters`]. With several
+//! queue pairs a direction has a TX ring per pair of the sender and an RX ring per pair
+//! of the receiver, all polled in turn.
 
 #![allow(unsafe_code)] // ring indexes and used elements read in place in our guest memory.
 
@@ -12,7 +14,11 @@ use vpmd_uplink::tsc;
 
 use super::check::Checker;
 use crate::modes;
+use crate::port::MAX_QUEUE_PAIRS;
 use crate::split_queue::SplitQueue;
+
+/// Size of the per-queue counter arrays.
+pub(super) const MAX_QUEUES: usize = MAX_QUEUE_PAIRS as usize;
 
 /// Polls between clock checks.
 const POLLS_PER_CHECK: u32 = 64;
@@ -186,6 +192,10 @@ pub(super) struct Counters {
     pub(super) received: [u64; 2],
     /// Per sending port: polls that saw the other port's RX `used.idx` move.
     pub(super) rx_polls: [u64; 2],
+    /// Per sending port and TX queue pair: descriptors taken.
+    pub(super) taken_per_queue: [[u64; MAX_QUEUES]; 2],
+    /// Per sending port and RX queue pair of the other port: frames received there.
+    pub(super) received_per_queue: [[u64; MAX_QUEUES]; 2],
     /// TSC cycles of polls that moved something.
     pub(super) busy_cycles: u64,
     /// TSC cycles of polls longer than [`STALL_CYCLES`].
@@ -195,10 +205,11 @@ pub(super) struct Counters {
     pub(super) kicks: u64,
 }
 
-/// One direction: the TX ring of the sending port and the RX ring of the other.
+/// One direction: the TX rings of the sending port and the RX rings of the other, one
+/// per queue pair (at most [`MAX_QUEUES`] each).
 struct Dir<'a> {
-    tx: Ring<'a>,
-    rx: Ring<'a>,
+    tx: Vec<Ring<'a>>,
+    rx: Vec<Ring<'a>>,
 }
 
 /// The rings of both ports, by direction: `dirs[p]` carries what port p sends
@@ -208,20 +219,26 @@ pub(super) struct Rings<'a> {
 }
 
 impl<'a> Rings<'a> {
-    /// Takes over the TX and RX queues of ports 0 and 1 (see [`Ring::new`]), with
-    /// EVENT_IDX as each port negotiated; for a port whose `sends` is false, neither
-    /// its TX queue nor the other port's RX queue.
+    /// Takes over the TX and RX queues (one per queue pair, at most [`MAX_QUEUES`]) of
+    /// ports 0 and 1 (see [`Ring::new`]), with EVENT_IDX as each port negotiated; for a
+    /// port whose `sends` is false, neither its TX queues nor the other port's RX queues.
     pub(super) fn new(
-        tx: [&'a SplitQueue; 2],
-        rx: [&'a SplitQueue; 2],
+        tx: [&[&'a SplitQueue]; 2],
+        rx: [&[&'a SplitQueue]; 2],
         event_idx: [bool; 2],
         sends: [bool; 2],
     ) -> Self {
+        assert!(
+            [tx, rx].iter().flatten().all(|q| q.len() <= MAX_QUEUES),
+            "at most {MAX_QUEUES} queue pairs"
+        );
+        let rings =
+            |qs: &[&'a SplitQueue], event_idx| qs.iter().map(|q| Ring::new(q, event_idx)).collect();
         Rings {
             dirs: [0, 1].map(|p| {
                 sends[p].then(|| Dir {
-                    tx: Ring::new(tx[p], event_idx[p]),
-                    rx: Ring::new(rx[1 - p], event_idx[1 - p]),
+                    tx: rings(tx[p], event_idx[p]),
+                    rx: rings(rx[1 - p], event_idx[1 - p]),
                 })
             }),
         }
@@ -230,8 +247,8 @@ impl<'a> Rings<'a> {
     /// Leaves at most `window` TX descriptors with the backend at once, per port (the
     /// ring starts full: the limit holds once the backend has taken the first frames).
     pub(super) fn set_tx_window(&mut self, window: u16) {
-        for d in self.dirs.iter_mut().flatten() {
-            d.tx.window = window.clamp(1, d.tx.mask + 1);
+        for tx in self.dirs.iter_mut().flatten().flat_map(|d| &mut d.tx) {
+            tx.window = window.clamp(1, tx.mask + 1);
         }
     }
 
@@ -256,31 +273,37 @@ impl<'a> Rings<'a> {
                 let mut moved = false;
                 for (p, d) in self.dirs.iter_mut().enumerate() {
                     let Some(d) = d else { continue };
-                    let n = d.tx.poll();
-                    if n != 0 {
-                        moved = true;
-                        if transmit {
-                            d.tx.republish_within(n);
-                        }
-                        c.taken[p] += u64::from(n);
-                        c.tx_polls[p] += 1;
-                        if c.taken[p] >= chk.next_tx[p] && chk.every > 0 {
-                            chk.next_tx[p] = c.taken[p] + chk.every;
-                            chk.check_tx(&d.tx);
+                    for (q, tx) in d.tx.iter_mut().enumerate() {
+                        let n = tx.poll();
+                        if n != 0 {
+                            moved = true;
+                            if transmit {
+                                tx.republish_within(n);
+                            }
+                            c.taken[p] += u64::from(n);
+                            c.taken_per_queue[p][q] += u64::from(n);
+                            c.tx_polls[p] += 1;
+                            if c.taken[p] >= chk.next_tx[p] && chk.every > 0 {
+                                chk.next_tx[p] = c.taken[p] + chk.every;
+                                chk.check_tx(tx);
+                            }
                         }
                     }
                     // Frames sent by p arrive on the other port.
                     let to = 1 - p;
-                    let n = d.rx.poll();
-                    if n != 0 {
-                        moved = true;
-                        c.received[p] += u64::from(n);
-                        c.rx_polls[p] += 1;
-                        if c.received[p] >= chk.next_rx[p] && chk.every > 0 {
-                            chk.next_rx[p] = c.received[p] + chk.every;
-                            chk.check_rx(&d.rx, p, to);
+                    for (q, rx) in d.rx.iter_mut().enumerate() {
+                        let n = rx.poll();
+                        if n != 0 {
+                            moved = true;
+                            c.received[p] += u64::from(n);
+                            c.received_per_queue[p][q] += u64::from(n);
+                            c.rx_polls[p] += 1;
+                            if c.received[p] >= chk.next_rx[p] && chk.every > 0 {
+                                chk.next_rx[p] = c.received[p] + chk.every;
+                                chk.check_rx(rx, p, to, q);
+                            }
+                            rx.republish(n);
                         }
-                        d.rx.republish(n);
                     }
                 }
                 c.polls += 1;
@@ -299,8 +322,8 @@ impl<'a> Rings<'a> {
                 last_move = now;
                 moved_since_check = false;
                 for d in self.dirs.iter_mut().flatten() {
-                    d.tx.keep_quiet();
-                    d.rx.keep_quiet();
+                    d.tx.iter_mut().for_each(Ring::keep_quiet);
+                    d.rx.iter_mut().for_each(Ring::keep_quiet);
                 }
             } else {
                 // Quiet, and every TX descriptor offered has come back: nothing is
@@ -308,17 +331,26 @@ impl<'a> Rings<'a> {
                 // it took the frames from). Quiet alone is not enough: a backend
                 // preempted mid-burst is quiet too.
                 if quiet.is_some_and(|q| now.duration_since(last_move) >= q)
-                    && self.dirs.iter().flatten().all(|d| d.tx.avail == d.tx.used)
+                    && self
+                        .dirs
+                        .iter()
+                        .flatten()
+                        .flat_map(|d| &d.tx)
+                        .all(|tx| tx.avail == tx.used)
                 {
                     return (true, true);
                 }
                 if now.duration_since(last_move) >= IDLE_KICK
                     && now.duration_since(last_kick) >= IDLE_KICK
                 {
-                    for d in self.dirs.iter().flatten() {
-                        d.tx.kick();
-                        d.rx.kick();
-                        c.kicks += 2;
+                    for r in self
+                        .dirs
+                        .iter()
+                        .flatten()
+                        .flat_map(|d| d.tx.iter().chain(&d.rx))
+                    {
+                        r.kick();
+                        c.kicks += 1;
                     }
                     last_kick = now;
                 }
