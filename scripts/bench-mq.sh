@@ -176,7 +176,7 @@ NAME=mq-$(date +%Y%m%d-%H%M%S)
 keys=()
 for c in $CELLS; do keys+=("vpmd-$c" "front-$c"); done
 old_version=""
-[[ -n $OLD ]] && old_version=$("$OLD" --version 2>/dev/null || echo "$OLD")
+[[ -n $OLD ]] && old_version="$OLD ($("$OLD" --version 2>/dev/null || echo "no --version"))"
 jq -n --argjson machine "$(bl_machine_json)" --arg cmd "$CMDLINE" \
   --argjson load_start "$LOAD_START" --argjson load_end "$LOAD_END" \
   --arg date "$(date -Is)" --argjson quick "$QUICK" \
