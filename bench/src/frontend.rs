@@ -87,6 +87,7 @@ impl FrontendOptions {
             connect_timeout: self.connect_timeout,
             reply_timeout: self.reply_timeout,
             queue_pairs: 1,
+            enabled_pairs: None,
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct PortOptions {
     /// Queue pairs to set up, 1..=[`MAX_QUEUE_PAIRS`]; above 1 the device must offer
     /// VIRTIO_NET_F_MQ and at least as many pairs (GET_QUEUE_NUM).
     pub queue_pairs: u16,
+    /// Of those, how many are enabled (SET_VRING_ENABLE 1) after setup, the first ones;
+    /// `None`: all. The others are set up and left disabled, as after a guest's
+    /// `ethtool -L combined M`.
+    pub enabled_pairs: Option<u16>,
 }
 
 impl PortOptions {
@@ -73,6 +77,7 @@ impl PortOptions {
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(5),
             queue_pairs: 1,
+            enabled_pairs: None,
         }
     }
 }
@@ -178,7 +183,8 @@ impl Handshake {
             connection::setup_vring(&vu, rx_index(pair), rx.queue()).map_err(vhost)?;
             connection::setup_vring(&vu, tx_index(pair), tx.queue()).map_err(vhost)?;
         }
-        for index in 0..2 * pairs.len() {
+        let enabled = opts.enabled_pairs.map_or(pairs.len(), usize::from);
+        for index in 0..2 * enabled.min(pairs.len()) {
             connection::enable_vring(&mut vu, index, true, &info.negotiated).map_err(vhost)?;
         }
         let mut pairs = pairs.into_iter();

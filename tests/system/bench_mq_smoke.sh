@@ -12,8 +12,12 @@
 #     received on RX queue r, and the other way), and per port the queues add up
 #     to the port's totals;
 #   - --queues 1 on the same ports (pair 1 never started): everything goes over
-#     pair 0, nothing is steered to RX queue 1.
-# About 5 s.
+#     pair 0, nothing is steered to RX queue 1;
+#   - --queues 2 --enable-queues 1 (pair 1 set up, its rings filled, left
+#     disabled, as after `ethtool -L combined 1`): nothing arrives on RX queue 1
+#     of either port (the frontend watches it) and vpmd takes nothing from TX
+#     queue 1.
+# About 8 s.
 #
 # Usage (from the repo root): bash tests/system/bench_mq_smoke.sh
 # Environment: VPMD, VPMD_BENCH (binaries, default target/release/...), KEEP_WORK=1.
@@ -26,9 +30,10 @@ write_config "$WORK/vpmd.base.toml" server 1500 "$WORK"
 sed '/^mtu = /a queues = 2' "$WORK/vpmd.base.toml" >"$WORK/vpmd.toml"
 start_vpmd "$WORK/vpmd.toml"
 
-# ring_loop NAME QUEUES: a short ring-loop run, its JSON report in $WORK/NAME.json.
+# ring_loop NAME QUEUES [ARGS...]: a short ring-loop run, its JSON report in
+# $WORK/NAME.json.
 ring_loop() {
-  "$BENCH" --json ring-loop "$WORK/vm0.sock" "$WORK/vm1.sock" --queues "$2" --size 64 \
+  "$BENCH" --json ring-loop "$WORK/vm0.sock" "$WORK/vm1.sock" --queues "$2" "${@:3}" --size 64 \
     --duration 1 --warmup 0.2 --check-every 64 --core 0 \
     >"$WORK/$1.json" 2>"$WORK/$1.log" || fail "ring-loop $1 failed: $(cat "$WORK/$1.log")"
   jq -e --argjson q "$2" '.interrupted == false and .drained and .queue_pairs == $q and
@@ -99,4 +104,18 @@ for p in vm0 vm1; do
   done
 done
 
-pass "two queue pairs per port: both RX queues of each port received frames, per-queue counts match vpmd's and add up; one pair: nothing on queue 1"
+# --queues 2 --enable-queues 1: pair 1 set up but disabled gets nothing, sends nothing.
+BEFORE=$AFTER
+ring_loop disabled 2 --enable-queues 1
+jq -e '.enabled_pairs == 1 and all(.totals[]; .received_per_queue[1] == 0 and .received_per_queue[0] > 0)' \
+  "$WORK/disabled.json" >/dev/null ||
+  fail "frames on a disabled queue: $(jq -c '[.totals[] | {from, taken_per_queue, received_per_queue}]' "$WORK/disabled.json")"
+wait_counts "$BEFORE" "$WORK/disabled.json" 2
+for p in vm0 vm1; do
+  for f in tx_packets rx_packets; do
+    d=$(queue_delta "$BEFORE" "$AFTER" "$p" 1 "$f")
+    [[ $d == 0 ]] || fail "$p: queue 1 $f moved by $d while pair 1 was disabled"
+  done
+done
+
+pass "two queue pairs per port: both RX queues of each port received frames, per-queue counts match vpmd's and add up; one pair, or pair 1 disabled: nothing on queue 1"

@@ -104,6 +104,13 @@ pub struct RingLoopArgs {
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_PAIRS)))]
     pub queues: u16,
+    /// Enable only the first M queue pairs of each port (default: all); the others are
+    /// set up, filled and left disabled, as after a guest's `ethtool -L combined M`.
+    /// Only the enabled pairs' TX rings are driven; every RX ring is watched, and
+    /// nothing may arrive on a disabled one.
+    #[arg(long, value_name = "M",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_PAIRS)))]
+    pub enable_queues: Option<u16>,
     /// Flows per TX queue: descriptor i of TX queue q carries UDP source port
     /// 1024 + q x F + i mod F (default: 1 with one queue pair, 64 with more).
     #[arg(long, value_name = "F", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -232,6 +239,10 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         return Err(ModeError::TsoQueues);
     }
     let flows = args.flows.unwrap_or(if pairs > 1 { 64 } else { 1 });
+    let enabled = args.enable_queues.unwrap_or(pairs);
+    if enabled > pairs {
+        return Err(ModeError::EnableQueues { enabled, pairs });
+    }
     // Every ring full, once: 2 ports x pairs x (RX + TX).
     let (mut mem, mut pool) = modes::memory(
         &args.dev,
@@ -265,7 +276,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         &sockets,
         &want,
         &[whole, rx_buf],
-        pairs,
+        (pairs, enabled),
         &args.dev,
         g,
         &mut mem,
@@ -300,7 +311,12 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
             != 0
     };
     let rx_queues = [queues(&ports[0], true), queues(&ports[1], true)];
-    let tx_queues = [queues(&ports[0], false), queues(&ports[1], false)];
+    // Only the enabled pairs send: a disabled TX ring would never come back.
+    let tx_queues = [0, 1].map(|p| {
+        let mut v = queues(&ports[p], false);
+        v.truncate(usize::from(enabled));
+        v
+    });
     let mut chk = Checker::new(
         &pool,
         [&rx_queues[0], &rx_queues[1]],
@@ -427,6 +443,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         size: args.run.size,
         queue_size: q,
         queue_pairs: pairs,
+        enabled_pairs: enabled,
         flows_per_queue: flows,
         seconds: secs,
         total_mpps: modes::mpps(frames, secs),

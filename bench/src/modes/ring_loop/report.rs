@@ -130,6 +130,8 @@ pub struct RingLoopReport {
     pub queue_size: u16,
     /// Queue pairs per port (above 1: VIRTIO_NET_F_MQ).
     pub queue_pairs: u16,
+    /// Of those, enabled (the first ones); only they send.
+    pub enabled_pairs: u16,
     /// Flows per TX queue (UDP source ports).
     pub flows_per_queue: u16,
     /// Measured seconds.
@@ -206,9 +208,13 @@ impl fmt::Display for RingLoopReport {
             if self.queue_pairs > 1 {
                 writeln!(
                     f,
-                    "    {} queue pairs, {} flows per TX queue: taken per TX queue {:?}, \
-                     received per RX queue {:?}",
-                    self.queue_pairs, self.flows_per_queue, t.taken_per_queue, t.received_per_queue
+                    "    {} queue pairs ({} enabled), {} flows per TX queue: taken per TX queue \
+                     {:?}, received per RX queue {:?}",
+                    self.queue_pairs,
+                    self.enabled_pairs,
+                    self.flows_per_queue,
+                    t.taken_per_queue,
+                    t.received_per_queue
                 )?;
             }
         }
