@@ -86,6 +86,8 @@ impl FrontendOptions {
             read_config: self.read_config,
             connect_timeout: self.connect_timeout,
             reply_timeout: self.reply_timeout,
+            queue_pairs: 1,
+            enabled_pairs: None,
         }
     }
 }

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`Port`]: one virtio-net device driven over vhost-user, the way a VM's driver drives it
-//! through cloud-hypervisor: one RX and one TX queue over guest memory that several ports
-//! of the same "VM" may share, with frame buffers from a shared [`BufPool`].
+//! through cloud-hypervisor: one RX and one TX queue (or, with
+//! [`PortOptions::queue_pairs`] above 1, that many pairs under VIRTIO_NET_F_MQ) over
+//! guest memory that several ports of the same "VM" may share, with frame buffers from a
+//! shared [`BufPool`].
 //!
 //! Setup is two steps so the caller can size buffers from what the device says (its MTU):
 //! [`Port::handshake`] (connect, features, config space), then [`Handshake::start`]
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Frontend;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use crate::connection::{self, ConnError, Negotiated, DRIVER_PROTOCOL_FEATURES};
@@ -22,8 +25,18 @@ use crate::pool::BufPool;
 use crate::split_queue::{QueueError, SplitQueue, DEFAULT_QUEUE_SIZE};
 use crate::virtio_net::{NetConfig, NetLayout, DRIVER_FEATURES, RX_QUEUE, TX_QUEUE};
 
-/// Queues this driver sets up: one RX/TX pair.
-const NUM_QUEUES: u64 = 2;
+/// Most queue pairs a port sets up (what vpmd offers at most).
+pub const MAX_QUEUE_PAIRS: u16 = 8;
+
+/// Vring index of pair `pair`'s RX queue (virtio-net: RX 2n, TX 2n + 1).
+fn rx_index(pair: usize) -> usize {
+    RX_QUEUE + 2 * pair
+}
+
+/// Vring index of pair `pair`'s TX queue.
+fn tx_index(pair: usize) -> usize {
+    TX_QUEUE + 2 * pair
+}
 
 /// How to connect a [`Port`]. Start from [`PortOptions::new`].
 #[derive(Clone, Debug)]
@@ -43,6 +56,13 @@ pub struct PortOptions {
     pub connect_timeout: Duration,
     /// How long to wait for any reply of the backend.
     pub reply_timeout: Duration,
+    /// Queue pairs to set up, 1..=[`MAX_QUEUE_PAIRS`]; above 1 the device must offer
+    /// VIRTIO_NET_F_MQ and at least as many pairs (GET_QUEUE_NUM).
+    pub queue_pairs: u16,
+    /// Of those, how many are enabled (SET_VRING_ENABLE 1) after setup, the first ones;
+    /// `None`: all. The others are set up and left disabled, as after a guest's
+    /// `ethtool -L combined M`.
+    pub enabled_pairs: Option<u16>,
 }
 
 impl PortOptions {
@@ -56,6 +76,8 @@ impl PortOptions {
             read_config: true,
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(5),
+            queue_pairs: 1,
+            enabled_pairs: None,
         }
     }
 }
@@ -80,6 +102,12 @@ pub enum PortError {
         /// Cause.
         #[source]
         source: ConnError,
+    },
+    /// More queue pairs were asked for than the device (or this driver) has.
+    #[error("{want} queue pairs asked for: the device did not negotiate MQ, or this driver sets up 1..={MAX_QUEUE_PAIRS}")]
+    QueuePairs {
+        /// Pairs asked for.
+        want: u16,
     },
     /// RX buffers would not hold what is offered to the device.
     #[error("RX buffers of {post_len} bytes do not fit pool buffers of {buf_size}")]
@@ -140,22 +168,32 @@ impl Handshake {
                 .map_err(|source| PortError::Queue { index, source })
         };
         let event_idx = info.negotiated.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut rx = RxQueue::new(queue(mem, RX_QUEUE)?, info.layout, rx_post_len);
-        let mut tx = TxQueue::new(queue(mem, TX_QUEUE)?, info.layout);
-        rx.queue_mut().set_event_idx(event_idx);
-        tx.queue_mut().set_event_idx(event_idx);
-        rx.refill(pool);
+        let mut pairs = Vec::with_capacity(usize::from(opts.queue_pairs));
+        for pair in 0..usize::from(opts.queue_pairs) {
+            let mut rx = RxQueue::new(queue(mem, rx_index(pair))?, info.layout, rx_post_len);
+            let mut tx = TxQueue::new(queue(mem, tx_index(pair))?, info.layout);
+            rx.queue_mut().set_event_idx(event_idx);
+            tx.queue_mut().set_event_idx(event_idx);
+            rx.refill(pool);
+            pairs.push((rx, tx));
+        }
 
         connection::set_mem_table(&vu, mem).map_err(vhost)?;
-        connection::setup_vring(&vu, RX_QUEUE, rx.queue()).map_err(vhost)?;
-        connection::setup_vring(&vu, TX_QUEUE, tx.queue()).map_err(vhost)?;
-        for index in [RX_QUEUE, TX_QUEUE] {
+        for (pair, (rx, tx)) in pairs.iter().enumerate() {
+            connection::setup_vring(&vu, rx_index(pair), rx.queue()).map_err(vhost)?;
+            connection::setup_vring(&vu, tx_index(pair), tx.queue()).map_err(vhost)?;
+        }
+        let enabled = opts.enabled_pairs.map_or(pairs.len(), usize::from);
+        for index in 0..2 * enabled.min(pairs.len()) {
             connection::enable_vring(&mut vu, index, true, &info.negotiated).map_err(vhost)?;
         }
+        let mut pairs = pairs.into_iter();
+        let (rx, tx) = pairs.next().expect("at least one queue pair");
         Ok(Port {
             vu: Some(vu),
             rx,
             tx,
+            more: pairs.collect(),
             info,
             socket: opts.socket,
         })
@@ -166,10 +204,12 @@ impl Handshake {
 pub struct Port {
     // Field order is drop order: the connection closes (in Drop) before the rings go.
     vu: Option<Frontend>,
-    /// Receive queue.
+    /// Receive queue (of pair 0).
     pub rx: RxQueue,
-    /// Transmit queue.
+    /// Transmit queue (of pair 0).
     pub tx: TxQueue,
+    /// Pairs 1.. (RX, TX) when more than one was set up.
+    pub more: Vec<(RxQueue, TxQueue)>,
     info: DeviceInfo,
     socket: PathBuf,
 }
@@ -182,16 +222,27 @@ impl Port {
             socket: opts.socket.clone(),
             source,
         };
+        let want = opts.queue_pairs;
+        if !(1..=MAX_QUEUE_PAIRS).contains(&want) {
+            return Err(PortError::QueuePairs { want });
+        }
+        let vrings = 2 * u64::from(want);
+        let mut features = opts.features;
+        if want > 1 {
+            features |= 1 << VIRTIO_NET_F_MQ;
+        }
         let mut vu = connection::connect(
             &opts.socket,
-            NUM_QUEUES,
+            vrings,
             opts.connect_timeout,
             opts.reply_timeout,
         )
         .map_err(vhost)?;
-        let negotiated =
-            connection::negotiate(&mut vu, opts.features, opts.protocol_features, NUM_QUEUES)
-                .map_err(vhost)?;
+        let negotiated = connection::negotiate(&mut vu, features, opts.protocol_features, vrings)
+            .map_err(vhost)?;
+        if want > 1 && negotiated.features & (1 << VIRTIO_NET_F_MQ) == 0 {
+            return Err(PortError::QueuePairs { want });
+        }
         let config = if opts.read_config
             && negotiated
                 .protocol
@@ -238,12 +289,43 @@ impl Port {
         &self.socket
     }
 
-    /// Kicks sent on both queues.
-    pub fn kicks(&self) -> u64 {
-        self.rx.queue().kicks() + self.tx.queue().kicks()
+    /// Queue pairs set up.
+    pub fn queue_pairs(&self) -> usize {
+        1 + self.more.len()
     }
 
-    /// Stops both rings (SET_VRING_ENABLE 0, GET_VRING_BASE, as cloud-hypervisor does on
+    /// Pair `pair`'s RX queue.
+    pub fn rx_queue(&self, pair: usize) -> &RxQueue {
+        match pair {
+            0 => &self.rx,
+            n => &self.more[n - 1].0,
+        }
+    }
+
+    /// Pair `pair`'s TX queue.
+    pub fn tx_queue(&self, pair: usize) -> &TxQueue {
+        match pair {
+            0 => &self.tx,
+            n => &self.more[n - 1].1,
+        }
+    }
+
+    /// Pair `pair`'s TX queue, mutably.
+    pub fn tx_queue_mut(&mut self, pair: usize) -> &mut TxQueue {
+        match pair {
+            0 => &mut self.tx,
+            n => &mut self.more[n - 1].1,
+        }
+    }
+
+    /// Kicks sent on every queue.
+    pub fn kicks(&self) -> u64 {
+        (0..self.queue_pairs())
+            .map(|p| self.rx_queue(p).queue().kicks() + self.tx_queue(p).queue().kicks())
+            .sum()
+    }
+
+    /// Stops every ring (SET_VRING_ENABLE 0, GET_VRING_BASE, as cloud-hypervisor does on
     /// reset) and closes the connection, reporting the first failure.
     pub fn disconnect(mut self) -> Result<(), PortError> {
         self.stop()
@@ -255,12 +337,13 @@ impl Port {
         };
         let n = self.info.negotiated;
         let mut first_err = None;
-        for index in [RX_QUEUE, TX_QUEUE] {
+        let vrings = 2 * self.queue_pairs();
+        for index in 0..vrings {
             if let Err(e) = connection::enable_vring(&mut vu, index, false, &n) {
                 first_err.get_or_insert(e);
             }
         }
-        for index in [RX_QUEUE, TX_QUEUE] {
+        for index in 0..vrings {
             if let Err(e) = connection::stop_vring(&vu, index) {
                 first_err.get_or_insert(e);
             }

@@ -185,6 +185,17 @@ pub enum ModeError {
         /// The feature bits asked for and not negotiated.
         missing: u64,
     },
+    /// `--enable-queues` above `--queues`.
+    #[error("--enable-queues {enabled} is more than the {pairs} queue pairs set up")]
+    EnableQueues {
+        /// Pairs to enable.
+        enabled: u16,
+        /// Pairs set up.
+        pairs: u16,
+    },
+    /// `ring-loop --tso` with more than one queue pair.
+    #[error("--tso runs over one queue pair: drop --queues")]
+    TsoQueues,
     /// The backend never carried a frame.
     #[error("no frame came through within {0:?}: is the backend forwarding?")]
     NoTraffic(Duration),
@@ -298,15 +309,18 @@ pub fn connect_all(
 ) -> Result<Vec<Port>, FrontendError> {
     let n = sockets.len();
     let post = vec![pool.buf_size(); n];
-    connect_all_with(sockets, &vec![0; n], &post, dev, g, mem, pool)
+    connect_all_with(sockets, &vec![0; n], &post, (1, 1), dev, g, mem, pool)
 }
 
 /// [`connect_all`], asking on `sockets[i]` for the features `extra[i]` too (each only
-/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes.
+/// if offered, as every feature), with RX buffers of `rx_post_len[i]` bytes and
+/// `pairs.0` queue pairs on every port, the first `pairs.1` of them enabled.
+#[allow(clippy::too_many_arguments)]
 pub fn connect_all_with(
     sockets: &[&Path],
     extra: &[u64],
     rx_post_len: &[u32],
+    pairs: (u16, u16),
     dev: &DeviceArgs,
     g: &Global,
     mem: &mut GuestMem,
@@ -318,6 +332,7 @@ pub fn connect_all_with(
         .map(|(s, f)| {
             let mut o = port_options(s, dev, g);
             o.features |= f;
+            (o.queue_pairs, o.enabled_pairs) = (pairs.0, Some(pairs.1));
             Port::handshake(&o)
         })
         .collect::<Result<_, _>>()?;

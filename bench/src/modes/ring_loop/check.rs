@@ -17,8 +17,8 @@ use crate::virtio_net::NetLayout;
 /// What the sampled checks compare against.
 pub(super) struct Checker<'p> {
     pool: &'p BufPool,
-    /// Pool buffer of each RX descriptor, per receiving port.
-    rx_bufs: [Vec<u32>; 2],
+    /// Pool buffer of each RX descriptor, per receiving port and RX queue pair.
+    rx_bufs: [Vec<Vec<u32>>; 2],
     layout: [NetLayout; 2],
     size: usize,
     queue_size: u16,
@@ -38,11 +38,11 @@ pub(super) struct Checker<'p> {
 
 impl<'p> Checker<'p> {
     /// Checks every `every` frames (0: none) of `size` bytes sent over rings of
-    /// `queue_size`, received on the RX queues `rx` (buffers from `pool`, headers as
-    /// `layout` says) of ports 0 and 1.
+    /// `queue_size`, received on the RX queues `rx` (one per queue pair; buffers from
+    /// `pool`, headers as `layout` says) of ports 0 and 1.
     pub(super) fn new(
         pool: &'p BufPool,
-        rx: [&SplitQueue; 2],
+        rx: [&[&SplitQueue]; 2],
         layout: [NetLayout; 2],
         size: usize,
         queue_size: u16,
@@ -50,7 +50,7 @@ impl<'p> Checker<'p> {
     ) -> Self {
         Checker {
             pool,
-            rx_bufs: rx.map(|q| desc_bufs(q, pool)),
+            rx_bufs: rx.map(|qs| qs.iter().map(|q| desc_bufs(q, pool)).collect()),
             layout,
             size,
             queue_size,
@@ -85,14 +85,15 @@ impl<'p> Checker<'p> {
         self.out.first_problem.get_or_insert(p);
     }
 
-    /// Checks the last frame `rx` (port `to`) received, sent by port `from`.
+    /// Checks the last frame `rx` (port `to`'s RX queue of pair `queue`) received, sent
+    /// by port `from`.
     #[cold]
-    pub(super) fn check_rx(&mut self, rx: &Ring, from: usize, to: usize) {
+    pub(super) fn check_rx(&mut self, rx: &Ring, from: usize, to: usize, queue: usize) {
         self.out.rx_sampled += 1;
         let (id, len) = rx.last_used();
         let hdr_len = self.layout[to].hdr_len;
         let bad = if let Some((t, offloads)) = self.tso {
-            self.check_tso(t, offloads, rx, from, to)
+            self.check_tso(t, offloads, rx, from, to, queue)
         } else if id != rx.last_slot() {
             Some(format!("RX used id {id} in slot {}", rx.last_slot()))
         } else if len as usize != hdr_len + self.size {
@@ -101,7 +102,9 @@ impl<'p> Checker<'p> {
                 hdr_len + self.size
             ))
         } else {
-            let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len as usize);
+            let bytes = self
+                .pool
+                .bytes(self.rx_bufs[to][queue][id as usize], len as usize);
             let (hdr, frame) = bytes.split_at(hdr_len);
             if self.layout[to].num_buffers(hdr) != 1 {
                 Some(format!(
@@ -133,6 +136,7 @@ impl<'p> Checker<'p> {
         rx: &Ring,
         from: usize,
         to: usize,
+        queue: usize,
     ) -> Option<String> {
         let hdr_len = self.layout[to].hdr_len;
         let (n, rx_buf) = self.merged;
@@ -156,7 +160,7 @@ impl<'p> Checker<'p> {
                 ));
             }
             if n > 1 {
-                let bytes = self.pool.bytes(self.rx_bufs[to][id as usize], len);
+                let bytes = self.pool.bytes(self.rx_bufs[to][queue][id as usize], len);
                 self.scratch[got..got + len].copy_from_slice(bytes);
             }
             got += len;
@@ -165,7 +169,8 @@ impl<'p> Checker<'p> {
         let bytes = if n > 1 {
             &self.scratch[..got]
         } else {
-            self.pool.bytes(self.rx_bufs[to][id as usize], len as usize)
+            self.pool
+                .bytes(self.rx_bufs[to][queue][id as usize], len as usize)
         };
         let (hdr, frame) = bytes.split_at(hdr_len);
         if self.layout[to].num_buffers(hdr) != n {

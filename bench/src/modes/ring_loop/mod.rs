@@ -27,6 +27,13 @@
 //! frontend stops republishing and drains, so `taken - received` per direction is what
 //! the backend dropped.
 //!
+//! With `--queues N` each port negotiates VIRTIO_NET_F_MQ and sets up N queue pairs, all
+//! enabled; every TX and RX ring is filled once as above and the loop moves the indexes
+//! of all of them. The frames of TX queue `q` are of `--flows F` flows (descriptor `i`
+//! has UDP source port 1024 + q x F + i mod F), so that a backend that steers by a flow
+//! hash spreads them over the receiver's RX queues; frames are counted per RX queue
+//! and per TX queue (`totals[].received_per_queue`, `taken_per_queue`).
+//!
 //! With `--tso MSS` the run is one-directional, A to B: port A negotiates CSUM and
 //! HOST_TSO4 and its TX ring holds TCP/IPv4 frames of `--size` bytes (up to 64 KiB) with
 //! a virtio-net header asking for segmentation at MSS and the checksum left partial, as
@@ -69,7 +76,8 @@ use crate::modes::loop_report::{ratio, CoreCost, Rate, Stopwatch, PORT_NAMES};
 use crate::modes::{self, DeviceArgs, Global, ModeError};
 use crate::net_tx::{TxQueue, ZERO_HDR};
 use crate::pool::BufPool;
-use crate::port::Port;
+use crate::port::{Port, MAX_QUEUE_PAIRS};
+use crate::split_queue::SplitQueue;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
 };
@@ -91,6 +99,22 @@ pub struct RingLoopArgs {
     /// last check) and as many TX completions; 0: none.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub check_every: u64,
+    /// Queue pairs per port, 1-8 (above 1: VIRTIO_NET_F_MQ, which the backend must
+    /// offer with as many pairs); every queue is enabled, filled and driven.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_PAIRS)))]
+    pub queues: u16,
+    /// Enable only the first M queue pairs of each port (default: all); the others are
+    /// set up, filled and left disabled, as after a guest's `ethtool -L combined M`.
+    /// Only the enabled pairs' TX rings are driven; every RX ring is watched, and
+    /// nothing may arrive on a disabled one.
+    #[arg(long, value_name = "M",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_PAIRS)))]
+    pub enable_queues: Option<u16>,
+    /// Flows per TX queue: descriptor i of TX queue q carries UDP source port
+    /// 1024 + q x F + i mod F (default: 1 with one queue pair, 64 with more).
+    #[arg(long, value_name = "F", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub flows: Option<u16>,
     /// TSO frames, one direction.
     #[command(flatten)]
     pub tso: TsoArgs,
@@ -152,15 +176,28 @@ fn template(p: usize, size: usize) -> Result<FrameTemplate, FrameError> {
     FrameTemplate::new(&ep, size)
 }
 
-/// Fills a TX ring with `q` frames (seq `i` in descriptor `i`) and publishes them at
-/// once.
-fn fill_tx(tx: &mut TxQueue, pool: &mut BufPool, template: &FrameTemplate, q: u16) {
+/// The flow of descriptor `desc` of TX queue pair `queue` with `flows` flows per queue:
+/// each queue's flows its own, in turn over the descriptors.
+fn flow_of(queue: u16, desc: u16, flows: u16) -> u16 {
+    queue.wrapping_mul(flows).wrapping_add(desc % flows.max(1))
+}
+
+/// Fills a TX ring (of queue pair `queue`) with `q` frames (seq `i` and flow
+/// [`flow_of`] in descriptor `i`) and publishes them at once.
+fn fill_tx(
+    tx: &mut TxQueue,
+    pool: &mut BufPool,
+    template: &FrameTemplate,
+    q: u16,
+    (queue, flows): (u16, u16),
+) {
     let hdr_len = tx.hdr_len();
     for i in 0..q {
         let buf = pool.get().expect("pool sized for every ring");
         let bytes = pool.bytes_mut(buf);
         bytes[..hdr_len].copy_from_slice(&ZERO_HDR[..hdr_len]);
-        let len = template.write(&mut bytes[hdr_len..], u64::from(i), 0, 0);
+        let flow = flow_of(queue, i, flows);
+        let len = template.write(&mut bytes[hdr_len..], u64::from(i), flow, 0);
         assert!(tx.post(pool, buf, len as u32), "a fresh TX ring is free");
     }
     tx.flush();
@@ -180,15 +217,37 @@ fn fill_tx_tso(tx: &mut TxQueue, pool: &mut BufPool, frames: &TsoFrames, q: u16)
     tx.flush();
 }
 
+/// Port `p`'s RX queues (`rx`) or TX queues, one per queue pair.
+fn queues(p: &Port, rx: bool) -> Vec<&SplitQueue> {
+    (0..p.queue_pairs())
+        .map(|n| {
+            if rx {
+                p.rx_queue(n).queue()
+            } else {
+                p.tx_queue(n).queue()
+            }
+        })
+        .collect()
+}
+
 /// Runs the ring loop.
 pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError> {
     modes::pin(args.dev.core)?;
     let q = args.dev.queue_size;
-    // Every ring full, once: 2 ports x (RX + TX).
+    let pairs = args.queues;
+    if pairs > 1 && args.tso.tso.is_some() {
+        return Err(ModeError::TsoQueues);
+    }
+    let flows = args.flows.unwrap_or(if pairs > 1 { 64 } else { 1 });
+    let enabled = args.enable_queues.unwrap_or(pairs);
+    if enabled > pairs {
+        return Err(ModeError::EnableQueues { enabled, pairs });
+    }
+    // Every ring full, once: 2 ports x pairs x (RX + TX).
     let (mut mem, mut pool) = modes::memory(
         &args.dev,
-        2,
-        4 * u32::from(q),
+        2 * u32::from(pairs),
+        4 * u32::from(pairs) * u32::from(q),
         modes::buf_size_for(args.run.size),
     )?;
     let tso = args
@@ -217,6 +276,7 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         &sockets,
         &want,
         &[whole, rx_buf],
+        (pairs, enabled),
         &args.dev,
         g,
         &mut mem,
@@ -236,7 +296,11 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         Some(t) => fill_tx_tso(&mut ports[0].tx, &mut pool, t, q),
         None => {
             for (p, port) in ports.iter_mut().enumerate() {
-                fill_tx(&mut port.tx, &mut pool, &template(p, args.run.size)?, q);
+                let t = template(p, args.run.size)?;
+                for pair in 0..pairs {
+                    let tx = port.tx_queue_mut(usize::from(pair));
+                    fill_tx(tx, &mut pool, &t, q, (pair, flows));
+                }
             }
         }
     }
@@ -246,9 +310,16 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         p.info().negotiated.features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
             != 0
     };
+    let rx_queues = [queues(&ports[0], true), queues(&ports[1], true)];
+    // Only the enabled pairs send: a disabled TX ring would never come back.
+    let tx_queues = [0, 1].map(|p| {
+        let mut v = queues(&ports[p], false);
+        v.truncate(usize::from(enabled));
+        v
+    });
     let mut chk = Checker::new(
         &pool,
-        [ports[0].rx.queue(), ports[1].rx.queue()],
+        [&rx_queues[0], &rx_queues[1]],
         [ports[0].info().layout, ports[1].info().layout],
         args.run.size,
         q,
@@ -270,8 +341,8 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         chk.expect_tso(t, args.tso.rx_offloads, rx_buf as usize);
     }
     let mut rings = Rings::new(
-        [ports[0].tx.queue(), ports[1].tx.queue()],
-        [ports[0].rx.queue(), ports[1].rx.queue()],
+        [&tx_queues[0], &tx_queues[1]],
+        [&rx_queues[0], &rx_queues[1]],
         [event_idx(&ports[0]), event_idx(&ports[1])],
         [true, tso.is_none()],
     );
@@ -338,11 +409,14 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
             ),
         }
     });
+    let n = usize::from(pairs);
     let totals = [0, 1].map(|p| DirectionTotals {
         from: PORT_NAMES[p],
         to: PORT_NAMES[1 - p],
         taken: c.taken[p],
         received: c.received[p],
+        taken_per_queue: c.taken_per_queue[p][..n].to_vec(),
+        received_per_queue: c.received_per_queue[p][..n].to_vec(),
         backend_drops: (c.taken[p] * per_frame) as i64 - c.received[p] as i64,
     });
     let frames: u64 = directions.iter().map(|d| d.rate.frames).sum();
@@ -368,6 +442,9 @@ pub fn run(args: &RingLoopArgs, g: &Global) -> Result<RingLoopReport, ModeError>
         mode: "ring-loop",
         size: args.run.size,
         queue_size: q,
+        queue_pairs: pairs,
+        enabled_pairs: enabled,
+        flows_per_queue: flows,
         seconds: secs,
         total_mpps: modes::mpps(frames, secs),
         total_gbps: modes::gbps(bytes(frames), secs),

@@ -37,6 +37,10 @@ pub struct DirectionTotals {
     pub taken: u64,
     /// Frames `to` received.
     pub received: u64,
+    /// `taken` per TX queue pair of `from`.
+    pub taken_per_queue: Vec<u64>,
+    /// `received` per RX queue pair of `to`.
+    pub received_per_queue: Vec<u64>,
     /// `taken - received`: frames the backend took and did not deliver (negative: it
     /// delivered frames it did not take from us).
     pub backend_drops: i64,
@@ -124,6 +128,12 @@ pub struct RingLoopReport {
     pub size: usize,
     /// Descriptors per ring.
     pub queue_size: u16,
+    /// Queue pairs per port (above 1: VIRTIO_NET_F_MQ).
+    pub queue_pairs: u16,
+    /// Of those, enabled (the first ones); only they send.
+    pub enabled_pairs: u16,
+    /// Flows per TX queue (UDP source ports).
+    pub flows_per_queue: u16,
     /// Measured seconds.
     pub seconds: f64,
     /// A to B, then B to A, while measuring.
@@ -195,6 +205,18 @@ impl fmt::Display for RingLoopReport {
                 "  whole run {} -> {}: taken {}, received {}, dropped in the backend {}",
                 t.from, t.to, t.taken, t.received, t.backend_drops
             )?;
+            if self.queue_pairs > 1 {
+                writeln!(
+                    f,
+                    "    {} queue pairs ({} enabled), {} flows per TX queue: taken per TX queue \
+                     {:?}, received per RX queue {:?}",
+                    self.queue_pairs,
+                    self.enabled_pairs,
+                    self.flows_per_queue,
+                    t.taken_per_queue,
+                    t.received_per_queue
+                )?;
+            }
         }
         writeln!(
             f,
