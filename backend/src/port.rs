@@ -145,6 +145,8 @@ pub struct ActiveRings {
     setup_generation: Arc<AtomicU64>,
     /// The guest driver has posted RX buffers at least once on this connection.
     rx_posted: AtomicBool,
+    /// See [`ActiveRings::tx_running`].
+    tx_running: std::sync::atomic::AtomicU32,
     health: Arc<ConnHealth>,
     faults: Arc<PortFaults>,
 }
@@ -164,6 +166,7 @@ impl ActiveRings {
             acked_features,
             setup_generation,
             rx_posted: AtomicBool::new(false),
+            tx_running: std::sync::atomic::AtomicU32::new(0),
             health,
             faults,
         }
@@ -204,6 +207,30 @@ impl ActiveRings {
         (0..pairs)
             .filter(|&p| self.queue_running(rx_queue(p)))
             .fold(0, |m, p| m | 1 << p)
+    }
+
+    /// The queue pairs whose TX queue its polling stream last found running, as a
+    /// bit mask: kept by the streams themselves ([`Self::note_tx_running`]), so that
+    /// a burst holding one TX queue's lock never takes another's (two threads doing
+    /// so the other way round would wait for each other).
+    #[inline]
+    pub fn tx_running(&self) -> u32 {
+        self.tx_running.load(Ordering::Relaxed)
+    }
+
+    /// Records whether TX queue pair `pair`'s queue was running when its stream
+    /// opened it (a store only when that changed).
+    #[inline]
+    pub fn note_tx_running(&self, pair: usize, running: bool) {
+        let bit = 1u32 << pair.min(31);
+        let was = self.tx_running.load(Ordering::Relaxed) & bit != 0;
+        if was != running {
+            if running {
+                self.tx_running.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                self.tx_running.fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Queue pairs the connection has (half its vrings).

@@ -203,6 +203,7 @@ pub fn open(
                 counters: uplink_counters.writer(),
                 tally: PortTally::default(),
                 max_frame,
+                queue: (q, m.queues as usize),
                 checksums,
             },
             vms,

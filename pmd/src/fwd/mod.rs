@@ -197,22 +197,34 @@ pub fn bad_chain(log: &mut LogLimiter, port: &str, queue: &str, e: &dyn std::fmt
     }
 }
 
-/// Opens `port`'s TX queue of queue pair `pair` (through `cache`) for a burst, with
-/// the layout its guest negotiated; `None` when it is not running or holds no frame.
-/// A broken ring is counted and logged under the port (rate-limited by `log`), and
-/// the tally flushed to `counters` at once (no burst follows to do it).
+/// An open TX queue, the layout its guest negotiated, and the sender's queue pairs
+/// whose TX queues run (see `ActiveRings::tx_running`).
+pub type OpenTx<'c> = (VirtQueue<'c>, NetLayout, u32);
+
+/// Opens `port`'s TX queue of queue pair `pair` (through `cache`) for a burst; `None`
+/// when it is not running or holds no frame. Whether it runs is noted for the
+/// connection (`ActiveRings::note_tx_running`). A broken ring is counted and logged
+/// under the port (rate-limited by `log`), and the tally flushed to `counters` at
+/// once (no burst follows to do it).
 #[inline]
 pub fn open_tx<'c>(
     cache: &'c mut RingCache,
     port: &VirtioNetPort,
     pair: usize,
     (tally, log, counters): (&mut PortTally, &mut LogLimiter, &CounterBlock),
-) -> Option<(VirtQueue<'c>, NetLayout)> {
+) -> Option<OpenTx<'c>> {
     let view = cache.rings(port)?;
     let layout = view.layout();
+    let rings = view.rings();
     match view.queue(tx_queue(pair)) {
-        Ok(Some(q)) if q.pending() > 0 => Some((q, layout)),
-        Ok(_) => None,
+        Ok(Some(q)) => {
+            rings.note_tx_running(pair, true);
+            (q.pending() > 0).then(|| (q, layout, rings.tx_running()))
+        }
+        Ok(None) => {
+            rings.note_tx_running(pair, false);
+            None
+        }
         Err(e) => {
             ring_error(tally, log, port.name(), "TX", &e);
             counters.flush(tally);

@@ -9,8 +9,13 @@
 //! every fragment of an IPv4 datagram hashes by addresses alone, so a datagram's
 //! pieces stay together too.
 //!
-//! The hash picks among the receive queues the guest has *running* (started and
-//! enabled): a guest that enabled fewer pairs than offered (`ethtool -L`) gets
+//! When the sender runs as many queue pairs as the receiver, no hash is needed:
+//! the k-th running TX queue feeds the k-th running RX queue ([`same_rank`]), as
+//! Linux's veth maps TX queue k to RX queue k; the sender's stack already chose the
+//! TX queue by flow (its own hash, or XPS, which moves a flow only while none of its
+//! packets is in flight), so each flow still keeps one queue, and a burst goes to
+//! one RX queue whole. Otherwise the hash picks among the receive queues the guest
+//! has *running* (started and enabled): a guest that enabled fewer pairs than offered (`ethtool -L`) gets
 //! all of its traffic on those, and no frame is steered to a disabled queue.
 //!
 //! Concurrent writers: two polling threads may steer frames into the same
@@ -112,6 +117,27 @@ fn mix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(K2);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The queue pair a frame from the sender's queue pair `from` goes to when the
+/// sender runs the pairs in `sent` and the receiver those in `running`, and both run
+/// as many: the pair of the same rank (the k-th running TX queue to the k-th running
+/// RX queue, one to one), as Linux's veth gives a frame from TX queue k to RX queue
+/// k. A sender keeps a flow on one TX queue (Linux moves a flow to another only
+/// when none of its packets is in flight), so the flow keeps its RX queue, and the
+/// frames need no hash. `None` when the counts differ (then [`flow_hash`] decides)
+/// or `from` is not among `sent`.
+#[inline]
+pub fn same_rank(from: usize, sent: u32, running: u32) -> Option<usize> {
+    if from >= 32 || sent & 1 << from == 0 || sent.count_ones() != running.count_ones() {
+        return None;
+    }
+    let rank = (sent & ((1u32 << from) - 1)).count_ones();
+    let mut left = running;
+    for _ in 0..rank {
+        left &= left - 1;
+    }
+    Some(left.trailing_zeros() as usize)
 }
 
 /// The queue pair, among those set in `running` (bit `n`: pair `n`), that a frame
@@ -232,6 +258,18 @@ mod tests {
             }
         }
         assert_eq!(pick(12345, 0), None);
+        // Same counts: rank to rank, one to one.
+        assert_eq!(same_rank(1, 0b11, 0b11), Some(1));
+        assert_eq!(same_rank(0, 0b11, 0b110), Some(1));
+        assert_eq!(same_rank(1, 0b11, 0b110), Some(2));
+        assert_eq!(same_rank(3, 0b1010, 0b11), Some(1));
+        // Otherwise the hash decides.
+        assert_eq!(
+            same_rank(0, 0b1, 0b11),
+            None,
+            "one sender queue, two receivers"
+        );
+        assert_eq!(same_rank(2, 0b11, 0b11), None, "not a running sender queue");
         assert_eq!(pick(12345, 0b100), Some(2));
     }
 }

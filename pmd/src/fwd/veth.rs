@@ -119,7 +119,8 @@ impl Stream for VethStream {
             tally,
             log,
         } = src;
-        let Some((txq, src_layout)) = open_tx(cache, port, pair, (tally, log, counters)) else {
+        let Some((txq, src_layout, sent)) = open_tx(cache, port, pair, (tally, log, counters))
+        else {
             return 0;
         };
         let sender = Sender {
@@ -132,6 +133,8 @@ impl Stream for VethStream {
         // RX vrings' read locks, taken after the TX queue's as every thread does).
         // With one RX queue running, the frames go straight into it as into a
         // single-queue peer: no hash, no second pass.
+        // As many RX queues running as the sender runs TX queues: the one of the same
+        // rank takes the whole burst (steer::same_rank).
         let mut dst_pair = 0;
         if dst.port.queue_pairs() > 1 {
             let running = dst
@@ -139,9 +142,15 @@ impl Stream for VethStream {
                 .rings(&dst.port)
                 .map_or(0, |v| v.rings().running_rx_queues());
             if running.count_ones() > 1 {
-                return burst_steered((sender, dst), (txq, src_layout), pair, running, s);
+                match steer::same_rank(pair, sent, running) {
+                    Some(p) => dst_pair = p,
+                    None => {
+                        return burst_steered((sender, dst), (txq, src_layout), pair, running, s)
+                    }
+                }
+            } else {
+                dst_pair = (running.trailing_zeros() as usize).min(MAX_QUEUE_PAIRS - 1);
             }
-            dst_pair = (running.trailing_zeros() as usize).min(MAX_QUEUE_PAIRS - 1);
         }
         burst_direct((sender, dst), (txq, src_layout), pair, dst_pair, s)
     }

@@ -27,12 +27,14 @@ use crate::fwd::{ring_error, steer, Batch, RxTarget, VhostEndpoint, BURST};
 /// Delivers each frame `k` of `batch` to the VMs in `dests[k].vms`. Each VM's RX
 /// queue is opened once, in ascending port order, and closed before the next one is
 /// opened, so no thread ever waits for one receive queue while holding another. A
-/// VM with several queue pairs gets each frame on one of its running RX queues by
-/// the frame's flow hash ([`steer`]), its queues filled one after the other.
-/// Offload work is counted in `work` (the sender's).
+/// VM with several queue pairs running gets the burst on the pair of the same rank
+/// as the queue it came from (`from`: that queue and the source's running queues)
+/// when it runs as many as the source, else each frame on one of its running RX
+/// queues by the frame's flow hash ([`steer`]), its queues filled one after the
+/// other. Offload work is counted in `work` (the sender's).
 pub fn to_vms(
     vms: &mut [VhostEndpoint],
-    dests: &[Destinations],
+    (dests, from): (&[Destinations], Option<(usize, u32)>),
     batch: &mut Batch,
     scratch: (&mut RxScratch, &mut OffloadScratch),
     work: &mut PortTally,
@@ -60,6 +62,19 @@ pub fn to_vms(
             .cache
             .rings(&vm.port)
             .map_or(0, |v| v.rings().running_rx_queues());
+        if let Some(p) = from.and_then(|(q, sent)| steer::same_rank(q, sent, running)) {
+            let picked = |k: usize| dests[k].vms & bit != 0;
+            to_vm_queue(
+                vm,
+                p,
+                dests,
+                batch,
+                picked,
+                (&mut *scratch.0, &mut *scratch.1),
+                work,
+            );
+            continue;
+        }
         let mut pair_of = [u8::MAX; BURST];
         let mut wanted = 0u32;
         for (k, d) in dests.iter().enumerate() {

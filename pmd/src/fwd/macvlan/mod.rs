@@ -56,6 +56,9 @@ pub struct UplinkEndpoint {
     pub tally: PortTally,
     /// Largest frame sent out: the interface's MTU + 18, at most a UMEM chunk.
     pub max_frame: u32,
+    /// This shard's AF_XDP queue and the uplink's number of them: a VM running as
+    /// many queue pairs gets this queue's frames on its pair of the same rank.
+    pub queue: (usize, usize),
     /// What is done with the TCP/UDP checksums of frames coming in (resolved:
     /// never `Auto`).
     pub checksums: checksum::UplinkChecksums,
@@ -119,8 +122,11 @@ impl MacvlanShard {
         if burst.is_empty() {
             return 0;
         }
+        let (q, queues) = self.uplink.queue;
+        let from = Some((q, (1u32 << queues.min(31)) - 1));
         let n = uplink_to_vms(
             burst.iter(),
+            from,
             &self.table,
             &mut self.uplink,
             &mut self.vms,
@@ -140,8 +146,10 @@ impl MacvlanShard {
         if burst.is_empty() {
             return 0;
         }
+        // Copies of group frames from no particular queue: steered by their hash.
         uplink_to_vms(
             burst.iter(),
+            None,
             &self.table,
             &mut self.uplink,
             &mut self.vms,
@@ -174,7 +182,7 @@ impl MacvlanShard {
     ) -> u32 {
         let vm = &mut self.vms[i];
         let counting = (&mut vm.tally, &mut vm.log, &*vm.counters);
-        let Some((mut txq, layout)) = super::open_tx(cache, &vm.port, pair, counting) else {
+        let Some((mut txq, layout, sent)) = super::open_tx(cache, &vm.port, pair, counting) else {
             return 0;
         };
         let mut dests = [Destinations::default(); BURST];
@@ -250,7 +258,7 @@ impl MacvlanShard {
         let mut work = PortTally::default();
         deliver::to_vms(
             &mut self.vms,
-            &dests[..n],
+            (&dests[..n], Some((pair, sent))),
             batch,
             (&mut s.rx, &mut s.offload),
             &mut work,
@@ -354,9 +362,12 @@ impl<'f> UplinkFrame<'f> for RxFrame<'f> {
     }
 }
 
-/// Classifies a burst of frames from the uplink and delivers them to the VMs.
+/// Classifies a burst of frames from the uplink and delivers them to the VMs;
+/// `from`: the AF_XDP queue they came on, with the uplink's running queues (see
+/// [`deliver::to_vms`]).
 fn uplink_to_vms<'f>(
     frames: impl Iterator<Item = impl UplinkFrame<'f>>,
+    from: Option<(usize, u32)>,
     table: &MacvlanTable,
     uplink: &mut UplinkEndpoint,
     vms: &mut [VhostEndpoint],
@@ -410,7 +421,7 @@ fn uplink_to_vms<'f>(
     }
     deliver::to_vms(
         vms,
-        &dests[..n],
+        (&dests[..n], from),
         batch,
         (&mut s.rx, &mut s.offload),
         &mut uplink.tally,
