@@ -34,7 +34,7 @@ pub(crate) struct XdpDesc {
     /// UMEM offset of the frame's first byte.
     pub addr: u64,
     pub len: u32,
-    /// `XDP_PKT_CONTD` etc.; always 0 here (no multi-buffer).
+    /// `XDP_PKT_CONTD` (more parts of this frame follow), `XDP_TX_METADATA`.
     pub options: u32,
 }
 

@@ -25,7 +25,8 @@ pub const TX_METADATA_LEN: u32 = 24;
 /// data, its metadata at their end (the frame stays cache-line aligned).
 pub const TX_METADATA_ROOM: u32 = 64;
 
-/// Size of one chunk. A frame must fit in one chunk (no multi-buffer).
+/// Size of one chunk. A larger frame takes several (multi-buffer, where the kernel
+/// has it: see [`crate::socket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChunkSize {
     /// 2048 bytes: received frames up to 1792 bytes in copy mode.

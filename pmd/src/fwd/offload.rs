@@ -164,6 +164,35 @@ pub struct SendScratch<'s> {
     pub offload: &'s mut OffloadScratch,
 }
 
+/// Where a frame is delivered by [`send_to`]: an open RX queue, or why there is none.
+pub type Target<'r, 'q> = Result<&'r mut RxTarget<'q>, DropReason>;
+
+/// [`send`] into `target`, with the common case (nothing asked of the offloads)
+/// inlined into the caller's burst loop; a frame with no target is dropped for the
+/// reason given. The one dispatch of veth's and macvlan's delivery loops.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn send_to(
+    target: Target<'_, '_>,
+    frame: &SegList,
+    len: u32,
+    tx: &TxOffload,
+    plan: Option<&Segmenter>,
+    max_frame: u32,
+    s: SendScratch<'_>,
+    tally: &mut PortTally,
+    log: &mut LogLimiter,
+    port: &str,
+) -> Sent {
+    match target {
+        Ok(rx) if matches!(tx.request, Request::None) => {
+            send_plain(rx, frame, len, max_frame, s.rx, log, port)
+        }
+        Ok(rx) => send(rx, frame, len, tx, plan, max_frame, s, tally, log, port),
+        Err(reason) => Sent::dropped(1, reason),
+    }
+}
+
 /// Delivers `frame` (`len` bytes, asking for `tx`, with the segmentation `plan`
 /// [`TxOffload::check`] made for a TSO frame) into `rx`, whose guest accepts frames
 /// of at most `max_frame` bytes. Offload work is counted in the sender's `tally`;

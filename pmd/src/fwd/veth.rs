@@ -20,7 +20,7 @@
 
 use vpmd_backend::net;
 use vpmd_backend::net::NetLayout;
-use vpmd_backend::offload::vnet_hdr::{self, Request};
+use vpmd_backend::offload::vnet_hdr;
 use vpmd_backend::port::{tx_queue, MAX_QUEUE_PAIRS};
 use vpmd_backend::virtqueue::VirtQueue;
 
@@ -236,35 +236,31 @@ fn burst_direct(
                     Sent::dropped(1, DropReason::BadOffload)
                 }
                 Ok(_) if len < MIN_FRAME => Sent::dropped(1, DropReason::Runt),
-                Ok(tx) => match rx.as_mut() {
-                    // The common case, without offload work: straight into the peer.
-                    Some(rx) if matches!(tx.request, Request::None) => offload::send_plain(
-                        rx,
-                        &s.frame,
-                        len,
-                        max_frame,
-                        &mut s.rx,
-                        &mut dst.log,
-                        dst.port.name(),
-                    ),
-                    Some(rx) => offload::send(
-                        rx,
+                Ok(tx) => {
+                    let target = rx.as_mut().ok_or(if rx_broken {
+                        DropReason::BadRxDesc
+                    } else {
+                        DropReason::PeerDown
+                    });
+                    let scratch = SendScratch {
+                        rx: &mut s.rx,
+                        offload: &mut s.offload,
+                    };
+                    let (log, name) = (&mut dst.log, dst.port.name());
+                    let plan = s.plan.as_ref();
+                    offload::send_to(
+                        target,
                         &s.frame,
                         len,
                         &tx,
-                        s.plan.as_ref(),
+                        plan,
                         max_frame,
-                        SendScratch {
-                            rx: &mut s.rx,
-                            offload: &mut s.offload,
-                        },
+                        scratch,
                         &mut *src.tally,
-                        &mut dst.log,
-                        dst.port.name(),
-                    ),
-                    None if rx_broken => Sent::dropped(1, DropReason::BadRxDesc),
-                    None => Sent::dropped(1, DropReason::PeerDown),
-                },
+                        log,
+                        name,
+                    )
+                }
             };
             // A frame counts once at its source, segmented or not: forwarded if
             // anything of it arrived (segments the peer could not take count in its
@@ -381,35 +377,30 @@ fn burst_steered(
             for k in (0..n).filter(|&k| usize::from(target[k]) == p) {
                 let len = batch.lens[k];
                 let tx = &batch.offload[k];
-                let sent = match rx.as_mut() {
-                    Some(rx) if matches!(tx.request, Request::None) => offload::send_plain(
-                        rx,
-                        &batch.frames[k],
-                        len,
-                        max_frame,
-                        rx_scratch,
-                        &mut dst.log,
-                        dst.port.name(),
-                    ),
-                    Some(rx) => offload::send(
-                        rx,
-                        &batch.frames[k],
-                        len,
-                        tx,
-                        batch.plans[k].as_ref(),
-                        max_frame,
-                        SendScratch {
-                            rx: rx_scratch,
-                            offload: offload_scratch,
-                        },
-                        &mut *src.tally,
-                        &mut dst.log,
-                        dst.port.name(),
-                    ),
-                    None if rx_broken => Sent::dropped(1, DropReason::BadRxDesc),
-                    // Stopped between the look at it and now.
-                    None => Sent::dropped(1, DropReason::PeerDown),
+                // None: stopped between the look at it and now.
+                let target = rx.as_mut().ok_or(if rx_broken {
+                    DropReason::BadRxDesc
+                } else {
+                    DropReason::PeerDown
+                });
+                let scratch = SendScratch {
+                    rx: rx_scratch,
+                    offload: offload_scratch,
                 };
+                let (log, name) = (&mut dst.log, dst.port.name());
+                let (frame, plan) = (&batch.frames[k], batch.plans[k].as_ref());
+                let sent = offload::send_to(
+                    target,
+                    frame,
+                    len,
+                    tx,
+                    plan,
+                    max_frame,
+                    scratch,
+                    &mut *src.tally,
+                    log,
+                    name,
+                );
                 if sent.delivered > 0 {
                     batch.delivered[k] = true;
                     forwarded += 1;

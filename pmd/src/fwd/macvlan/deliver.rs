@@ -144,34 +144,23 @@ fn to_vm_queue(
             continue;
         }
         let len = batch.lens[k];
-        let sent = match target.as_mut() {
-            // The common case, without offload work.
-            Some(t) if matches!(batch.offload[k].request, Request::None) => offload::send_plain(
-                t,
-                &batch.frames[k],
-                len,
-                max_frame,
-                rx_scratch,
-                &mut vm.log,
-                vm.port.name(),
-            ),
-            Some(t) => offload::send(
-                t,
-                &batch.frames[k],
-                len,
-                &batch.offload[k],
-                batch.plans[k].as_ref(),
-                max_frame,
-                SendScratch {
-                    rx: rx_scratch,
-                    offload: offload_scratch,
-                },
-                work,
-                &mut vm.log,
-                vm.port.name(),
-            ),
-            None => offload::Sent::dropped(1, down),
+        let scratch = SendScratch {
+            rx: &mut *rx_scratch,
+            offload: &mut *offload_scratch,
         };
+        let (frame, tx, plan) = (&batch.frames[k], &batch.offload[k], batch.plans[k].as_ref());
+        let sent = offload::send_to(
+            target.as_mut().ok_or(down),
+            frame,
+            len,
+            tx,
+            plan,
+            max_frame,
+            scratch,
+            work,
+            &mut vm.log,
+            vm.port.name(),
+        );
         if sent.delivered > 0 {
             vm.tally.rx_packets += u64::from(sent.delivered);
             vm.tally.rx_bytes += sent.bytes;

@@ -54,7 +54,7 @@ pub struct UplinkEndpoint {
     pub counters: Arc<CounterBlock>,
     /// This burst's figures.
     pub tally: PortTally,
-    /// Largest frame sent out: the interface's MTU + 18, at most a UMEM chunk.
+    /// Largest frame sent out: the interface's MTU + 18, at most what the sockets carry.
     pub max_frame: u32,
     /// This shard's AF_XDP queue and the uplink's number of them: a VM running as
     /// many queue pairs gets this queue's frames on its pair of the same rank.
