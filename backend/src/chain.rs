@@ -146,3 +146,61 @@ pub fn walk<const HEADER: bool>(
         index = u32::from(d.next);
     }
 }
+
+/// Calls `mark(gpa, len)` for each guest-physical range holding the first `written`
+/// bytes of the device-writable chain at `head`: the pages a used entry of that
+/// length says the device wrote, for the dirty log. Follows the chain exactly as
+/// [`walk`] does (the same table and loop limits) and stops quietly where `walk`
+/// would have refused the chain: a chain it refused was never written.
+pub fn for_each_written(
+    ring: &SplitRing,
+    map: &MemMap,
+    head: u16,
+    written: u32,
+    mut mark: impl FnMut(u64, u64),
+) {
+    let size = u32::from(ring.size());
+    if u32::from(head) >= size {
+        return;
+    }
+    let mut left = written;
+    let mut table: HostBuf = *ring.desc_table();
+    let mut count = size;
+    let mut index = u32::from(head);
+    let mut budget = size;
+    let mut indirect = false;
+    let mut buffers = 0usize;
+    while left > 0 {
+        let Some(d) = read_desc(&table, count, index) else {
+            return;
+        };
+        if d.flags & DESC_F_INDIRECT != 0 {
+            if indirect || d.len == 0 || !d.len.is_multiple_of(16) {
+                return;
+            }
+            let Some(t) = map.translate(d.addr, d.len) else {
+                return;
+            };
+            table = t;
+            count = d.len / 16;
+            budget = count;
+            index = 0;
+            indirect = true;
+            continue;
+        }
+        if budget == 0 || buffers == MAX_SEGS {
+            return;
+        }
+        budget -= 1;
+        buffers += 1;
+        let n = d.len.min(left);
+        if n > 0 && d.flags & DESC_F_WRITE != 0 {
+            mark(d.addr, u64::from(n));
+            left -= n;
+        }
+        if d.flags & DESC_F_NEXT == 0 {
+            return;
+        }
+        index = u32::from(d.next);
+    }
+}

@@ -327,6 +327,7 @@ impl Worker {
             port: self.port.clone(),
             health: dev.health().clone(),
             memory: dev.memory_watch().clone(),
+            log: dev.dirty_log().clone(),
         };
         let memory = ctx.memory.clone();
         let relay = thread::Builder::new()

@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::dirty_log::DirtyLog;
 use crate::fault_guard::MemoryWatch;
 use crate::features;
 use crate::port::{close_reason, ActiveRings, ConnHealth, VirtioNetPort};
@@ -35,6 +36,8 @@ pub struct NetDevice {
     /// Shared with the relay and the polling threads: set when the connection
     /// must close.
     health: Arc<ConnHealth>,
+    /// Shared with the relay (which sets it) and the polling threads (which mark it).
+    log: Arc<DirtyLog>,
     /// This connection's guest memory, registered with the SIGBUS guard.
     watch: Arc<MemoryWatch>,
     /// Exit-event consumer fds handed to vhost-user-backend. Its
@@ -53,6 +56,7 @@ impl NetDevice {
             acked_features: Arc::new(AtomicU64::new(0)),
             published: AtomicBool::new(false),
             health: Arc::new(ConnHealth::new()),
+            log: Arc::new(DirtyLog::new()),
             watch: Arc::new(MemoryWatch::default()),
             lent_exit_fds: Mutex::new(Vec::new()),
         }
@@ -61,6 +65,11 @@ impl NetDevice {
     /// The connection's health, shared with its relay.
     pub fn health(&self) -> &Arc<ConnHealth> {
         &self.health
+    }
+
+    /// The connection's dirty log, shared with its relay.
+    pub fn dirty_log(&self) -> &Arc<DirtyLog> {
+        &self.log
     }
 
     /// The connection's guest memory as the SIGBUS guard knows it.
@@ -169,7 +178,9 @@ impl VhostUserBackend for NetDevice {
             self.port.setup_generation(),
             self.health.clone(),
             self.port.faults().clone(),
+            self.log.clone(),
         );
+        self.log.set_vrings(vrings);
         self.port.set_active(Some(Arc::new(rings)));
         log::info!(
             "port {}: rings started, polling; features {}",

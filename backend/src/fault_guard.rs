@@ -160,6 +160,11 @@ fn release_where(owner: u64, keep: impl Fn(usize, usize) -> bool) {
     }
 }
 
+/// Releases every slot of `owner` (its mappings are gone).
+pub fn release_owner(owner: u64) {
+    release_where(owner, |_, _| false);
+}
+
 /// Slots in use (for tests and leak checks).
 pub fn slots_in_use() -> usize {
     TABLE

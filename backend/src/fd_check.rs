@@ -94,6 +94,17 @@ pub fn check_message_fds(request: u32, body: &[u8], fds: &[OwnedFd]) -> Result<(
             }
             Ok(())
         }
+        Ok(FrontendReq::SET_LOG_BASE) => match (fds, crate::migration::log_body(body)) {
+            // The dirty log is shared memory like a region: the same rules, checked
+            // as a region of its size at its offset.
+            ([fd], Some((size, offset))) => {
+                let mut region = [0u8; REGION_LEN];
+                region[8..16].copy_from_slice(&size.to_le_bytes());
+                region[24..32].copy_from_slice(&offset.to_le_bytes());
+                check_region(0, &region, fd.as_raw_fd())
+            }
+            _ => Ok(()),
+        },
         Ok(FrontendReq::ADD_MEM_REG) => match (fds, body.get(8..8 + REGION_LEN)) {
             ([fd], Some(region)) => check_region(0, region, fd.as_raw_fd()),
             _ => Ok(()),

@@ -5,7 +5,9 @@
 //! port's offloads ([`OFFLOADS`]: checksum, TSO and ECN, each way; all on unless the
 //! port's config switches them off) and the vhost-user protocol-features bit;
 //! protocol features REPLY_ACK, CONFIG, MQ and CONFIGURE_MEM_SLOTS, all of which
-//! vhost-user-backend handles.
+//! vhost-user-backend handles, and for live migration LOG_SHMFD with VHOST_F_LOG_ALL
+//! (dirty logging, [`crate::dirty_log`]), RARP and GUEST_ANNOUNCE, which the relay
+//! handles ([`crate::migration`]).
 //!
 //! Not offered: UFO (IPv4 fragmentation of UDP, which Linux guests no longer send
 //! and vpmd does not do) and USO (QEMU 7.2 and DPDK 22.11, the frontends here,
@@ -15,9 +17,10 @@
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -51,8 +54,15 @@ pub fn device_features(offloads: u64, queue_pairs: usize) -> u64 {
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_F_IN_ORDER)
+        | (1 << VIRTIO_NET_F_GUEST_ANNOUNCE)
+        | (1 << VHOST_F_LOG_ALL)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
+
+/// `VHOST_F_LOG_ALL`: the frontend may ask for every page vpmd writes to be logged
+/// (live migration, see [`crate::dirty_log`]). Never a driver's feature: QEMU adds it
+/// on its own while a migration runs.
+pub const VHOST_F_LOG_ALL: u32 = 26;
 
 /// vhost-user protocol features offered to the frontend.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
@@ -60,6 +70,8 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// Every offload vpmd can offer (5.1.3): the guest may send frames whose checksum
@@ -99,7 +111,7 @@ pub fn offload_closure(wanted: u64) -> u64 {
 
 /// The virtio features vpmd offers, by the names logs, stats, metrics and the
 /// config file (lower case) use.
-pub const OFFERED_NAMES: [(u32, &str); 16] = [
+pub const OFFERED_NAMES: [(u32, &str); 18] = [
     (VIRTIO_NET_F_CSUM, "CSUM"),
     (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
     (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
@@ -116,6 +128,8 @@ pub const OFFERED_NAMES: [(u32, &str); 16] = [
     (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
     (VIRTIO_F_IN_ORDER, "IN_ORDER"),
     (VIRTIO_NET_F_MQ, "MQ"),
+    (VIRTIO_NET_F_GUEST_ANNOUNCE, "GUEST_ANNOUNCE"),
+    (VHOST_F_LOG_ALL, "LOG_ALL"),
 ];
 
 /// The names of the features in `acked` that vpmd offers, in [`OFFERED_NAMES`] order.
@@ -207,7 +221,7 @@ mod tests {
             OFFERED_NAMES.len(),
             "every offered bit named"
         );
-        assert_eq!(describe(device_features(0, 1)).split(' ').count(), 7);
+        assert_eq!(describe(device_features(0, 1)).split(' ').count(), 9);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //!   publishing started rings to the polling threads.
 //! - [`features`]: offered virtio / vhost-user features and the config space.
 //! - [`relay`]: passes vhost-user messages to the library, holding back an early ring enable.
+//! - [`migration`]: the messages of live migration the relay answers (dirty log, RARP).
 //! - [`port`]: [`port::VirtioNetPort`], what polling threads hold: identity and live rings.
 //! - [`fd_check`]: refuses memory and eventfd fds that would crash or stall vpmd.
 //! - [`conn_limits`]: what one connection may map and how fast it may send messages.
 //! - [`fault_guard`]: guest memory that goes away under vpmd (SIGBUS) made harmless.
+//! - [`dirty_log`]: the pages vpmd writes, marked for a migrating VM's frontend.
 //! - [`stall_guard`]: a polling thread blocked on a frontend's eventfd is interrupted.
 //! - [`ratelimit`]: log lines a guest can trigger, at most a few per interval.
 //! - [`report`]: an error and its causes in one log line.
@@ -29,10 +31,12 @@ pub mod chain;
 pub mod conn_limits;
 pub mod connection;
 pub mod device;
+pub mod dirty_log;
 pub mod fault_guard;
 pub mod fd_check;
 pub mod features;
 pub mod guest_mem;
+pub mod migration;
 pub mod net;
 pub mod offload;
 pub mod port;

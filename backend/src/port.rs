@@ -20,7 +20,9 @@ use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
 use crate::conn_limits::ConnLimits;
+use crate::dirty_log::DirtyLog;
 use crate::features;
+use crate::migration::{Announce, AnnounceGate, Announced};
 use crate::net::NetLayout;
 use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
 use crate::{GuestMemoryAtomicMmap, Vring};
@@ -64,6 +66,9 @@ pub struct PortFaults {
     pub refused: AtomicU64,
     /// Messages a frontend sent faster than its rate limit, and was made to wait for.
     pub throttled: AtomicU64,
+    /// Guest pages vpmd wrote while the VM migrated that lay past the end of the
+    /// dirty log the frontend gave (a log too small: those pages were not logged).
+    pub log_outside: AtomicU64,
 }
 
 impl PortFaults {
@@ -75,11 +80,12 @@ impl PortFaults {
             notify_failed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            log_outside: AtomicU64::new(0),
         }
     }
 
     /// Every counter with its name, in the order stats print them.
-    pub fn pairs(&self) -> [(&'static str, u64); 5] {
+    pub fn pairs(&self) -> [(&'static str, u64); 6] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("mem_faults", v(&self.mem_faults)),
@@ -87,6 +93,7 @@ impl PortFaults {
             ("notify_failed", v(&self.notify_failed)),
             ("refused", v(&self.refused)),
             ("throttled", v(&self.throttled)),
+            ("log_outside", v(&self.log_outside)),
         ]
     }
 }
@@ -149,9 +156,11 @@ pub struct ActiveRings {
     tx_running: std::sync::atomic::AtomicU32,
     health: Arc<ConnHealth>,
     faults: Arc<PortFaults>,
+    log: Arc<DirtyLog>,
 }
 
 impl ActiveRings {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         vrings: Vec<Vring>,
         mem: GuestMemoryAtomicMmap,
@@ -159,6 +168,7 @@ impl ActiveRings {
         setup_generation: Arc<AtomicU64>,
         health: Arc<ConnHealth>,
         faults: Arc<PortFaults>,
+        log: Arc<DirtyLog>,
     ) -> Self {
         ActiveRings {
             vrings,
@@ -169,7 +179,13 @@ impl ActiveRings {
             tx_running: std::sync::atomic::AtomicU32::new(0),
             health,
             faults,
+            log,
         }
+    }
+
+    /// The connection's dirty log.
+    pub fn dirty_log(&self) -> &DirtyLog {
+        &self.log
     }
 
     /// Whether the guest has ever posted RX buffers, given that `pending` are
@@ -263,6 +279,10 @@ pub struct VirtioNetPort {
     /// `active` replaced (a connection came or went), the memory table replaced, a
     /// ring reset. Starts at 1, so that an empty cache (0) always loads.
     setup_generation: Arc<AtomicU64>,
+    /// Where SEND_RARP announces the port's MAC after a migration (its macvlan
+    /// uplink), if anywhere.
+    announcer: Mutex<Option<Arc<dyn Announce>>>,
+    announce_gate: AnnounceGate,
 }
 
 impl VirtioNetPort {
@@ -278,6 +298,54 @@ impl VirtioNetPort {
             faults: Arc::new(PortFaults::default()),
             active: Mutex::new(None),
             setup_generation: Arc::new(AtomicU64::new(1)),
+            announcer: Mutex::new(None),
+            announce_gate: AnnounceGate::default(),
+        }
+    }
+
+    /// Sets (or with `None` clears) where the port announces its MAC after a
+    /// migration.
+    pub fn set_announcer(&self, announcer: Option<Arc<dyn Announce>>) {
+        *self
+            .announcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = announcer;
+    }
+
+    /// SEND_RARP for `mac`: announces the port's MAC where its announcer sends it.
+    pub fn announce(&self, mac: [u8; 6]) -> Announced {
+        if mac != self.mac {
+            return Announced::ForeignMac;
+        }
+        let announcer = self
+            .announcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(announcer) = announcer else {
+            return Announced::Nowhere;
+        };
+        if !self.announce_gate.allow(std::time::Instant::now()) {
+            return Announced::TooSoon;
+        }
+        match announcer.announce(mac) {
+            Ok(()) => {
+                log::info!(
+                    "port {}: announced {} on {} after a migration (RARP)",
+                    self.name,
+                    crate::migration::mac_string(mac),
+                    announcer.describe()
+                );
+                Announced::Sent
+            }
+            Err(e) => {
+                log::warn!(
+                    "port {}: announcing on {} failed: {e}",
+                    self.name,
+                    announcer.describe()
+                );
+                Announced::Failed
+            }
         }
     }
 
@@ -373,13 +441,16 @@ impl VirtioNetPort {
     }
 }
 
-/// Where a queue reports notifications it could not deliver.
+/// The connection a burst works for: where a queue reports notifications it could
+/// not deliver, and the dirty log it marks while the VM migrates.
 #[derive(Clone, Copy)]
 pub struct Notifier<'a> {
     /// The connection (closed when a notification blocks).
     pub health: &'a ConnHealth,
     /// The port's fault counters.
     pub faults: &'a PortFaults,
+    /// The connection's dirty log.
+    pub log: &'a DirtyLog,
 }
 
 impl Notifier<'static> {
@@ -387,9 +458,11 @@ impl Notifier<'static> {
     pub fn detached() -> Self {
         static HEALTH: ConnHealth = ConnHealth::new();
         static FAULTS: PortFaults = PortFaults::new();
+        static LOG: DirtyLog = DirtyLog::new();
         Notifier {
             health: &HEALTH,
             faults: &FAULTS,
+            log: &LOG,
         }
     }
 }
@@ -474,6 +547,7 @@ impl<'c> PortView<'c> {
         let notifier = Notifier {
             health: &self.rings.health,
             faults: &self.rings.faults,
+            log: &self.rings.log,
         };
         match self.queues.open(vring, index, notifier) {
             Ok(Some(q)) if self.rings.setup_generation.load(Ordering::Acquire) != self.seen => {

@@ -45,7 +45,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn_limits::{ConnLimits, LimitError, MessageRate, Region, RegionBook};
+use crate::conn_limits::{LimitError, MessageRate, Region, RegionBook};
+use crate::dirty_log::DirtyLog;
 use crate::fault_guard::{self, MemoryWatch};
 use crate::fd_check::VRING_NOFD;
 use crate::guest_mem::MAX_REGIONS;
@@ -117,6 +118,15 @@ pub enum RelayError {
     /// Its memory could not be registered with the SIGBUS guard.
     #[error("guest memory could not be guarded; connection stopped")]
     Unguarded,
+    /// A migration message vpmd cannot act on (a bad dirty log).
+    #[error("message {request}")]
+    Migration {
+        /// Request code.
+        request: u32,
+        /// What is wrong.
+        #[source]
+        source: crate::migration::MigrationError,
+    },
 }
 
 impl RelayError {
@@ -124,7 +134,10 @@ impl RelayError {
     fn is_refusal(&self) -> bool {
         matches!(
             self,
-            RelayError::BadFd { .. } | RelayError::Oversized { .. } | RelayError::Limit { .. }
+            RelayError::BadFd { .. }
+                | RelayError::Oversized { .. }
+                | RelayError::Limit { .. }
+                | RelayError::Migration { .. }
         )
     }
 }
@@ -137,6 +150,8 @@ pub struct RelayContext {
     pub health: Arc<ConnHealth>,
     /// The connection's guest memory, as registered with the SIGBUS guard.
     pub memory: Arc<MemoryWatch>,
+    /// The connection's dirty log (live migration).
+    pub log: Arc<DirtyLog>,
 }
 
 impl RelayContext {
@@ -146,6 +161,7 @@ impl RelayContext {
             port,
             health: Arc::new(ConnHealth::new()),
             memory: Arc::new(MemoryWatch::default()),
+            log: Arc::new(DirtyLog::new()),
         }
     }
 }
@@ -319,10 +335,11 @@ fn ack(st: &Negotiation, msg: &Message, frontend: &UnixStream) -> Result<(), Rel
 fn relay_one(
     mut msg: Message,
     st: &mut Negotiation,
-    limits: &ConnLimits,
+    ctx: &RelayContext,
     frontend: &UnixStream,
     backend: &UnixStream,
 ) -> Result<(), RelayError> {
+    let limits = ctx.port.limits();
     let request = msg.request();
     crate::fd_check::check_message_fds(request, &msg.body, &msg.fds)
         .map_err(|source| RelayError::BadFd { request, source })?;
@@ -384,8 +401,35 @@ fn relay_one(
                 return Ok(());
             }
         }
+        Ok(FrontendReq::SET_LOG_BASE) => {
+            crate::migration::set_log_base(&msg.body, &msg.fds, &ctx.log)
+                .map_err(|source| RelayError::Migration { request, source })?;
+            // Answered as DPDK does: an empty reply once the log is in use.
+            (&*frontend).write_all(&header(request, VERSION_1 | FLAG_REPLY, 0))?;
+            return Ok(());
+        }
+        Ok(FrontendReq::SET_LOG_FD) => {
+            // vpmd never signals the log fd: dropping it lets go of it.
+            return ack(st, &msg, frontend);
+        }
+        Ok(FrontendReq::SEND_RARP) => {
+            let outcome =
+                crate::migration::rarp_mac(&msg.body).map(|mac| (mac, ctx.port.announce(mac)));
+            log::debug!("relay: SEND_RARP: {outcome:?}");
+            if let Some((mac, crate::migration::Announced::ForeignMac)) = outcome {
+                log::warn!(
+                    "port {}: SEND_RARP for {} is not the port's MAC: not announced",
+                    ctx.port.name(),
+                    crate::migration::mac_string(mac)
+                );
+            }
+            return ack(st, &msg, frontend);
+        }
         Ok(FrontendReq::SET_FEATURES) => {
             let acked = msg.body_u64().unwrap_or(0);
+            // In force for every burst before the library (and so the ack) sees it.
+            ctx.log
+                .set_log_all(acked & (1 << crate::features::VHOST_F_LOG_ALL) != 0);
             write_message(backend, &msg)?;
             if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
                 st.protocol_acked = true;
@@ -437,6 +481,10 @@ fn health_check(ctx: &RelayContext, faults_seen: &mut u64) -> Result<(), RelayEr
             ctx.health.request_close(close_reason::MEM_FAULT);
         }
     }
+    if ctx.log.faulted() {
+        // The frontend truncated its dirty log under vpmd.
+        ctx.health.request_close(close_reason::MEM_FAULT);
+    }
     let closing = ctx.health.closing();
     if closing & close_reason::MEM_FAULT != 0 {
         Err(RelayError::MemoryGone)
@@ -485,7 +533,7 @@ fn pump(frontend: &UnixStream, backend: &UnixStream, ctx: &RelayContext) -> Resu
                 std::thread::sleep(wait.min(HEALTH_INTERVAL));
             }
             match read_message(frontend)? {
-                Some(msg) => relay_one(msg, &mut st, &limits, frontend, backend)?,
+                Some(msg) => relay_one(msg, &mut st, ctx, frontend, backend)?,
                 None => return Ok(()),
             }
         }

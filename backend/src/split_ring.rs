@@ -199,6 +199,22 @@ impl SplitRing {
         debug_assert!(written, "the used area's length was checked in `new`");
     }
 
+    /// Reads back used-ring slot `pos` (modulo the size): (id, len).
+    #[inline]
+    pub fn read_used(&self, pos: u16) -> (u16, u32) {
+        let off = 4 + 8 * u32::from(pos & (self.size - 1));
+        let mut raw = [0u8; 8];
+        self.used.read_at(off, &mut raw);
+        let id = u32::from_le_bytes(raw[0..4].try_into().unwrap());
+        (id as u16, u32::from_le_bytes(raw[4..8].try_into().unwrap()))
+    }
+
+    /// Bytes of the used area: flags, idx, the entries and `avail_event`.
+    #[inline]
+    pub fn used_area_len(&self) -> u64 {
+        6 + 8 * u64::from(self.size)
+    }
+
     /// Publishes every used entry up to `idx` with one release store of `used.idx`.
     #[inline]
     pub fn publish_used(&self, idx: u16) {

@@ -28,6 +28,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use crate::chain::{self, ChainError};
+use crate::dirty_log::{self, LogRegion, Unlogged};
 use crate::guest_mem::MemMap;
 use crate::port::{close_reason, Notifier};
 use crate::seglist::SegList;
@@ -198,6 +199,10 @@ pub struct VirtQueue<'a> {
     map: &'a MemMap,
     ring: SplitRing,
     notifier: Notifier<'a>,
+    /// The connection's dirty log while it migrates (loaded once, under the lock).
+    log: Option<&'a LogRegion>,
+    /// Guest-physical address of the used ring (for the log).
+    used_gpa: u64,
     event_idx: bool,
     avail_idx: u16,
     next_avail: u16,
@@ -216,6 +221,9 @@ impl<'a> VirtQueue<'a> {
         let event_idx = q.event_idx_enabled();
         let next_avail = q.next_avail();
         let next_used = q.next_used();
+        let used_gpa = q.used_ring();
+        // Under the vring lock, which `DirtyLog::quiesce` waits for.
+        let log = notifier.log.current();
         let avail_idx = ring.avail_idx();
         if avail_idx.wrapping_sub(next_avail) > ring.size() {
             return Err(QueueError::AvailIndex {
@@ -229,6 +237,8 @@ impl<'a> VirtQueue<'a> {
             map,
             ring,
             notifier,
+            log,
+            used_gpa,
             event_idx,
             avail_idx,
             next_avail,
@@ -307,13 +317,18 @@ impl<'a> VirtQueue<'a> {
 
     /// Publishes the burst: one release store of `used.idx`, at most one interrupt.
     fn complete(&mut self) {
-        let q = self.state.get_queue_mut();
-        q.set_next_avail(self.next_avail);
+        self.state.get_queue_mut().set_next_avail(self.next_avail);
         if self.next_used == self.used_start {
             return;
         }
+        if let Some(log) = self.log {
+            self.log_buffers(log);
+        }
         self.ring.publish_used(self.next_used);
-        q.set_next_used(self.next_used);
+        self.state.get_queue_mut().set_next_used(self.next_used);
+        if let Some(log) = self.log {
+            self.log_used_ring(log);
+        }
         // The driver's used_event / flags must be read after our index store is visible.
         fence(Ordering::SeqCst);
         if self
@@ -323,6 +338,44 @@ impl<'a> VirtQueue<'a> {
             self.notify();
         }
         self.used_start = self.next_used;
+    }
+
+    /// Marks in the dirty log the buffer bytes of every used entry of this burst: the
+    /// frame bytes are written, the entries not yet published (see
+    /// [`crate::dirty_log`] for why the order matters). TX entries have length 0
+    /// and cost one read each.
+    #[cold]
+    fn log_buffers(&self, log: &LogRegion) {
+        if dirty_log::unlogged() == Unlogged::RxData {
+            return;
+        }
+        let mut outside = 0;
+        let mut pos = self.used_start;
+        while pos != self.next_used {
+            let (id, len) = self.ring.read_used(pos);
+            chain::for_each_written(&self.ring, self.map, id, len, |gpa, n| {
+                outside += log.mark(gpa, n);
+            });
+            pos = pos.wrapping_add(1);
+        }
+        self.count_outside(outside);
+    }
+
+    /// Marks the used ring (entries, index, flags), after the index store.
+    #[cold]
+    fn log_used_ring(&self, log: &LogRegion) {
+        if dirty_log::unlogged() == Unlogged::UsedRing {
+            return;
+        }
+        let outside = log.mark(self.used_gpa, self.ring.used_area_len());
+        self.count_outside(outside);
+    }
+
+    fn count_outside(&self, pages: u64) {
+        if pages != 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.notifier.faults.log_outside.fetch_add(pages, Relaxed);
+        }
     }
 
     /// One interrupt to the driver. The call eventfd is the frontend's: whatever it

@@ -427,6 +427,9 @@ named_counters! {
         refused,
         /// Messages a frontend was made to wait for (rate limit).
         throttled,
+        /// Pages written during a migration that the frontend's dirty log was too
+        /// small to hold.
+        log_outside,
     }
 }
 

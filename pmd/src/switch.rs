@@ -132,6 +132,8 @@ struct LiveMacvlan {
     shards: Vec<String>,
     /// Its VM ports as the stats know them.
     port_list: crate::stats::SharedNames,
+    /// Where its ports announce themselves after a migration.
+    announcer: Option<Arc<dyn vpmd_backend::migration::Announce>>,
 }
 
 /// A polling thread and the names of its streams.
@@ -312,6 +314,7 @@ impl Switch {
                 macs: opened.uplink.mac_table(),
                 shards: opened.shards.iter().map(|s| s.name().to_string()).collect(),
                 port_list: opened.port_list.clone(),
+                announcer: opened.announcer.clone(),
             });
             streams.extend(opened.shards.into_iter().map(|s| (s, None)));
             port_entries.push(opened.entry);
@@ -699,6 +702,9 @@ impl State {
             ));
         }
         self.macvlans[m].layout.ports = names;
+        self.ports[idx]
+            .port
+            .set_announcer(self.macvlans[m].announcer.clone());
         log::info!("macvlan on {uplink}: port {name} added at runtime (MAC {mac} redirected)");
         Ok(())
     }
@@ -720,6 +726,7 @@ impl State {
             .cloned()
             .collect();
         let idx = self.find(name).expect("a macvlan's ports exist");
+        self.ports[idx].port.set_announcer(None);
         let mac = self.ports[idx].spec.mac;
         if let Err(e) = self.macvlans[m].macs.remove(mac) {
             log::warn!(

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use vpmd_backend::migration::Announce;
 use vpmd_backend::port::VirtioNetPort;
 use vpmd_uplink::program::RedirectPolicy;
 use vpmd_uplink::{Uplink, UplinkConfig, UplinkError};
@@ -63,6 +64,38 @@ pub struct OpenedMacvlan {
     pub entry: PortEntry,
     /// The macvlan's VM ports as the stats know them, to keep current.
     pub port_list: crate::stats::SharedNames,
+    /// Where its ports announce their MACs after a live migration (None: the
+    /// AF_PACKET socket could not be made; logged).
+    pub announcer: Option<Arc<dyn Announce>>,
+}
+
+/// A VM port's announcements after a live migration (SEND_RARP) go out of its
+/// macvlan's uplink.
+struct UplinkAnnounce(vpmd_uplink::announce::Announcer);
+
+impl Announce for UplinkAnnounce {
+    fn announce(&self, mac: [u8; 6]) -> std::io::Result<()> {
+        self.0.send_rarp(mac)
+    }
+
+    fn describe(&self) -> String {
+        format!("uplink {}", self.0.ifname())
+    }
+}
+
+/// An announcer on `ifname`, or None (logged: migrations then rely on the guests
+/// announcing themselves).
+fn announcer(ifname: &str) -> Option<Arc<dyn Announce>> {
+    match vpmd_uplink::announce::Announcer::open(ifname) {
+        Ok(a) => Some(Arc::new(UplinkAnnounce(a))),
+        Err(e) => {
+            log::warn!(
+                "uplink {ifname}: cannot announce migrated VMs: {}",
+                vpmd_backend::report::Chain(&e)
+            );
+            None
+        }
+    }
 }
 
 fn sys_net(ifname: &str, what: &str) -> Option<String> {
@@ -225,10 +258,15 @@ pub fn open(
         }
     );
     let port_list = info.port_list.clone();
+    let announcer = announcer(&ifname);
+    for &p in &m.ports {
+        vhost[p].set_announcer(announcer.clone());
+    }
     Ok(OpenedMacvlan {
         uplink,
         shards,
         port_list,
+        announcer,
         entry: PortEntry {
             name: ifname,
             kind: PortKind::Uplink(info),

@@ -74,6 +74,7 @@
 //! limits.
 #![deny(unsafe_code)]
 
+pub mod announce;
 pub mod attach;
 pub mod bpf;
 pub mod insn;

@@ -10,8 +10,10 @@
 //! - [`tx`]: TX chains: several buffers, split headers, indirect tables, rejected forms.
 //! - [`notify`]: when a burst signals the call eventfd (EVENT_IDX, NO_INTERRUPT).
 //! - [`rx`]: RX delivery: MRG_RXBUF spreading, multi-buffer chains, rewinds, short buffers.
+//! - [`dirty_log`]: the dirty log's layout and bounds, and what a burst marks.
 //! - [`props`]: property tests of chain walking, segment copies and translation.
 
+mod dirty_log;
 mod harness;
 mod notify;
 mod props;
