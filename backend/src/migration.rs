@@ -53,6 +53,66 @@ pub enum MigrationError {
     Log(#[from] LogError),
 }
 
+/// The ring addresses last passed on, per queue, to keep a repeated SET_VRING_ADDR
+/// away from a running ring.
+///
+/// When a migration starts (and ends) QEMU sends every running ring's addresses
+/// again, unchanged but for the `LOG` flag. vhost-user-backend then re-reads
+/// `used.idx` from guest memory and resets the queue's next used index to it, in
+/// steps that each take the vring lock on their own: a burst that completes
+/// between them has its used entries written over by the next one (frames lost,
+/// descriptors never returned). vpmd needs nothing from the repeat (it logs the
+/// used ring by its guest address), so a repeat for a ring still running is acked
+/// here and not passed on. After GET_VRING_BASE (the ring stopped) or a memory
+/// table change, the next SET_VRING_ADDR passes again as it must.
+#[derive(Debug, Default)]
+pub struct RingAddrs {
+    /// (index, desc/used/avail addresses as sent, running since).
+    rings: Vec<(u32, [u8; 24], bool)>,
+}
+
+impl RingAddrs {
+    /// Most queues remembered (vhost-user's index limit).
+    const MAX: usize = 256;
+
+    /// Whether the SET_VRING_ADDR `body` repeats the addresses of a running ring
+    /// (then it is not passed on); records them otherwise.
+    pub fn is_repeat(&mut self, body: &[u8]) -> bool {
+        let (Some(index), Some(addrs)) = (
+            body.get(0..4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
+            body.get(8..32).and_then(|b| <[u8; 24]>::try_from(b).ok()),
+        ) else {
+            return false;
+        };
+        match self.rings.iter_mut().find(|r| r.0 == index) {
+            Some(r) if r.2 && r.1 == addrs => true,
+            Some(r) => {
+                *r = (index, addrs, true);
+                false
+            }
+            None => {
+                if self.rings.len() < Self::MAX {
+                    self.rings.push((index, addrs, true));
+                }
+                false
+            }
+        }
+    }
+
+    /// GET_VRING_BASE on queue `index`: the ring is stopped.
+    pub fn stopped(&mut self, index: u32) {
+        if let Some(r) = self.rings.iter_mut().find(|r| r.0 == index) {
+            r.2 = false;
+        }
+    }
+
+    /// The memory table changed: the same addresses may mean other memory now.
+    pub fn forget(&mut self) {
+        self.rings.clear();
+    }
+}
+
 /// `VhostUserLog`: the log's size and offset in its file.
 pub fn log_body(body: &[u8]) -> Option<(u64, u64)> {
     let size = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
@@ -142,6 +202,39 @@ mod tests {
             Some([1, 2, 3, 4, 5, 6])
         );
         assert_eq!(rarp_mac(&[1, 2, 3]), None);
+    }
+
+    fn addr(index: u32, flags: u32, desc: u64) -> Vec<u8> {
+        let mut b = index.to_le_bytes().to_vec();
+        b.extend_from_slice(&flags.to_le_bytes());
+        for v in [desc, desc + 0x1000, desc + 0x2000, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_running_rings_repeated_address_is_held_back() {
+        let mut r = RingAddrs::default();
+        assert!(!r.is_repeat(&addr(0, 0, 0x1000)), "first time: passed on");
+        assert!(r.is_repeat(&addr(0, 1, 0x1000)), "LOG flag only: held back");
+        assert!(!r.is_repeat(&addr(1, 0, 0x1000)), "another queue");
+        assert!(!r.is_repeat(&addr(0, 0, 0x8000)), "moved: passed on");
+        r.stopped(0);
+        assert!(
+            !r.is_repeat(&addr(0, 0, 0x8000)),
+            "restarted after GET_VRING_BASE"
+        );
+        assert!(r.is_repeat(&addr(0, 0, 0x8000)));
+        r.forget();
+        assert!(
+            !r.is_repeat(&addr(0, 0, 0x8000)),
+            "after a memory table change"
+        );
+        assert!(
+            !r.is_repeat(&[0; 10]),
+            "short: passed on (the library refuses it)"
+        );
     }
 
     #[test]
