@@ -88,6 +88,8 @@ pub struct MacvlanShard {
     tx_caches: Vec<RingCache>,
     /// The sealed Ethernet headers of the VM burst being forwarded.
     headers: Headers,
+    /// The VM whose receive cache the next poll looks at (see `poll`).
+    sweep: usize,
 }
 
 impl MacvlanShard {
@@ -113,6 +115,7 @@ impl MacvlanShard {
             own,
             tx_caches,
             headers: Headers::new(),
+            sweep: 0,
         }
     }
 
@@ -301,6 +304,15 @@ impl Stream for MacvlanShard {
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
+        // The VMs' receive caches too, one per poll, even when no frame is for them:
+        // a closed connection is let go of (its guest memory unmapped) within a few
+        // polls, not at the next frame for that VM, which after the VM migrated away
+        // never comes. One atomic load while nothing changed.
+        if !self.vms.is_empty() {
+            self.sweep = (self.sweep + 1) % self.vms.len();
+            let vm = &mut self.vms[self.sweep];
+            let _ = vm.cache.rings(&vm.port);
+        }
         let moved = self.poll_uplink(s) + self.poll_tap(s) + self.poll_vms(s);
         if moved > 0 {
             self.flush();
