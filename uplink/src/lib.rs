@@ -22,6 +22,7 @@
 //! | [`mac`] | [`MacAddr`]: the workspace's one MAC address type (parse, print, group bit) |
 //! | [`tsc`] | the CPU's time-stamp counter, the polling threads' and generators' cheap clock |
 //! | [`maps`] | the program's two maps: [`MacTable`] (VM MACs) and [`XskMap`] (RX queue → socket) |
+//! | [`announce`] | a migrated VM's RARP announcement out of the uplink (AF_PACKET, send only) |
 //! | [`netlink`] | interface lookup; which XDP program an interface runs (`RTM_GETLINK`) |
 //! | [`attach`] | attaching with `BPF_LINK_CREATE` (detached when the process dies), refusing foreign programs |
 //! | [`umem`] | the UMEM: one mmap'd area of equal chunks, partitioned between sockets |
