@@ -107,6 +107,10 @@ start_guest c "$WORK/sock/vm2.sock" server "${MACS[2]}" "" \
   "vpmd.ip=$NET.3/24 vpmd.peers=$NET.254,$NET.1,$NET.2 $common"
 for g in a b c; do wait_guest "$g" '^VPMD-DONE' 300; done
 ! grep -a '^VPMD-ERROR' "$WORK"/{a,b,c}.log || fail "errors inside a guest"
+# Linux guests take GUEST_ANNOUNCE (they announce themselves after a live
+# migration; docs/migration.md).
+grep -q 'rings started, polling; features .*GUEST_ANNOUNCE' "$VPMD_LOG" ||
+  fail "the guests did not negotiate GUEST_ANNOUNCE: $(grep -a 'rings started' "$VPMD_LOG" | head -n 1)"
 expect_pings a "$NET.254" "$COUNT"; expect_pings a "$NET.2" "$COUNT"; expect_pings a "$NET.3" "$COUNT"
 expect_pings b "$NET.254" "$COUNT"; expect_pings b "$NET.1" "$COUNT"; expect_pings b "$NET.3" "$COUNT"
 expect_pings c "$NET.254" "$COUNT"; expect_pings c "$NET.1" "$COUNT"; expect_pings c "$NET.2" "$COUNT"
