@@ -15,8 +15,9 @@
 #   A -> B  a destination QEMU (-incoming) on vpmd B; `migrate` on A's monitor
 #           until "completed"; within 3 s the bridge has learnt the guest's MAC
 #           on pB (the guest's announcement or vpmd's RARP); the source QEMU
-#           quits and vpmd A lets go of its port (down, no faults, no bad
-#           descriptors) while the stream goes on through B;
+#           quits and vpmd A lets go of its port (down, its guest memory
+#           unmapped within 2 s, no faults, no bad descriptors) while the stream
+#           goes on through B;
 #   B -> A  the same back, with a fresh destination QEMU on vpmd A;
 # and at the end the stream completes and the guest's sha256 and length of what
 # it got equal the sender's, the guest's console shows no virtio errors, the pings lost
@@ -36,6 +37,8 @@
 #   MIG_DEVICE_PROPS   more virtio-net-pci properties for both QEMUs, e.g.
 #                      guest_announce=off (vpmd's SEND_RARP announces then)
 #   MIG_MAX_LOST [30]  pings (0.1 s apart) the whole test may lose
+#   MIG_RELEASE_S [2]  how soon after its QEMU quit vpmd must unmap the memory
+#                      of the guest that migrated away
 #   MIG_UNLOGGED       also run the "corrupt" case with VPMD_TEST_UNLOGGED=this
 #   MIG_UDP [1]        an iperf3 UDP stream into the guest during A -> B;
 #                      out-of-order datagrams count as damage
@@ -61,6 +64,7 @@ RATE_KIB=${MIG_RATE_KIB:-2048}
 MAX_MIB=${MIG_MAX_MIB:-512}
 MAX_LOST=${MIG_MAX_LOST:-30}
 MIG_TIMEOUT=120
+RELEASE_S=${MIG_RELEASE_S:-2}
 FDB_TIMEOUT=3
 T_START=$SECONDS
 
@@ -262,15 +266,31 @@ migrate() {
   fi
 }
 
+# still_mapped PID INODES: those of the memfd INODES (sorted) that PID maps.
+still_mapped() { comm -12 <(memfd_inodes "$1") <(echo "$2"); }
+
 # retire SRC X: quit the source QEMU SRC (migrated away) and check that vpmd X
 # let go of its port: down, and no damage counted; the stream must go on.
 retire() {
-  local src=$1 x=$2 pid d
+  local src=$1 x=$2 pid d mem t0 ms ino
   pid=$(guest_pid "$src")
+  mem=$(memfd_inodes "$pid")
+  [[ -n $mem ]] || fail "source QEMU $src maps no memfd"
+  for ino in $mem; do
+    memfd_inodes "${V_PID[$x]}" | grep -qx "$ino" || fail "vpmd $x does not map $src's guest memory (memfd inode $ino)"
+  done
+  t0=$(date +%s%N)
   hmp "$src" quit >/dev/null
   stop_pid "$pid" TERM 10 || fail "source QEMU $src did not exit after quit"
   on_vpmd "$x" wait_port_state vm down 10 || fail "vpmd $x: port vm not down after its QEMU quit"
   alive "${V_PID[$x]}" || fail "vpmd $x exited"
+  # vpmd lets go of the connection: the guest memory it mapped is unmapped,
+  # promptly (no frames come for the guest's MAC any more: the bridge sends them
+  # to the other host).
+  wait_value "$RELEASE_S" "" still_mapped "${V_PID[$x]}" "$mem" ||
+    fail "vpmd $x still maps the guest memory of $src (memfd inode $WAIT_GOT) ${RELEASE_S} s after that QEMU quit (MIG_RELEASE_S)"
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  log "vpmd $x unmapped $src's guest memory ${ms} ms after the quit"
   d=$(damage_counters "$x")
   [[ $d == "$ZERO_DAMAGE" ]] || damage "vpmd $x, port vm after the source QEMU quit: $d"
   log "source QEMU $src quit; vpmd $x port vm down, counters clean ($(port_json "$x" | jq -c '{rx_packets, tx_packets, drops: (.drops | with_entries(select(.value > 0)))}'))"
