@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """The outside host's side of tests/system/migration_macvlan.sh: stream random
-data to HOST:PORT over TCP at RATE bytes/s, until the file FINISH exists (or
-MAX bytes are sent), hashing what it sends.
+data to HOST:PORT over TCP at RATE bytes/s (0: as fast as it goes), until the
+file FINISH exists (or MAX bytes are sent), hashing what it sends.
 
 Usage: python3 mig_sender.py HOST PORT RATE MAX FINISH PROGRESS
 
@@ -76,7 +76,7 @@ try:
         digest.update(buf)
         sent += len(buf)
         now = time.monotonic()
-        ahead = sent / rate - (now - t0)
+        ahead = sent / rate - (now - t0) if rate > 0 else 0
         if ahead > 0:
             time.sleep(ahead)
         if now - last >= 0.2:
