@@ -3,7 +3,9 @@
 data to HOST:PORT over TCP at RATE bytes/s (0: as fast as it goes), until the
 file FINISH exists (or MAX bytes are sent), hashing what it sends.
 
-Usage: python3 mig_sender.py HOST PORT RATE MAX FINISH PROGRESS
+Usage: python3 mig_sender.py HOST PORT RATE MAX FINISH PROGRESS [PAUSE]
+
+While the file PAUSE exists, nothing is sent (and the pace starts over after).
 
 PROGRESS is rewritten every 0.2 s with one line
     sent=N acked=N retrans=N elapsed=S state=sending|draining|done|error
@@ -21,6 +23,7 @@ import sys
 import time
 
 host, port, rate, limit, finish, progress = sys.argv[1:7]
+pause = sys.argv[7] if len(sys.argv) > 7 else None
 port, rate, limit = int(port), float(rate), int(limit)
 CHUNK = 16384
 
@@ -70,13 +73,20 @@ try:
     sock.settimeout(120)  # a stall this long is a broken stream
     t0 = time.monotonic()
     last = 0.0
+    base = 0  # bytes sent when the pace last started over
     while sent < limit and not os.path.exists(finish):
+        if pause and os.path.exists(pause):
+            report(sock, "paused")
+            while os.path.exists(pause) and not os.path.exists(finish):
+                time.sleep(0.02)
+            t0, base = time.monotonic(), sent
+            continue
         buf = os.urandom(min(CHUNK, limit - sent))
         sock.sendall(buf)
         digest.update(buf)
         sent += len(buf)
         now = time.monotonic()
-        ahead = sent / rate - (now - t0) if rate > 0 else 0
+        ahead = (sent - base) / rate - (now - t0) if rate > 0 else 0
         if ahead > 0:
             time.sleep(ahead)
         if now - last >= 0.2:

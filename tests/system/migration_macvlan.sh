@@ -61,7 +61,8 @@
 #   MIG_UDP [1], MIG_UDP_RATE [20M]   an iperf3 UDP stream into the guest
 #                      during each migration; out-of-order (or duplicated)
 #                      datagrams count as damage
-#   MIG_MAX_BANDWIDTH  QEMU's migration max-bandwidth (default: QEMU's own)
+#   MIG_FIRST_BW [50M], MIG_HOLD_BW [2M]   QEMU's max-bandwidth for the first
+#                      pass and while held (tests/system/mig_monitor.py)
 #   MIG_NO_MIGRATION=1 skip both migrations (the stream, pings and checks on
 #                      vpmd A alone: a baseline for a vpmd that cannot migrate)
 # test-timeout: 360
@@ -80,6 +81,8 @@ GUEST_IP=$NET.1
 OUTSIDE=$NET.254
 MAC=52:54:00:00:22:01
 RECV_PORT=5001
+PARKED_PORTS=(5002 5003)   # one parked stream per migration, A -> B and B -> A
+PARKED_KIB=${MIG_PARKED_KIB:-256}   # fits in the RX ring's 256 buffers
 RATE_KIB=${MIG_RATE_KIB:-0}
 MAX_MIB=${MIG_MAX_MIB:-512}
 MAX_LOST=${MIG_MAX_LOST:-30}
@@ -87,7 +90,8 @@ MIG_TIMEOUT=120
 RELEASE_S=${MIG_RELEASE_S:-2}
 QUIT_AFTER_MS=2000   # the source QEMU quits this long after the migration completed
 UDP_RATE=${MIG_UDP_RATE:-20M}
-MAX_BW=${MIG_MAX_BANDWIDTH:-}
+FIRST_BW=${MIG_FIRST_BW:-50M}   # QEMU's max-bandwidth for the first pass
+HOLD_BW=${MIG_HOLD_BW:-2M}      # and while the migration is held
 FDB_TIMEOUT=3
 T_START=$SECONDS
 
@@ -147,15 +151,8 @@ ZERO_DAMAGE="mem_faults=0 notify_blocked=0 refused=0 bad_rx_desc=0 bad_tx_desc=0
 
 # ---------------------------------------------------------------- QEMU monitor
 # hmp NAME COMMAND: one human-monitor command to guest NAME's QEMU; its answer
-# on stdout (without the banner, prompts, terminal codes and the echo of the
-# command, which the monitor's line editor redraws at every character).
-hmp() {
-  { printf '%s\n' "$2"; sleep 0.3; } |
-    socat -t 1 - "UNIX-CONNECT:$WORK/$1.mon" 2>/dev/null | tr -d '\r' |
-    sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' -e '/^QEMU .* monitor/d' -e 's/^(qemu) *//' |
-    awk -v c="$2" 'NF && !(length($0) >= length(c) && substr($0, length($0) - length(c) + 1) == c)' || true
-}
-mig_field() { sed -nE "s/^$2: *//p" <<<"$1" | head -n 1; }
+# on stdout (scripts/guest/hmp.py).
+hmp() { python3 "$REPO/scripts/guest/hmp.py" "$WORK/$1.mon" "$2" 2>/dev/null || true; }
 
 # boot_guest NAME VPMD [--incoming URI]: QEMU on vpmd X's port, monitor at
 # $WORK/NAME.mon, console in $WORK/NAME.log; every QEMU of a case gets the
@@ -165,20 +162,38 @@ boot_guest() {
   shift 2
   local props=(); [[ -n ${MIG_DEVICE_PROPS:-} ]] && props=(--device-props "$MIG_DEVICE_PROPS")
   start_guest "$name" "$(vsock "$x")" server "$MAC" "" \
-    "vpmd.ip=$GUEST_IP/24 vpmd.migrate=1 vpmd.recv_port=$RECV_PORT vpmd.iperf_server=1" \
+    "vpmd.ip=$GUEST_IP/24 vpmd.migrate=1 vpmd.recv_port=$RECV_PORT vpmd.parked=$(IFS=,; echo "${PARKED_PORTS[*]}") vpmd.iperf_server=1" \
     --mem 256M --monitor "$WORK/$name.mon" "${props[@]}" "$@"
 }
 
 # ---------------------------------------------------------------- checks
 # In an "ok" case any damage fails the test; in a "corrupt" case it is what
-# the case looks for: damage() notes it, and the case fails if none was seen.
+# the case looks for: the first one ends the case (and the test) as passed,
+# and the case fails if it ends without any. So a corrupt case comes last.
 EXPECT=ok
 DAMAGE=()
 damage() {
   if [[ $EXPECT == ok ]]; then fail "$*"; fi
   DAMAGE+=("$*")
   log "damage seen (expected in this case): $*"
+  end_corrupt_case
 }
+
+# end_corrupt_case: the damage a "corrupt" case looks for was seen: stop here
+# (vpmd A and B must still stop cleanly) and pass.
+end_corrupt_case() {
+  log "last console lines: $(tail -q -n 2 "$WORK"/"$CASE"-*.log 2>/dev/null | tr -d '\r' | tr '\n' '|' | cut -c1-400)"
+  local x
+  for x in a b; do [[ -z ${V_PID[$x]:-} ]] || on_vpmd "$x" stop_vpmd; done
+  log "case $CASE: $((SECONDS - CASE_T0)) s"
+  pass "case $CASE: the guest was damaged by the migrations with $CASE_ENV, as expected: ${DAMAGE[0]}"
+  exit 0
+}
+
+# guest_lost MESSAGE: a guest's QEMU is gone (its kernel panicked: -no-reboot).
+# Fails an "ok" case; ends a "corrupt" case there, as passed: the damage was
+# seen. vpmd A and B must still stop cleanly.
+guest_lost() { damage "$*"; }
 
 # guest_errors LOG...: virtio/kernel trouble on the guests' consoles.
 guest_errors() {
@@ -223,11 +238,12 @@ ping_summary() {
     END { printf "%d %d %s\n", max, n, (out == "" ? "none" : out) }' "$1"
 }
 
-# migrate SRC DST DST_VPMD NEW_PORT: live-migrate guest SRC's QEMU into a new
-# destination QEMU DST on vpmd DST_VPMD; afterwards the bridge must learn the
-# guest's MAC on NEW_PORT. Sets MIG_MS (wall clock), MIG_TOTAL_MS, MIG_DOWN_MS.
+# migrate SRC DST DST_VPMD NEW_PORT PARKED_PORT: live-migrate guest SRC's QEMU
+# into a new destination QEMU DST on vpmd DST_VPMD, sending the parked stream
+# of PARKED_PORT meanwhile; afterwards the bridge must learn the guest's MAC on
+# NEW_PORT. Sets MIG_MS (wall clock), MIG_TOTAL_MS, MIG_DOWN_MS, MIG_DONE_NS.
 migrate() {
-  local src=$1 dst=$2 x=$3 newport=$4 uri="unix:$WORK/mig-$2.sock" t0 out st deadline
+  local src=$1 dst=$2 x=$3 newport=$4 parked=$5 uri="unix:$WORK/mig-$2.sock" t0 out deadline
   local t_boot=$SECONDS conns
   conns=$(grep -c 'frontend connected' "${V_LOG[$x]}" || true)
   boot_guest "$dst" "$x" --incoming "$uri"
@@ -242,32 +258,58 @@ migrate() {
   done
   log "destination QEMU $dst connected to vpmd $x, waits for the migration ($((SECONDS - t_boot)) s); vpmd $x port vm: $(port_json "$x" | jq -c '{state}')"
 
-  [[ -z $MAX_BW ]] || hmp "$src" "migrate_set_parameter max-bandwidth $MAX_BW" >/dev/null
+  # tests/system/mig_monitor.py runs the migration and holds it in its
+  # iterations once QEMU has copied all memory once. Then the main stream
+  # pauses; once QEMU has caught up with what the guest dirtied (its RX ring
+  # refilled, its receiver drained), a short parked stream goes into the RX
+  # buffers the guest had posted: pages QEMU has already copied and the guest
+  # does not write, which only vpmd's dirty log brings across again. Then the
+  # migration completes, with the main stream and an iperf3 UDP stream on.
+  local mon_out=$WORK/migmon-$dst.out release=$WORK/release-$dst mon_pid line q
   t0=$(date +%s%N)
-  out=$(hmp "$src" "migrate -d $uri")
-  [[ -z $out ]] || log "migrate $src -> $dst answered: $out"
-  if grep -qi 'migration disabled\|error' <<<"$out"; then
-    fail "QEMU refuses to migrate $src -> $dst: $out (vpmd lacks dirty logging: VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD)"
-  fi
+  python3 "$REPO/tests/system/mig_monitor.py" "$WORK/$src.mon" "$uri" "$release" "$FIRST_BW" "$HOLD_BW" >"$mon_out" 2>&1 &
+  mon_pid=$!
+  register_pid "$mon_pid" python3
+  wait_for_log "$mon_out" '^(held|completed|refused|failed|timeout) ' 60 "$mon_pid" || {
+    alive "$(guest_pid "$src")" || guest_lost "source QEMU $src exited before its migration"
+    fail "migration $src -> $dst: no word from mig_monitor.py: $(cat "$mon_out")"; }
+  line=$(grep -E '^(held|completed|refused|failed|timeout) ' "$mon_out" | head -n 1)
+  case $line in
+    refused*) fail "QEMU refuses to migrate $src -> $dst: ${line#refused } (vpmd lacks dirty logging: VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD)" ;;
+    failed*|timeout*) fail "migration $src -> $dst: $line" ;;
+    held*)
+      touch "$WORK/sender.pause"
+      wait_for_log "$mon_out" '^(quiet|quiet-timeout|completed|failed|timeout) ' 30 "$mon_pid" ||
+        fail "migration $src -> $dst: held, then nothing: $(cat "$mon_out")"
+      q=$(grep -E '^(quiet|quiet-timeout) ' "$mon_out" | head -n 1 || true)
+      parked_send "$parked" "$CASE"
+      wait_for_log "$WORK/parked-$CASE-$parked.out" '^(done|error) ' 30 ||
+        fail "the parked stream to port $parked did not finish within 30 s: $(cat "$WORK/parked-$CASE-$parked.progress" 2>/dev/null)"
+      log "migration $src -> $dst held after its first pass (${line#held } ms), ${q:-not quiet}; parked stream: $(tail -n 1 "$WORK/parked-$CASE-$parked.out")"
+      touch "$release"
+      rm -f "$WORK/sender.pause" ;;
+    completed*)
+      log "note: migration $src -> $dst completed before it could be held; parked stream sent after it"
+      parked_send "$parked" "$CASE" ;;
+  esac
+  [[ ${MIG_UDP:-1} == 1 ]] && udp_start "$src" 4
   deadline=$((SECONDS + MIG_TIMEOUT))
-  while true; do
-    out=$(hmp "$src" 'info migrate')
-    st=$(mig_field "$out" 'Migration status')
-    case $st in
-      completed) break ;;
-      failed|cancelled) fail "migration $src -> $dst $st: $out" ;;
-    esac
-    alive "$(guest_pid "$src")" || fail "source QEMU $src exited during the migration"
-    alive "$(guest_pid "$dst")" || fail "destination QEMU $dst exited during the migration"
-    ((SECONDS < deadline)) || fail "migration $src -> $dst not completed after ${MIG_TIMEOUT} s (status '$st'): $out"
-    sleep 0.2
+  while alive "$mon_pid"; do
+    alive "$(guest_pid "$src")" || guest_lost "source QEMU $src exited during the migration"
+    alive "$(guest_pid "$dst")" || guest_lost "destination QEMU $dst exited during the migration"
+    ((SECONDS < deadline)) || fail "migration $src -> $dst not completed after ${MIG_TIMEOUT} s: $(cat "$mon_out")"
+    sleep 0.1
   done
+  line=$(grep -E '^(completed|failed|timeout) ' "$mon_out" | tail -n 1)
+  [[ $line == completed* ]] || { alive "$(guest_pid "$src")" || guest_lost "source QEMU $src exited during the migration"
+                                fail "migration $src -> $dst: ${line:-$(cat "$mon_out")}"; }
   MIG_MS=$((($(date +%s%N) - t0) / 1000000))
   MIG_DONE_NS=$(date +%s%N)
-  MIG_TOTAL_MS=$(mig_field "$out" 'total time' | awk '{print $1}')
-  MIG_DOWN_MS=$(mig_field "$out" 'downtime' | awk '{print $1}')
-  log "migration $src -> $dst completed: ${MIG_MS} ms wall clock, QEMU total ${MIG_TOTAL_MS:-?} ms, downtime ${MIG_DOWN_MS:-?} ms, transferred $(mig_field "$out" 'transferred ram'), dirty sync count $(mig_field "$out" 'dirty sync count')"
+  MIG_TOTAL_MS=$(sed -nE 's/.* total_ms=([0-9]+).*/\1/p' <<<"$line")
+  MIG_DOWN_MS=$(sed -nE 's/.* downtime_ms=([0-9]+).*/\1/p' <<<"$line")
+  log "migration $src -> $dst completed: ${MIG_MS} ms wall clock, QEMU total ${MIG_TOTAL_MS:-?} ms, downtime ${MIG_DOWN_MS:-?} ms ($(cut -d' ' -f3- <<<"$line"))"
   out=$(hmp "$dst" 'info status')
+  alive "$(guest_pid "$dst")" || guest_lost "destination QEMU $dst exited right after the migration"
   grep -q 'running' <<<"$out" || fail "destination QEMU $dst after the migration: $out"
 
   # The outside world must find the guest behind its new port.
@@ -328,15 +370,16 @@ retire() {
   log "source QEMU $src quit; vpmd $x port vm down, counters clean ($(port_json "$x" | jq -c '{rx_packets, tx_packets, drops: (.drops | with_entries(select(.value > 0)))}'))"
 }
 
-# migrate_round SRC DST DST_VPMD NEW_PORT SRC_VPMD LABEL UDP: migrate SRC into
-# DST (with an iperf3 UDP stream meanwhile if UDP is 1), retire SRC, and see
-# the TCP stream go on through DST_VPMD.
+# migrate_round SRC DST DST_VPMD NEW_PORT SRC_VPMD LABEL UDP PARKED_PORT:
+# migrate SRC into DST (with an iperf3 UDP stream meanwhile if UDP is 1, and
+# the parked stream of PARKED_PORT), retire SRC, and see the TCP stream go on
+# through DST_VPMD.
 migrate_round() {
   local t=$SECONDS
-  [[ $7 == 1 ]] && udp_start "$1" 8
-  migrate "$1" "$2" "$3" "$4"
+  migrate "$1" "$2" "$3" "$4" "$8"
   retire "$1" "$5"
-  wait_acked_growth $((256 << 10)) 20 || damage "the stream did not go on through vpmd $3 after $6: $(progress)"
+  wait_acked_growth $((256 << 10)) 20 ||
+    damage "the stream did not go on through vpmd $3 after $6: $(progress); vpmd $3 port vm: $(port_json "$3" | jq -c '{state, rx_packets, tx_packets, drops: (.drops | with_entries(select(.value > 0))), ring_errors, faults: (.faults | with_entries(select(.value > 0)))}')"
   log "phase $6: $((SECONDS - t)) s; stream $(progress)"
   [[ $7 == 1 ]] && udp_result "$1"
   return 0
@@ -353,10 +396,10 @@ udp_start() {
 udp_result() {
   local i ooo lost pkts
   for ((i = 0; i < 300; i++)); do alive "$UDP_PID" || break; sleep 0.2; done
-  alive "$UDP_PID" && { damage "iperf3 UDP run $1 did not end"; return; }
+  # damage() does not return (it fails an ok case, ends a corrupt one).
+  ! alive "$UDP_PID" || damage "iperf3 UDP run $1 did not end"
   if ! jq -e '.end.sum' "$WORK/udp-$1.json" >/dev/null 2>&1; then
     damage "iperf3 UDP run $1 has no result: $(jq -r '.error // empty' "$WORK/udp-$1.json" 2>/dev/null) $(head -c 300 "$WORK/udp-$1.err")"
-    return
   fi
   # The server's own report (--get-server-output) counts what reached the guest.
   read -r pkts lost ooo <<<"$(jq -r '(.server_output_json.end.sum // .end.sum)
@@ -365,15 +408,53 @@ udp_result() {
   ((ooo == 0)) || damage "iperf3 UDP during $1: $ooo datagrams out of order (or duplicated)"
 }
 
+# check_stream STREAM SENDER_OUT GUEST TIMEOUT_S: the guest's result for
+# STREAM (main, parkedP) matches what its sender (stdout in SENDER_OUT) sent.
+check_stream() {
+  local stream=$1 out=$2 g=$3 deadline=$((SECONDS + $4)) got="" sender="" sb ss gb gd
+  while ((SECONDS < deadline)); do
+    got=$(grep -a "^VPMD-RESULT digest .* stream=$stream\b" "$WORK/$g.log" | tail -n 1 | tr -d '\r' || true)
+    sender=$(grep -a '^done \|^error ' "$out" 2>/dev/null | tail -n 1 || true)
+    [[ -n $got && -n $sender ]] && break
+    alive "$(guest_pid "$g")" || break
+    sleep 0.5
+  done
+  sb=$(sed -nE 's/^done bytes=([0-9]+) .*/\1/p' <<<"$sender")
+  ss=$(sed -nE 's/^done .*sha256=([0-9a-f]+).*/\1/p' <<<"$sender")
+  gd=$(sed -nE 's/.*digest ([0-9a-f]+).*/\1/p' <<<"$got")
+  gb=$(sed -nE 's/.*bytes=([0-9]+).*/\1/p' <<<"$got")
+  if [[ -z $sb ]]; then
+    damage "stream $stream: the sender did not finish cleanly (stream broken or stalled): ${sender:-$(tail -n 1 "$out" 2>/dev/null)}"
+  elif [[ -z $got ]]; then
+    damage "stream $stream: the guest reported no digest (stream stalled or guest stopped); last guest line: $(grep -a '^VPMD-TICK' "$WORK/$g.log" | tail -n 1 | tr -d '\r')"
+  elif [[ $gb != "$sb" ]]; then
+    damage "stream $stream: the guest received $gb bytes, the sender sent $sb (stream broken)"
+  elif [[ $gd != "$ss" ]]; then
+    damage "stream $stream: the guest's digest $gd differs from the sender's $ss: the data was corrupted on the way"
+  else
+    log "stream $stream: the guest received all $gb bytes ($((gb >> 10)) KiB), digest matches ($ss); sender: ${sender#done }"
+  fi
+}
+
+# parked_send PORT CASE: the outside host sends PARKED_KIB to the guest's
+# parked receiver on PORT, in the background; the guest leaves it in its socket.
+parked_send() {
+  ip netns exec "$NS" python3 "$REPO/tests/system/mig_sender.py" "$GUEST_IP" "$1" 0 "$((PARKED_KIB << 10))" \
+    "$WORK/no-such-file" "$WORK/parked-$2-$1.progress" >"$WORK/parked-$2-$1.out" 2>&1 &
+  register_pid $! python3
+}
+
 # ---------------------------------------------------------------- one case
 # run_migration_case NAME EXPECT [VPMD_ENV...]
 run_migration_case() {
   local name=$1 t t0=$SECONDS p
+  CASE=$name CASE_T0=$SECONDS
   EXPECT=$2
   shift 2
+  CASE_ENV="$*"
   DAMAGE=()
   log "===== case $name (expect $EXPECT)"
-  rm -f "$WORK/sender.finish" "$WORK/sender.progress"
+  rm -f "$WORK/sender.finish" "$WORK/sender.progress" "$WORK/sender.pause"
   for p in pA pB; do bridge -n "$NS" fdb del "$MAC" dev "$p" master 2>/dev/null || true; done
 
   start_instance a "${MIG_CORES_A:-0}" "$UPA" "$@"
@@ -393,7 +474,7 @@ run_migration_case() {
   local ping_pid=$!
   register_pid "$ping_pid" ping
   ip netns exec "$NS" python3 "$REPO/tests/system/mig_sender.py" "$GUEST_IP" "$RECV_PORT" \
-    "$((RATE_KIB << 10))" "$((MAX_MIB << 20))" "$WORK/sender.finish" "$WORK/sender.progress" \
+    "$((RATE_KIB << 10))" "$((MAX_MIB << 20))" "$WORK/sender.finish" "$WORK/sender.progress" "$WORK/sender.pause" \
     >"$WORK/sender-$name.out" 2>&1 &
   local sender_pid=$!
   register_pid "$sender_pid" python3
@@ -407,47 +488,28 @@ run_migration_case() {
     [[ ${MIG_UDP:-1} == 1 ]] && { udp_start "$name-ab" 8; udp_result "$name-ab"; }
     g3=$g1
   else
-    migrate_round "$g1" "$g2" b pB a "A -> B" "${MIG_UDP:-1}"
+    migrate_round "$g1" "$g2" b pB a "A -> B" "${MIG_UDP:-1}" "${PARKED_PORTS[0]}"
     ab_ms=$MIG_MS ab_down=${MIG_DOWN_MS:-?}
-    migrate_round "$g2" "$g3" a pA b "B -> A" "${MIG_UDP:-1}"
+    migrate_round "$g2" "$g3" a pA b "B -> A" "${MIG_UDP:-1}" "${PARKED_PORTS[1]}"
     ba_ms=$MIG_MS ba_down=${MIG_DOWN_MS:-?}
     grep -q 'state=sending' "$WORK/sender.progress" ||
       log "note: the stream had ended before the second migration was done ($(progress)): raise MIG_MAX_MIB"
   fi
 
-  # ---- the end of the stream
+  # ---- the end of the streams: the main one, then the parked ones, which the
+  # guest reads only now
   t=$SECONDS
   touch "$WORK/sender.finish"
-  local deadline=$((SECONDS + 90)) got="" sender_out="" i
-  while ((SECONDS < deadline)); do
-    got=$(grep -a '^VPMD-RESULT digest' "$WORK/$g3.log" | tail -n 1 | tr -d '\r' || true)
-    [[ -n $got ]] && ! alive "$sender_pid" && break
-    alive "$(guest_pid "$g3")" || break
-    sleep 0.5
+  local streams=("main:$WORK/sender-$name.out") st
+  [[ ${MIG_NO_MIGRATION:-0} == 1 ]] || for p in "${PARKED_PORTS[@]}"; do streams+=("parked$p:$WORK/parked-$name-$p.out"); done
+  for st in "${streams[@]}"; do
+    check_stream "${st%%:*}" "${st#*:}" "$g3" 90
   done
-  for ((i = 0; i < 50; i++)); do alive "$sender_pid" || break; sleep 0.2; done
-  sender_out=$(tail -n 1 "$WORK/sender-$name.out" 2>/dev/null || true)
-  log "phase stream end: $((SECONDS - t)) s; sender: ${sender_out:-$(progress)}; guest: ${got:-no digest}"
-  local sb ss gb gd
-  sb=$(sed -nE 's/^done bytes=([0-9]+) .*/\1/p' <<<"$sender_out")
-  ss=$(sed -nE 's/^done .*sha256=([0-9a-f]+).*/\1/p' <<<"$sender_out")
-  gd=$(sed -nE 's/.*digest ([0-9a-f]+).*/\1/p' <<<"$got")
-  gb=$(sed -nE 's/.*bytes=([0-9]+).*/\1/p' <<<"$got")
-  if [[ -z $sb ]]; then
-    damage "the sender did not finish cleanly (stream broken or stalled): ${sender_out:-$(progress)}"
-  elif [[ -z $got ]]; then
-    damage "the guest reported no digest (stream stalled or guest stopped); last guest line: $(grep -a '^VPMD-TICK' "$WORK/$g3.log" | tail -n 1 | tr -d '\r')"
-  elif [[ $gb != "$sb" ]]; then
-    damage "the guest received $gb bytes, the sender sent $sb (stream broken)"
-  elif [[ $gd != "$ss" ]]; then
-    damage "the guest's digest $gd differs from the sender's $ss: the data was corrupted on the way"
-  else
-    log "the guest received all $gb bytes ($((gb >> 20)) MiB), digest matches ($ss)"
-  fi
+  log "phase stream end: $((SECONDS - t)) s"
   # The guest's own count of malformed frames, from a tick after the stream.
   local tick="" bad f v
   for ((i = 0; i < 20; i++)); do
-    tick=$(sed -n '/^VPMD-RESULT digest/,$p' "$WORK/$g3.log" | { grep -a '^VPMD-TICK' || true; } | tail -n 1 | tr -d '\r')
+    tick=$(sed -n '/^VPMD-RESULT digest .*stream=main/,$p' "$WORK/$g3.log" | { grep -a '^VPMD-TICK' || true; } | tail -n 1 | tr -d '\r')
     [[ -n $tick ]] && break
     alive "$(guest_pid "$g3")" || break
     sleep 0.5
