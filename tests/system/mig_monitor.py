@@ -8,7 +8,7 @@ Starts `migrate -d URI` (downtime limit 1 ms, max-bandwidth FIRST_BW, default
 50M: the first pass takes a few seconds, so its end is seen) and polls `info
 migrate` every 20 ms. Once the first pass over all memory is done (dirty sync
 count 2) and the migration still runs, it holds it: max-bandwidth HOLD_BW
-(default 2M) and a 1 ms downtime limit: it completes only after a sync that
+(default 2M; "none": never hold) and a 1 ms downtime limit: it completes only after a sync that
 finds no page dirty, which a running guest does not allow; it prints "held
 MS". When
 RELEASE_FILE exists it lets it go (max-bandwidth 1G, downtime limit 300 ms)
@@ -93,7 +93,7 @@ while True:
     if time.monotonic() - t0 > TIMEOUT_S:
         say(f"timeout after {TIMEOUT_S} s, status {status}: " + info.replace("\n", " "))
         sys.exit(1)
-    if status == "active" and syncs >= 2 and not held:
+    if status == "active" and syncs >= 2 and not held and hold_bw != "none":
         m.cmd(f"migrate_set_parameter max-bandwidth {hold_bw}")
         held, held_at = True, time.monotonic()
         say(f"held {ms()}")

@@ -35,12 +35,20 @@
 # receive queue holds data when the VM stops, and stale buffers show up as a
 # wrong digest (the headers, copied, are right; no checksum is checked again).
 #
+# The parked streams make that certain: each migration is held in its
+# iterations once QEMU has copied all memory once (tests/system/mig_monitor.py),
+# the main stream pauses until QEMU has caught up with what the guest dirtied,
+# then 256 KiB go to a receiver that reads nothing until the main stream has
+# ended: they sit in RX buffers whose pages QEMU already has and the guest does
+# not write, so only vpmd's dirty log brings them across.
+#
 # run_migration_case NAME EXPECT [VPMD_ENV...] runs all of this once; EXPECT
 # "corrupt" turns it around for a vpmd with dirty logging switched off on one
 # path (VPMD_TEST_UNLOGGED=PATH): the case passes only if the guest saw the
 # damage (wrong digest, a broken or stalled stream, malformed frames, virtio
 # errors on its console, bad descriptors counted by vpmd, a guest that
-# stopped). With VPMD_TEST_UNLOGGED=rx-data it does (3 of 3 runs). With
+# stopped or crashed); the first damage ends it. With VPMD_TEST_UNLOGGED=rx-data
+# it does (a parked stream's digest, or the guest's kernel crashing). With
 # VPMD_TEST_UNLOGGED=used it cannot, on QEMU 7.2: QEMU marks the whole used
 # ring dirty itself when it stops the vhost device (vhost_virtqueue_stop
 # unmaps it for writing), so the final pass copies it anyway.
@@ -62,7 +70,8 @@
 #                      during each migration; out-of-order (or duplicated)
 #                      datagrams count as damage
 #   MIG_FIRST_BW [50M], MIG_HOLD_BW [2M]   QEMU's max-bandwidth for the first
-#                      pass and while held (tests/system/mig_monitor.py)
+#                      pass and while held (tests/system/mig_monitor.py);
+#                      MIG_HOLD_BW=none: no hold (parked streams sent after)
 #   MIG_NO_MIGRATION=1 skip both migrations (the stream, pings and checks on
 #                      vpmd A alone: a baseline for a vpmd that cannot migrate)
 # test-timeout: 360
