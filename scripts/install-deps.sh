@@ -13,9 +13,9 @@ PACKAGES=(
   iperf3             # TCP throughput between guests (copied into the initramfs)
   ethtool            # the guests' offload state (copied into the initramfs)
   cpio gzip          # to pack the initramfs
-  iputils-ping       # ping on the host (debugging)
+  iputils-ping       # ping on the host (debugging; migration_macvlan.sh)
   dpdk dpdk-dev      # dpdk-testpmd: reference vhost-user backend
-  socat              # poking unix sockets
+  socat              # poking unix sockets (QEMU's monitor in migration_macvlan.sh)
   iproute2           # ip(8)
   jq                 # parsing `vpmd stats --json`
   systemd            # systemd-analyze verify configs/vpmd.service (systemd_notify.sh)

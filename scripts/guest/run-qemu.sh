@@ -6,7 +6,8 @@
 # Usage: scripts/guest/run-qemu.sh --socket PATH --role server|client \
 #          --mac MAC --serial LOGFILE --pidfile PIDFILE \
 #          [--append "vpmd.ip=198.18.0.1/24 vpmd.peer=198.18.0.2 ..."] \
-#          [--host-mtu N] [--guest-dir DIR] [--mem 256M] [--smp N] [--queues N]
+#          [--host-mtu N] [--guest-dir DIR] [--mem 256M] [--smp N] [--queues N] \
+#          [--monitor PATH] [--incoming URI] [--device-props PROPS]
 #
 #   --role server  the backend (vpmd) listens on PATH; QEMU connects to it.
 #   --role client  the backend connects; QEMU listens on PATH (it removes a
@@ -19,6 +20,15 @@
 #                  stale); default <repo>/target/guest.
 #   --smp N        vCPUs (default 1).
 #   --queues N     queue pairs of the netdev (queues=N, mq=on; default 1).
+#   --monitor PATH QEMU's human monitor on a unix socket at PATH (server, no
+#                  wait; reconnectable, e.g. `echo 'info status' | socat - UNIX-CONNECT:PATH`)
+#                  instead of none.
+#   --incoming URI start as a migration destination (-incoming URI, e.g.
+#                  unix:/tmp/mig.sock): the guest runs once a source has migrated
+#                  into it, and its console continues in this QEMU's LOGFILE. Give
+#                  it the same options as the source (mac, mem, append, props).
+#   --device-props PROPS  more virtio-net-pci properties, appended to -device
+#                  (e.g. guest_announce=off).
 # The serial console and QEMU's own messages both go to LOGFILE.
 set -euo pipefail
 
@@ -26,6 +36,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
 SOCKET="" ROLE="" MAC="" SERIAL="" PIDFILE="" APPEND="" HOST_MTU="" MEM=256M SMP=1 QUEUES=1
+MONITOR="" INCOMING="" DEVICE_PROPS=""
 GUEST_DIR=$REPO/target/guest
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -40,7 +51,10 @@ while [[ $# -gt 0 ]]; do
     --mem)       MEM=$2; shift 2 ;;
     --smp)       SMP=$2; shift 2 ;;
     --queues)    QUEUES=$2; shift 2 ;;
-    -h|--help)   sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --monitor)   MONITOR=$2; shift 2 ;;
+    --incoming)  INCOMING=$2; shift 2 ;;
+    --device-props) DEVICE_PROPS=$2; shift 2 ;;
+    -h|--help)   sed -n '2,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run-qemu.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +81,12 @@ if ((QUEUES > 1)); then
   NETDEV+=",queues=$QUEUES"
   DEVICE+=",mq=on"
 fi
+[[ -n $DEVICE_PROPS ]] && DEVICE+=",$DEVICE_PROPS"
+
+MONITOR_ARG=none
+[[ -n $MONITOR ]] && MONITOR_ARG="unix:$MONITOR,server=on,wait=off"
+EXTRA=()
+[[ -n $INCOMING ]] && EXTRA+=(-incoming "$INCOMING")
 
 # ipv6.disable=1: no router solicitations/MLD reports to disturb the counters.
 # panic=1 + -no-reboot: if /init dies, QEMU exits instead of hanging.
@@ -79,8 +99,8 @@ qemu-system-x86_64 \
   -chardev "$CHARDEV" \
   -netdev "$NETDEV" \
   -device "$DEVICE" \
-  -nographic -no-reboot -nodefaults -serial stdio -monitor none \
+  -nographic -no-reboot -nodefaults -serial stdio -monitor "$MONITOR_ARG" \
   -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.gz" \
-  -append "$CMDLINE" \
+  -append "$CMDLINE" "${EXTRA[@]}" \
   </dev/null >"$SERIAL" 2>&1 &
 echo $! >"$PIDFILE"
