@@ -31,6 +31,13 @@ for t in tests/system/*.sh; do
   name=$(basename "$t" .sh)
   [[ $name == lib ]] && continue                    # helpers, not a test
   [[ -n $FILTER && $name != *"$FILTER"* ]] && continue
+  # A test that is not yet reliable here says why in a line "# test-manual: WHY";
+  # it runs only when named (scripts/run-system-tests.sh NAME), and says so.
+  manual=$(sed -n 's/^# test-manual: //p' "$t" | head -n 1)
+  if [[ -n $manual && $FILTER != "$name" ]]; then
+    echo "SKIP $name (manual: $manual)"
+    continue
+  fi
   echo "=== $name"
   start=$SECONDS
   rc=0
