@@ -120,22 +120,18 @@ pub fn log_body(body: &[u8]) -> Option<(u64, u64)> {
     Some((size, offset))
 }
 
-/// SET_LOG_BASE: maps the log and makes it the connection's.
+/// SET_LOG_BASE: maps the log and makes it the connection's; returns its size.
 pub fn set_log_base(
     body: &[u8],
     fds: &[std::os::fd::OwnedFd],
     log: &DirtyLog,
-) -> Result<(), MigrationError> {
+) -> Result<u64, MigrationError> {
     let ((size, offset), [fd]) = (log_body(body).ok_or(MigrationError::LogMessage)?, fds) else {
         return Err(MigrationError::LogMessage);
     };
     let region = LogRegion::map(fd, size, offset)?;
-    log::info!(
-        "dirty log of {size} bytes set (covers {} MiB of guest memory)",
-        (size * 8 * 4096) >> 20
-    );
     log.set_region(region);
-    Ok(())
+    Ok(size)
 }
 
 /// The MAC of a SEND_RARP body (the first six bytes of its u64).

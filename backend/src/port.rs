@@ -183,11 +183,6 @@ impl ActiveRings {
         }
     }
 
-    /// The connection's dirty log.
-    pub fn dirty_log(&self) -> &DirtyLog {
-        &self.log
-    }
-
     /// Whether the guest has ever posted RX buffers, given that `pending` are
     /// available now. A driver that has not (its interface was never brought up)
     /// is not receiving yet: frames for it count as the peer being down, as a veth

@@ -17,6 +17,13 @@ pub struct LogLimiter {
     suppressed: u64,
 }
 
+impl Default for LogLimiter {
+    /// [`LogLimiter::guest_errors`].
+    fn default() -> Self {
+        Self::guest_errors()
+    }
+}
+
 impl LogLimiter {
     /// A limiter of `burst` lines per `interval`.
     pub const fn new(interval: Duration, burst: u32) -> Self {

@@ -226,6 +226,8 @@ struct Negotiation {
     book: RegionBook,
     /// Ring addresses passed on (see [`crate::migration::RingAddrs`]).
     ring_addrs: crate::migration::RingAddrs,
+    /// Log lines about the frontend's migration messages (it can send them fast).
+    migration_log: crate::ratelimit::LogLimiter,
 }
 
 /// Reads one whole message; `None` at a clean end of stream.
@@ -416,8 +418,16 @@ fn relay_one(
             }
         }
         Ok(FrontendReq::SET_LOG_BASE) => {
-            crate::migration::set_log_base(&msg.body, &msg.fds, &ctx.log)
+            let size = crate::migration::set_log_base(&msg.body, &msg.fds, &ctx.log)
                 .map_err(|source| RelayError::Migration { request, source })?;
+            if let Some(held_back) = st.migration_log.allow() {
+                log::info!(
+                    "port {}: dirty log of {size} bytes set (covers {} MiB of guest memory; \
+                     {held_back} similar messages held back)",
+                    ctx.port.name(),
+                    (size * 8 * 4096) >> 20
+                );
+            }
             // Answered as DPDK does: an empty reply once the log is in use.
             (&*frontend).write_all(&header(request, VERSION_1 | FLAG_REPLY, 0))?;
             return Ok(());
@@ -431,11 +441,14 @@ fn relay_one(
                 crate::migration::rarp_mac(&msg.body).map(|mac| (mac, ctx.port.announce(mac)));
             log::debug!("relay: SEND_RARP: {outcome:?}");
             if let Some((mac, crate::migration::Announced::ForeignMac)) = outcome {
-                log::warn!(
-                    "port {}: SEND_RARP for {} is not the port's MAC: not announced",
-                    ctx.port.name(),
-                    crate::migration::mac_string(mac)
-                );
+                if let Some(held_back) = st.migration_log.allow() {
+                    log::warn!(
+                        "port {}: SEND_RARP for {} is not the port's MAC: not announced \
+                         ({held_back} similar messages held back)",
+                        ctx.port.name(),
+                        crate::migration::mac_string(mac)
+                    );
+                }
             }
             return ack(st, &msg, frontend);
         }
