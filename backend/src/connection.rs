@@ -358,6 +358,7 @@ impl Worker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         dev.unpublish();
+        self.port.clear_kicks();
         // Dropping the daemon joins its vring worker thread; the polling threads let
         // go of their last snapshot of the memory at their next poll. Only then is
         // it unmapped, and only then may the SIGBUS guard forget it.

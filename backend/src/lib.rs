@@ -16,6 +16,7 @@
 //! - [`stall_guard`]: a polling thread blocked on a frontend's eventfd is interrupted.
 //! - [`ratelimit`]: log lines a guest can trigger, at most a few per interval.
 //! - [`report`]: an error and its causes in one log line.
+//! - [`wake`]: waking a polling thread that sleeps until a guest kicks.
 //!
 //! Data path (called by polling threads, one burst at a time):
 //! - [`virtqueue`]: one burst on one queue: lock, map, pop, push used, publish once, notify once.
@@ -47,6 +48,7 @@ pub mod seglist;
 pub mod split_ring;
 pub mod stall_guard;
 pub mod virtqueue;
+pub mod wake;
 
 #[cfg(test)]
 mod tests;

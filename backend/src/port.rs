@@ -13,8 +13,9 @@
 //! holding rings of a closed connection keeps that connection's memory mapped until
 //! its next burst, so a polling thread never touches an unmapped address.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
@@ -25,6 +26,7 @@ use crate::features;
 use crate::migration::{Announce, AnnounceGate, Announced};
 use crate::net::NetLayout;
 use crate::virtqueue::{QueueCache, QueueError, VirtQueue};
+use crate::wake::{PortWakers, Wake};
 use crate::{GuestMemoryAtomicMmap, Vring};
 
 /// Queue index of the first RX queue.
@@ -278,6 +280,11 @@ pub struct VirtioNetPort {
     /// uplink), if anywhere.
     announcer: Mutex<Option<Arc<dyn Announce>>>,
     announce_gate: AnnounceGate,
+    /// Polling threads to wake when the setup changes.
+    wakers: PortWakers,
+    /// The frontend's kick eventfd of each queue (index = queue), kept by the relay
+    /// for polling threads that sleep until kicked ([`crate::wake`]); never read.
+    kicks: Mutex<Vec<Option<Arc<OwnedFd>>>>,
 }
 
 impl VirtioNetPort {
@@ -295,6 +302,8 @@ impl VirtioNetPort {
             setup_generation: Arc::new(AtomicU64::new(1)),
             announcer: Mutex::new(None),
             announce_gate: AnnounceGate::default(),
+            wakers: PortWakers::default(),
+            kicks: Mutex::new(Vec::new()),
         }
     }
 
@@ -427,6 +436,45 @@ impl VirtioNetPort {
     /// may be stale: they map it afresh at their next burst.
     pub(crate) fn setup_changed(&self) {
         self.setup_generation.fetch_add(1, Ordering::Release);
+        self.wakers.wake_all();
+    }
+
+    /// Registers a polling thread that polls this port and may sleep until it is
+    /// kicked ([`crate::wake`]): a change of the port's setup wakes it. Takes a
+    /// lock: call it only before sleeping.
+    pub fn wake_on_kick(&self, wake: &Arc<Wake>) {
+        self.wakers.register(wake);
+    }
+
+    /// The frontend's kick eventfd of queue `index`, if it gave one: to wait on
+    /// (edge-triggered: it is the frontend's, never read by vpmd, see
+    /// [`crate::wake`]). Takes a lock: call it only before sleeping.
+    pub fn kick_fd(&self, index: usize) -> Option<Arc<OwnedFd>> {
+        let kicks = self.kicks.lock().unwrap_or_else(PoisonError::into_inner);
+        kicks.get(index).cloned().flatten()
+    }
+
+    /// SET_VRING_KICK: the frontend's kick eventfd of queue `index` (None: polled
+    /// only). Wakes the threads that sleep so they wait on the new one.
+    pub(crate) fn set_kick(&self, index: usize, fd: Option<OwnedFd>) {
+        {
+            let mut kicks = self.kicks.lock().unwrap_or_else(PoisonError::into_inner);
+            if kicks.len() <= index {
+                kicks.resize(index + 1, None);
+            }
+            kicks[index] = fd.map(Arc::new);
+        }
+        self.wakers.wake_all();
+    }
+
+    /// The connection ended: its kick eventfds are let go of (a polling thread that
+    /// waits on one holds it until it next looks).
+    pub(crate) fn clear_kicks(&self) {
+        self.kicks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.wakers.wake_all();
     }
 
     /// The counter [`VirtioNetPort::setup_changed`] bumps, for the rings of a new

@@ -385,10 +385,24 @@ fn relay_one(
             // The library would say 509; vpmd translates at most MAX_REGIONS.
             return reply_u64(frontend, request, MAX_REGIONS as u64);
         }
-        Ok(FrontendReq::SET_VRING_KICK | FrontendReq::SET_VRING_ERR) => {
+        Ok(FrontendReq::SET_VRING_KICK) => {
+            let body = msg.body_u64().unwrap_or(0);
+            let index = (body & 0xff) as usize;
+            let theirs = if body & VRING_NOFD == 0 && msg.fds.len() == 1 {
+                std::mem::replace(&mut msg.fds, vec![private_eventfd()?]).pop()
+            } else {
+                None
+            };
+            // Kept (never read) for polling threads that sleep until kicked; the
+            // library gets vpmd's own eventfd. A replaced kick fd is let go of.
+            if index < 2 * ctx.port.queue_pairs() {
+                ctx.port.set_kick(index, theirs);
+            }
+        }
+        Ok(FrontendReq::SET_VRING_ERR) => {
             let nofd = msg.body_u64().is_some_and(|b| b & VRING_NOFD != 0);
             if !nofd && msg.fds.len() == 1 {
-                // Dropping the frontend's fd lets go of it (a replaced kick fd too).
+                // Dropping the frontend's fd lets go of it.
                 msg.fds = vec![private_eventfd()?];
             }
         }

@@ -242,6 +242,23 @@ impl SplitRing {
         }
     }
 
+    /// Asks the driver to kick once it makes a chain available past `next_avail`
+    /// (a polling thread about to sleep): with EVENT_IDX, `avail_event` =
+    /// `next_avail`; without, the `VRING_USED_F_NO_NOTIFY` flag cleared. The next
+    /// burst's [`SplitRing::suppress_kicks`] turns kicks off again (with EVENT_IDX
+    /// the driver has crossed `avail_event` by then, and the next crossing is 65536
+    /// buffers away). The caller must fence and read `avail.idx` again after this,
+    /// or a chain made available just before could wait for a kick that never comes.
+    #[inline]
+    pub fn request_kicks(&self, event_idx: bool, next_avail: u16) {
+        if event_idx {
+            let off = 4 + 8 * u32::from(self.size);
+            Self::atomic_u16(&self.used, off).store(next_avail.to_le(), Ordering::Relaxed);
+        } else {
+            Self::atomic_u16(&self.used, 0).store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the driver wants an interrupt after the used index moved from `old`
     /// to `new`. Call after a full fence following [`SplitRing::publish_used`].
     #[inline]

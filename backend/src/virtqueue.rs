@@ -253,6 +253,22 @@ impl<'a> VirtQueue<'a> {
         self.avail_idx.wrapping_sub(self.next_avail)
     }
 
+    /// Before its thread sleeps: asks the driver to kick when it makes the next
+    /// chain available ([`SplitRing::request_kicks`], marked in the dirty log while
+    /// the VM migrates), then reads `avail.idx` again after a full fence. Returns
+    /// whether chains are waiting: then the thread must poll, not sleep (the driver
+    /// may have added them before it saw the request, and would not kick). A chain
+    /// added after that read comes with a kick.
+    pub fn request_kicks(&mut self) -> bool {
+        self.ring.request_kicks(self.event_idx, self.next_avail);
+        if let Some(log) = self.log {
+            self.log_used_ring(log);
+        }
+        fence(Ordering::SeqCst);
+        // Only compared: what this burst may pop stays what `start` checked.
+        self.ring.avail_idx() != self.next_avail
+    }
+
     /// Starts loading the descriptors of the next `n` available heads, so that the
     /// burst's cache misses overlap instead of coming one frame at a time. The heads
     /// are only hints here; `pop` and the chain walk check everything again.

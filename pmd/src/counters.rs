@@ -484,6 +484,30 @@ pub struct ThreadCounters {
     busy_cycles: AtomicU64,
     idle_cycles: AtomicU64,
     polls: AtomicU64,
+    waits: AtomicU64,
+    woken_by_kick: AtomicU64,
+    wait_timeouts: AtomicU64,
+}
+
+/// A polling thread's sleeps until kicked, as it counts them itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WaitCounts {
+    /// Sleeps.
+    pub waits: u64,
+    /// Sleeps a guest's kick ended.
+    pub woken_by_kick: u64,
+    /// Sleeps nothing ended before the safety net.
+    pub timeouts: u64,
+}
+
+impl WaitCounts {
+    /// Counts one [`crate::kick_wait::KickWait::wait`] that slept.
+    pub fn count(&mut self, slept: crate::kick_wait::Slept) {
+        use crate::kick_wait::Slept;
+        self.waits += 1;
+        self.woken_by_kick += u64::from(slept == Slept::Kicked);
+        self.timeouts += u64::from(slept == Slept::TimedOut);
+    }
 }
 
 impl ThreadCounters {
@@ -501,6 +525,14 @@ impl ThreadCounters {
         self.polls.store(polls, Ordering::Relaxed);
     }
 
+    /// Publishes its sleeps until kicked.
+    #[cold]
+    pub fn publish_waits(&self, w: WaitCounts) {
+        self.waits.store(w.waits, Ordering::Relaxed);
+        self.woken_by_kick.store(w.woken_by_kick, Ordering::Relaxed);
+        self.wait_timeouts.store(w.timeouts, Ordering::Relaxed);
+    }
+
     /// A snapshot, for stats.
     pub fn snapshot(&self, core: usize, streams: &[String], tsc_hz: u64) -> ThreadStats {
         ThreadStats {
@@ -510,6 +542,9 @@ impl ThreadCounters {
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
             idle_cycles: self.idle_cycles.load(Ordering::Relaxed),
             polls: self.polls.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            woken_by_kick: self.woken_by_kick.load(Ordering::Relaxed),
+            wait_timeouts: self.wait_timeouts.load(Ordering::Relaxed),
             tsc_hz,
         }
     }
@@ -531,6 +566,16 @@ pub struct ThreadStats {
     /// Polls: rounds over all its streams, busy or idle.
     #[serde(default)]
     pub polls: u64,
+    /// Times it slept until a guest kicked (adaptive polling, `pmd.sleep_after_us`).
+    #[serde(default)]
+    pub waits: u64,
+    /// Of those, sleeps a guest's kick ended.
+    #[serde(default)]
+    pub woken_by_kick: u64,
+    /// Of those, sleeps that lasted the whole safety net (100 ms) with no kick,
+    /// socket or wake-up: an idle thread's are normal, a busy one's are not.
+    #[serde(default)]
+    pub wait_timeouts: u64,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }

@@ -18,7 +18,7 @@
 //! - [`privileges`]: capabilities dropped once, before any thread starts; socket owners.
 //!
 //! Data path (the polling threads):
-//! - [`pmd_thread`]: one pinned busy-polling thread and its cycle accounting.
+//! - [`pmd_thread`]: one pinned polling thread and its cycle accounting; [`kick_wait`]: sleeping until a guest kicks when idle (adaptive polling).
 //! - [`fwd`]: forwarding streams; one engine per file ([`fwd::veth`], [`fwd::macvlan`]).
 //! - [`counters`]: per-port and per-thread counters, flushed once per burst.
 //! - [`tsc`]: the cycle counter (re-exported from `vpmd-uplink`, shared with the generators); [`ratelimit`]: guest-triggered log lines.
@@ -32,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod fwd;
+pub mod kick_wait;
 pub mod metrics;
 pub mod notify;
 pub mod pmd_thread;

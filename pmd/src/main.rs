@@ -19,7 +19,8 @@ use vpmd::stats_view;
 use vpmd::switch::Switch;
 
 /// vhost-user poll-mode virtual switch: serves virtio-net queues to VMs over
-/// vhost-user and moves frames between them with pinned busy-polling threads.
+/// vhost-user and moves frames between them with pinned polling threads (which sleep
+/// until a guest kicks once idle, `[pmd] sleep_after_us`).
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {

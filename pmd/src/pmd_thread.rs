@@ -3,7 +3,10 @@
 //! to stop, and accounts its time in TSC cycles (busy: polls that moved frames; idle:
 //! polls that moved none), as OVS's `dpif-netdev/pmd-stats-show` does.
 //!
-//! By default it busy-polls all the time, as DPDK and OVS do. With a maximum sleep
+//! It busy-polls while there is traffic. Once it has moved nothing for
+//! `[pmd] sleep_after_us` (default 1 ms) it sleeps until a guest kicks
+//! ([`crate::kick_wait`], adaptive polling); with `sleep_after_us = 0` it busy-polls
+//! all the time, as DPDK and OVS do. With a maximum sleep
 //! (`[pmd] max_sleep_us`, like OVS's `pmd-maxsleep`) it backs off when its load is
 //! light: after [`SPIN_POLLS`] empty polls, or at once after a poll that moved fewer
 //! than [`FULL_POLL`] frames (a full burst), it sleeps, doubling the sleep up to the
@@ -33,8 +36,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::counters::ThreadCounters;
+use vpmd_backend::wake::Wake;
+
+use crate::counters::{ThreadCounters, WaitCounts};
 use crate::fwd::{Scratch, Stream};
+use crate::kick_wait::{KickWait, Slept};
 use crate::tsc;
 
 /// Empty polls in a row before the first sleep (a few microseconds of spinning,
@@ -51,6 +57,11 @@ const FIRST_SLEEP: Duration = Duration::from_micros(1);
 pub struct IdlePolicy {
     /// Longest sleep between polls; zero: never sleep (busy-poll).
     pub max_sleep: Duration,
+    /// Idle time after which the thread sleeps until a guest kicks
+    /// ([`crate::kick_wait`]); zero: never (busy-poll).
+    pub sleep_after: Duration,
+    /// TSC frequency, to count `sleep_after` in cycles.
+    pub tsc_hz: u64,
 }
 
 /// A running polling thread.
@@ -58,6 +69,8 @@ pub struct PmdThread {
     core: usize,
     thread: JoinHandle<()>,
     changes: Arc<StreamChanges>,
+    /// Wakes the thread while it sleeps until kicked.
+    wake: Arc<Wake>,
 }
 
 /// A change of a polling thread's streams.
@@ -163,6 +176,8 @@ impl PmdThread {
     ) -> io::Result<PmdThread> {
         let changes = Arc::new(StreamChanges::default());
         let posted = changes.clone();
+        let wake = Arc::new(Wake::new()?);
+        let kicks = KickWait::new(wake.clone(), idle.sleep_after, idle.tsc_hz);
         let thread = thread::Builder::new()
             .name(format!("pmd-core{core}"))
             .spawn(move || {
@@ -180,13 +195,14 @@ impl PmdThread {
                         "pmd thread on core {core}: {e}: a hostile frontend could block it"
                     );
                 }
-                run(streams, idle, &stop, &counters, &posted);
+                run(streams, idle, kicks, &stop, &counters, &posted);
                 drop(watched);
             })?;
         Ok(PmdThread {
             core,
             thread,
             changes,
+            wake,
         })
     }
 
@@ -200,6 +216,9 @@ impl PmdThread {
     /// ended (its streams went with it).
     pub fn change(&self, changes: Vec<Change>) -> Vec<Retired> {
         let epoch = self.changes.post(changes);
+        // Always written, not only when it sleeps: control path, and no ordering
+        // between the epoch and the sleeping flag to reason about.
+        self.wake.force();
         let mut spins = 0u32;
         while self.changes.applied.load(Ordering::Acquire) < epoch && !self.thread.is_finished() {
             // The thread comes round in microseconds, or after its longest idle
@@ -216,6 +235,7 @@ impl PmdThread {
 
     /// Waits for the thread to end (after `stop` was set).
     pub fn join(self) {
+        self.wake.force();
         if self.thread.join().is_err() {
             log::error!("pmd thread on core {} panicked", self.core);
         }
@@ -270,6 +290,7 @@ impl Backoff {
 fn run(
     mut streams: Vec<Box<dyn Stream>>,
     idle: IdlePolicy,
+    mut kicks: KickWait,
     stop: &AtomicBool,
     counters: &ThreadCounters,
     changes: &StreamChanges,
@@ -279,10 +300,13 @@ fn run(
     let mut backoff = Backoff::new(idle);
     let (mut frames, mut busy, mut idle_cycles) = (0u64, 0u64, 0u64);
     let mut last = tsc::now();
+    let mut last_busy = last;
     let mut polls = 0u64;
+    let mut waits = WaitCounts::default();
     while !stop.load(Ordering::Relaxed) {
         if changes.moved(seen) {
             seen = changes.apply(&mut streams);
+            kicks.streams_changed();
         }
         let mut moved = 0u64;
         for s in &mut streams {
@@ -299,8 +323,24 @@ fn run(
         if moved > 0 {
             frames += moved;
             busy += spent;
+            last_busy = now;
         } else {
             idle_cycles += spent;
+            if kicks.due(now.wrapping_sub(last_busy)) {
+                let slept = kicks.wait(&mut streams, || {
+                    stop.load(Ordering::SeqCst) || changes.moved(seen)
+                });
+                if slept != Slept::No {
+                    // The sleep is idle time; the next poll is measured from here.
+                    waits.count(slept);
+                    counters.publish_waits(waits);
+                    last = tsc::now();
+                    idle_cycles += last.wrapping_sub(now);
+                }
+                // Slept or not (frames came meanwhile), the thread polls a whole
+                // `sleep_after` again before it tries: one try per idle period.
+                last_busy = last;
+            }
         }
         counters.publish(frames, busy, idle_cycles);
         polls += 1;
@@ -373,6 +413,7 @@ mod tests {
         let (a, a_polls) = counting("a", 0);
         let idle = IdlePolicy {
             max_sleep: Duration::from_micros(50),
+            ..IdlePolicy::default()
         };
         let t = PmdThread::spawn(0, vec![a], idle, stop.clone(), Arc::default()).unwrap();
         wait_polled(&a_polls, 0);
@@ -430,7 +471,10 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_maximum_and_resets_on_work() {
         let max = Duration::from_micros(50);
-        let mut b = Backoff::new(IdlePolicy { max_sleep: max });
+        let mut b = Backoff::new(IdlePolicy {
+            max_sleep: max,
+            ..IdlePolicy::default()
+        });
         for _ in 1..SPIN_POLLS {
             assert_eq!(b.after_poll(0), None, "spins first");
         }
@@ -450,7 +494,10 @@ mod tests {
     #[test]
     fn light_polls_back_off_at_once_and_full_polls_halve_the_sleep() {
         let max = Duration::from_micros(50);
-        let mut b = Backoff::new(IdlePolicy { max_sleep: max });
+        let mut b = Backoff::new(IdlePolicy {
+            max_sleep: max,
+            ..IdlePolicy::default()
+        });
         // A steady trickle: one frame per poll never leaves the queues empty for
         // long, but it is no reason to spin.
         assert_eq!(b.after_poll(1), Some(FIRST_SLEEP), "light: sleep at once");

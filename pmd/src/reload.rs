@@ -136,7 +136,7 @@ fn plan_layouts(
     wanted: &Layout,
 ) -> Result<Plan, Vec<String>> {
     let mut refused = Vec::new();
-    let pmd_fields: [(&str, bool); 7] = [
+    let pmd_fields: [(&str, bool); 8] = [
         ("pmd.cores", started.cores != file.cores),
         (
             "pmd.control_socket",
@@ -161,6 +161,10 @@ fn plan_layouts(
         (
             "pmd.max_sleep_us",
             started.max_sleep_us != file.max_sleep_us,
+        ),
+        (
+            "pmd.sleep_after_us",
+            started.sleep_after_us != file.sleep_after_us,
         ),
     ];
     for (field, changed) in pmd_fields {

@@ -497,6 +497,9 @@ mod tests {
                 busy_cycles: 300,
                 idle_cycles: 700,
                 polls: 40,
+                waits: 0,
+                woken_by_kick: 0,
+                wait_timeouts: 0,
                 tsc_hz: 1_000_000_000,
             }],
         }

@@ -64,6 +64,9 @@ fn thread_delta(cur: &ThreadStats, prev: Option<&ThreadStats>) -> ThreadStats {
         busy_cycles: sub(cur.busy_cycles, prev.busy_cycles),
         idle_cycles: sub(cur.idle_cycles, prev.idle_cycles),
         polls: sub(cur.polls, prev.polls),
+        waits: sub(cur.waits, prev.waits),
+        woken_by_kick: sub(cur.woken_by_kick, prev.woken_by_kick),
+        wait_timeouts: sub(cur.wait_timeouts, prev.wait_timeouts),
         ..cur.clone()
     }
 }
@@ -283,6 +286,11 @@ pub fn pmd_text(snap: &Snapshot) -> String {
         let _ = writeln!(out, "pmd thread core {}:", t.core);
         let _ = writeln!(out, "  frames: {}", t.frames);
         let _ = writeln!(out, "  polls: {}", t.polls);
+        let _ = writeln!(
+            out,
+            "  sleeps until kicked: {} ({} ended by a kick, {} timed out)",
+            t.waits, t.woken_by_kick, t.wait_timeouts
+        );
         let _ = writeln!(out, "  avg. frames per poll: {}", ratio(t.frames, t.polls));
         let _ = writeln!(
             out,
@@ -385,6 +393,9 @@ mod tests {
             busy_cycles: busy,
             idle_cycles: idle,
             polls,
+            waits: 0,
+            woken_by_kick: 0,
+            wait_timeouts: 0,
             tsc_hz: 2_000_000_000,
         }
     }
@@ -468,6 +479,7 @@ mod tests {
             "pmd thread core 1:",
             "  frames: 400",
             "  polls: 1000",
+            "  sleeps until kicked: 0 (0 ended by a kick, 0 timed out)",
             "  avg. frames per poll: 0.40",
             "  idle cycles: 70000 (70.00%)",
             "  busy cycles: 30000 (30.00%)",

@@ -338,6 +338,7 @@ impl Switch {
                 .collect(),
             tsc::measure_hz(Duration::from_millis(50)),
         ));
+        let tsc_hz = registry.tsc_hz;
 
         ensure_parent(&config.control_socket, "the control socket")?;
         let control = ControlSocket::bind(&config.control_socket)?;
@@ -359,6 +360,8 @@ impl Switch {
             assignments: assignments.into_iter().zip(thread_counters).collect(),
             idle: IdlePolicy {
                 max_sleep: Duration::from_micros(u64::from(config.max_sleep_us)),
+                sleep_after: Duration::from_micros(u64::from(config.sleep_after_us)),
+                tsc_hz,
             },
             control,
             uplinks,

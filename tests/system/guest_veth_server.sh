@@ -5,7 +5,8 @@
 # (0% loss both ways); vpmd's per-port counters must equal what the guests'
 # eth0 counted, with no drops other than peer_down (frames the first guest
 # sent before the second was up). Run twice: MTU 1500, then MTU 9000 with
-# 8972-byte pings (jumbo frames).
+# 8972-byte pings (jumbo frames). Between pings the polling thread sleeps
+# (adaptive polling, the default): the guests' kicks must wake it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -55,6 +56,13 @@ run_case() {
   assert_no_drops vm0 vm1
   assert_accounting vm0 vm1
   assert_accounting vm1 vm0
+  # Adaptive polling (the default): between pings (1 s apart) the polling thread
+  # slept, and the guests' kicks (QEMU writing the kick eventfd) woke it.
+  local kicked
+  kicked=$(vpmd_stats_json | jq '[.threads[].woken_by_kick] | add')
+  ((kicked >= COUNT)) ||
+    fail "the polling thread was woken by a guest's kick $kicked times during $COUNT pings each way"
+  log "MTU $mtu: the polling thread was woken by a guest's kick $kicked times"
 
   stop_pid "$(guest_pid "$a")" TERM 10
   stop_pid "$(guest_pid "$b")" TERM 10

@@ -101,3 +101,56 @@ fn fds_pass_through_and_oversized_messages_end_the_relay() {
         "backend side closed"
     );
 }
+
+/// Reads an eventfd's counter without blocking (None: zero).
+#[allow(unsafe_code)]
+fn eventfd_count(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: F_GETFL/F_SETFL take no pointers; `fd` is open for the whole test.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut v = 0u64;
+    // SAFETY: an 8-byte read into a live 8-byte buffer.
+    let n = unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+    (n == 8).then_some(v)
+}
+
+#[test]
+fn the_frontends_kick_fd_is_kept_for_sleeping_threads_and_the_library_gets_ours() {
+    use vmm_sys_util::eventfd::EventFd;
+    const SET_VRING_KICK: u32 = FrontendReq::SET_VRING_KICK as u32;
+    let (front_peer, front) = UnixStream::pair().unwrap();
+    let (back, back_peer) = UnixStream::pair().unwrap();
+    let port = Arc::new(VirtioNetPort::new("t", [2, 0, 0, 0, 0, 1], 1500));
+    let ctx = RelayContext::detached(port.clone());
+    let relay = std::thread::spawn(move || run(front, back, &ctx));
+    let theirs = EventFd::new(0).unwrap();
+    let m = msg(SET_VRING_KICK, VERSION_1, &1u64.to_le_bytes());
+    front_peer
+        .send_with_fds(&[&m[..]], &[theirs.as_raw_fd()])
+        .unwrap();
+    let got = read_message(&back_peer).unwrap().unwrap();
+    assert_eq!(got.fds.len(), 1);
+    let kept = port.kick_fd(1).expect("queue 1's kick fd kept");
+    // A kick by the frontend shows on the kept fd, not on the library's.
+    theirs.write(5).unwrap();
+    assert_eq!(
+        eventfd_count(got.fds[0].as_raw_fd()),
+        None,
+        "the library gets vpmd's own eventfd"
+    );
+    assert_eq!(
+        eventfd_count(kept.as_raw_fd()),
+        Some(5),
+        "the frontend's, kept"
+    );
+    assert!(port.kick_fd(0).is_none());
+    // VRING_NOFD: polled only, nothing kept.
+    let m = msg(SET_VRING_KICK, VERSION_1, &(1u64 | 0x100).to_le_bytes());
+    (&front_peer).write_all(&m).unwrap();
+    let _ = read_message(&back_peer).unwrap().unwrap();
+    assert!(port.kick_fd(1).is_none(), "NOFD lets go of the old one");
+    drop(front_peer);
+    let _ = relay.join().unwrap();
+}

@@ -213,3 +213,42 @@ fn kicks_are_suppressed_by_flag_only_without_event_idx() {
     drop(ring.burst());
     assert_eq!(ring.used_flags(), 1, "VRING_USED_F_NO_NOTIFY");
 }
+
+/// `avail_event`, the device's kick threshold with EVENT_IDX (after the used ring).
+fn avail_event(g: &Guest, ring: &Ring) -> u16 {
+    g.read_u16(ring.used_addr + 4 + 8 * u64::from(ring.size))
+}
+
+#[test]
+fn kicks_requested_before_a_sleep_say_whether_chains_wait() {
+    let g = Guest::new();
+    let mut ring = g.ring(RING_A, 8);
+    // Without EVENT_IDX: NO_NOTIFY is cleared, and the next burst sets it again.
+    ring.set_event_idx(false);
+    drop(ring.burst());
+    assert_eq!(ring.used_flags(), 1);
+    assert!(!ring.burst().request_kicks(), "nothing available");
+    assert_eq!(ring.used_flags(), 0, "the driver may kick now");
+    drop(ring.burst());
+    assert_eq!(ring.used_flags(), 1, "polling again: no kicks");
+
+    // With EVENT_IDX: avail_event is where the device stands, so the driver kicks
+    // for the very next chain.
+    ring.set_event_idx(true);
+    ring.start_at(300);
+    assert!(!ring.burst().request_kicks());
+    assert_eq!(avail_event(&g, &ring), 300);
+
+    // A chain the driver made available after the burst opened (it did not see
+    // the request) is found by the look after the fence: no sleep.
+    let bufs = ring.tx_buffers(12, &pattern(60, 1), &[]);
+    let head = ring.write_chain(&bufs);
+    let mut q = ring.burst();
+    ring.make_available(head);
+    assert!(q.request_kicks(), "a chain waits: poll, do not sleep");
+    drop(q);
+    // Nothing was taken by that: the next burst pops it.
+    let mut q = ring.burst();
+    assert_eq!(q.pending(), 1);
+    assert!(q.pop().is_some());
+}

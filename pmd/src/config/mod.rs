@@ -32,6 +32,11 @@ pub const MAX_MACVLAN_PORTS: usize = 64;
 pub const MAX_UPLINK_QUEUES: u32 = 64;
 /// Longest idle sleep a polling thread may be given (`pmd.max_sleep_us`).
 pub const MAX_SLEEP_US: u32 = 10_000;
+/// Idle time after which a polling thread sleeps until a guest kicks, by default
+/// (`pmd.sleep_after_us`): a pause in traffic longer than this costs one wake-up.
+pub const DEFAULT_SLEEP_AFTER_US: u32 = 1_000;
+/// Largest `pmd.sleep_after_us` (10 s).
+pub const MAX_SLEEP_AFTER_US: u32 = 10_000_000;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +124,7 @@ struct RawPmd {
     keep_capabilities: Option<Vec<String>>,
     #[serde(default)]
     max_sleep_us: u32,
+    sleep_after_us: Option<u32>,
     metrics: Option<String>,
 }
 
@@ -351,6 +357,9 @@ pub struct Config {
     pub keep_capabilities: u64,
     /// Longest sleep of an idle polling thread, in microseconds (0: busy-poll).
     pub max_sleep_us: u32,
+    /// Idle time after which a polling thread sleeps until a guest kicks, in
+    /// microseconds (0: never, busy-poll as DPDK and OVS do).
+    pub sleep_after_us: u32,
     /// Where Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
     /// Ports, in file order.

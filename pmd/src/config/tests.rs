@@ -54,7 +54,11 @@ fn builtin_and_examples_parse() {
     let c = Config::builtin();
     assert_eq!(c.ports.len(), 2);
     assert_eq!(c.veths, vec![[0, 1]]);
+    assert_eq!(c.sleep_after_us, 1000, "adaptive polling by default");
     let c = parse(PAIR).unwrap();
+    assert_eq!(c.sleep_after_us, 1000);
+    let busy = parse(&PAIR.replace("cores = [1]", "cores = [1]\nsleep_after_us = 0")).unwrap();
+    assert_eq!(busy.sleep_after_us, 0, "busy polling one setting away");
     assert_eq!(c.ports[0].queue_pairs, 1, "one queue pair by default");
     let mq = parse(&PAIR.replace("mtu = 9000", "mtu = 9000\nqueues = 8")).unwrap();
     assert_eq!(mq.ports[1].queue_pairs, 8);
@@ -230,6 +234,12 @@ fn errors_name_the_field() {
             "cores = [1]",
             "max_sleep_us = 20000",
             "pmd.max_sleep_us",
+        ),
+        (
+            PAIR,
+            "cores = [1]",
+            "sleep_after_us = 20000000",
+            "pmd.sleep_after_us",
         ),
         (
             PAIR,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use super::{
     Config, ConfigError, Host, IdOrName, MacAddr, Macvlan, MacvlanMode, Mode, Port, RawConfig,
-    RawPort, DEFAULT_CONTROL_SOCKET, MAX_MACVLAN_PORTS, MAX_MTU, MAX_SLEEP_US, MAX_UPLINK_QUEUES,
-    MIN_MTU,
+    RawPort, DEFAULT_CONTROL_SOCKET, DEFAULT_SLEEP_AFTER_US, MAX_MACVLAN_PORTS, MAX_MTU,
+    MAX_SLEEP_AFTER_US, MAX_SLEEP_US, MAX_UPLINK_QUEUES, MIN_MTU,
 };
 
 /// Builds errors for one file.
@@ -152,11 +152,19 @@ pub(super) fn validate(raw: RawConfig, file: &str, host: &Host) -> Result<Config
             ),
         ));
     }
+    let sleep_after_us = raw.pmd.sleep_after_us.unwrap_or(DEFAULT_SLEEP_AFTER_US);
+    if sleep_after_us > MAX_SLEEP_AFTER_US {
+        return Err(err.at(
+            "pmd.sleep_after_us",
+            format!("{sleep_after_us} is above {MAX_SLEEP_AFTER_US} (10 s); 0 busy-polls"),
+        ));
+    }
     let metrics = validate_metrics(raw.pmd.metrics.as_deref(), &err)?;
     Ok(Config {
         cores,
         metrics,
         max_sleep_us: raw.pmd.max_sleep_us,
+        sleep_after_us,
         control_socket: raw
             .pmd
             .control_socket

@@ -18,12 +18,14 @@ pub mod offload;
 pub mod steer;
 pub mod veth;
 
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use vpmd_backend::net::{self, NetLayout, RxError, RxFrame, RxScratch};
 use vpmd_backend::port::{rx_queue, tx_queue, PortView, RingCache, VirtioNetPort};
 use vpmd_backend::seglist::SegList;
 use vpmd_backend::virtqueue::{QueueError, VirtQueue};
+use vpmd_backend::wake::Wake;
 
 use crate::counters::{CounterBlock, DropReason, PortCounters, PortTally};
 use crate::ratelimit::LogLimiter;
@@ -119,6 +121,38 @@ pub trait Stream: Send {
     fn as_macvlan(&mut self) -> Option<&mut macvlan::MacvlanShard> {
         None
     }
+    /// Before its thread sleeps (adaptive polling, see `pmd_thread`): registers
+    /// `wake` with every port the stream polls or delivers to, asks the drivers of
+    /// its source queues to kick, and looks at them a last time. Returns whether
+    /// frames are waiting (the thread polls on instead). A stream that cannot be
+    /// woken says so: the default keeps its thread polling.
+    fn request_kicks(&mut self, _wake: &Arc<Wake>) -> bool {
+        true
+    }
+    /// What its thread waits on while it sleeps: the kick eventfds of its source
+    /// queues, and sockets that have frames for it when readable (an uplink's).
+    /// Called after [`Stream::request_kicks`].
+    fn wait_fds(&self, _fds: &mut WaitFds) {}
+}
+
+/// What a sleeping polling thread waits on, gathered from its streams.
+#[derive(Default)]
+pub struct WaitFds {
+    /// The frontends' kick eventfds of the source queues: waited on edge-triggered
+    /// and never read (a frontend can make its eventfd blocking), held while waited
+    /// on.
+    pub kicks: Vec<Arc<OwnedFd>>,
+    /// Sockets with frames when readable (level-triggered); owned by the streams.
+    pub sockets: Vec<RawFd>,
+}
+
+impl WaitFds {
+    /// Adds `port`'s kick eventfd of TX queue pair `pair`, if its frontend gave one.
+    pub fn add_tx_kick(&mut self, port: &VirtioNetPort, pair: usize) {
+        if let Some(fd) = port.kick_fd(tx_queue(pair)) {
+            self.kicks.push(fd);
+        }
+    }
 }
 
 /// A vhost-user port as one stream holds it: the shared port and counters, and
@@ -158,6 +192,31 @@ impl VhostEndpoint {
     #[inline]
     pub fn flush(&mut self) {
         self.counters.flush(&mut self.tally);
+    }
+
+    /// [`request_tx_kicks`] for this port's own cache.
+    pub fn request_tx_kicks(&mut self, pair: usize, wake: &Arc<Wake>) -> bool {
+        request_tx_kicks(&mut self.cache, &self.port, pair, wake)
+    }
+}
+
+/// [`Stream::request_kicks`] for `port`'s TX queue of queue pair `pair`, read
+/// through `cache`: whether frames wait there. A queue not running has none (its
+/// start, or the connection's, changes the port's setup, which wakes the thread).
+pub fn request_tx_kicks(
+    cache: &mut RingCache,
+    port: &VirtioNetPort,
+    pair: usize,
+    wake: &Arc<Wake>,
+) -> bool {
+    port.wake_on_kick(wake);
+    let Some(view) = cache.rings(port) else {
+        return false;
+    };
+    match view.queue(tx_queue(pair)) {
+        Ok(Some(mut q)) => q.request_kicks(),
+        // A broken ring is counted by the next poll; it waits for a reset.
+        Ok(None) | Err(_) => false,
     }
 }
 

@@ -105,6 +105,17 @@ impl Stream for VethStream {
         }
     }
 
+    fn request_kicks(&mut self, wake: &std::sync::Arc<vpmd_backend::wake::Wake>) -> bool {
+        // The peer's setup changes (its connection closing) must wake us too: its
+        // cache is let go of by a poll.
+        self.dst.port.wake_on_kick(wake);
+        self.src.request_tx_kicks(self.pair, wake)
+    }
+
+    fn wait_fds(&self, fds: &mut super::WaitFds) {
+        fds.add_tx_kick(&self.src.port, self.pair);
+    }
+
     fn poll(&mut self, s: &mut Scratch) -> u32 {
         let pair = self.pair;
         let (src, dst) = (&mut self.src, &mut self.dst);

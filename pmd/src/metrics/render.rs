@@ -268,7 +268,7 @@ fn render_threads(w: &mut Writer, snap: &Snapshot) {
         &'static str,
         fn(&crate::counters::ThreadStats) -> u64,
     );
-    const THREAD_COUNTERS: [ThreadCounter; 4] = [
+    const THREAD_COUNTERS: [ThreadCounter; 7] = [
         (
             "vpmd_pmd_frames_total",
             "Frames the polling thread moved (delivered or dropped).",
@@ -288,6 +288,21 @@ fn render_threads(w: &mut Writer, snap: &Snapshot) {
             "vpmd_pmd_polls_total",
             "Polls (rounds over all its streams) the polling thread made.",
             |t| t.polls,
+        ),
+        (
+            "vpmd_pmd_waits_total",
+            "Times the polling thread slept until a guest kicked (adaptive polling).",
+            |t| t.waits,
+        ),
+        (
+            "vpmd_pmd_woken_by_kick_total",
+            "Sleeps of the polling thread that a guest's kick ended.",
+            |t| t.woken_by_kick,
+        ),
+        (
+            "vpmd_pmd_wait_timeouts_total",
+            "Sleeps of the polling thread that nothing ended before 100 ms.",
+            |t| t.wait_timeouts,
         ),
     ];
     for (name, help, get) in THREAD_COUNTERS {
@@ -396,6 +411,9 @@ mod tests {
                 busy_cycles: 3000,
                 idle_cycles: 7000,
                 polls: 99,
+                waits: 0,
+                woken_by_kick: 0,
+                wait_timeouts: 0,
                 tsc_hz: 2_000_000_000,
             }],
         }

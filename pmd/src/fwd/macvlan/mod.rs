@@ -29,6 +29,7 @@ pub mod ports;
 
 pub use self::ports::Released;
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use vpmd_backend::guest_mem::HostBuf;
@@ -36,6 +37,7 @@ use vpmd_backend::net;
 use vpmd_backend::offload::vnet_hdr;
 use vpmd_backend::port::RingCache;
 use vpmd_backend::seglist::SegList;
+use vpmd_backend::wake::Wake;
 use vpmd_uplink::packet_tap::PacketTap;
 use vpmd_uplink::rx::{RxFrame, XskReceiver};
 use vpmd_uplink::tx::XskTransmitter;
@@ -301,6 +303,31 @@ impl Stream for MacvlanShard {
 
     fn as_macvlan(&mut self) -> Option<&mut MacvlanShard> {
         Some(self)
+    }
+
+    fn request_kicks(&mut self, wake: &Arc<Wake>) -> bool {
+        // Frames left on the uplink's TX ring go out before we sleep.
+        self.tx.flush();
+        // Every VM, sender or not: a connection closing must wake the sweep.
+        for vm in &self.vms {
+            vm.port.wake_on_kick(wake);
+        }
+        let mut waiting = false;
+        for (k, cache) in self.tx_caches.iter_mut().enumerate() {
+            let (i, pair) = self.own[k];
+            waiting |= super::request_tx_kicks(cache, &self.vms[i].port, pair, wake);
+        }
+        waiting
+    }
+
+    fn wait_fds(&self, fds: &mut super::WaitFds) {
+        for &(i, pair) in &self.own {
+            fds.add_tx_kick(&self.vms[i].port, pair);
+        }
+        fds.sockets.push(self.rx.as_fd().as_raw_fd());
+        if let Some(tap) = &self.tap {
+            fds.sockets.push(tap.as_fd().as_raw_fd());
+        }
     }
 
     fn poll(&mut self, s: &mut Scratch) -> u32 {
