@@ -54,6 +54,18 @@ fn logged(log: &GuestRam, len: usize) -> Vec<u64> {
         .collect()
 }
 
+/// [`logged`] without the page of h's TX used ring: vpmd writes (and so marks) it
+/// too, whenever its idle polling thread asks h to kick before it sleeps (adaptive
+/// polling: `VRING_USED_F_NO_NOTIFY` cleared, or `avail_event` set), which may or may
+/// not happen during a test.
+fn logged_but_tx_used(vm: &HostileVm, log: &GuestRam, len: usize) -> Vec<u64> {
+    let tx_used = vm.tx_ring().layout.used / PAGE;
+    logged(log, len)
+        .into_iter()
+        .filter(|&p| p != tx_used)
+        .collect()
+}
+
 /// Offers `n` RX buffers, one per page from [`RX_BUFS`] + `first` pages on, as
 /// descriptors `first..first + n`.
 fn offer_rx(vm: &HostileVm, first: u16, n: u16) {
@@ -92,7 +104,7 @@ fn every_page_vpmd_writes_is_logged_and_the_ring_base_is_exact() {
     want.push(used_page);
     want.sort_unstable();
     assert_eq!(
-        logged(&log, log_len),
+        logged_but_tx_used(&vm, &log, log_len),
         want,
         "the four buffers filled and h's used ring, nothing else"
     );
@@ -157,7 +169,10 @@ fn a_log_that_is_no_shared_memory_is_refused_and_one_too_small_is_counted() {
     let s = sc.stats();
     // Two buffer pages and the used ring's page (page 1, inside the log).
     assert_eq!(fault(&s, "log_outside"), 2, "{s}");
-    assert_eq!(logged(&log, 1), [vm.rx_ring().layout.used / PAGE]);
+    assert_eq!(
+        logged_but_tx_used(&vm, &log, 1),
+        [vm.rx_ring().layout.used / PAGE]
+    );
     drop(vm);
     sc.finish(|_| {});
 }

@@ -34,6 +34,7 @@ use std::time::Duration;
 use vpmd_backend::wake::Wake;
 
 use crate::fwd::{Stream, WaitFds};
+use crate::ratelimit::LogLimiter;
 
 /// Longest single sleep, whatever wakes or does not wake the thread.
 pub const LONGEST_WAIT: Duration = Duration::from_millis(100);
@@ -69,6 +70,8 @@ pub struct KickWait {
     wanted: WaitFds,
     /// The thread's streams changed since the epoll set was built.
     streams_changed: bool,
+    /// A failing epoll would otherwise log at every try (one per idle period).
+    log: LogLimiter,
 }
 
 impl KickWait {
@@ -87,6 +90,7 @@ impl KickWait {
             registered: WaitFds::default(),
             wanted: WaitFds::default(),
             streams_changed: true,
+            log: LogLimiter::guest_errors(),
         }
     }
 
@@ -178,7 +182,12 @@ impl KickWait {
                 self.epoll.as_ref().map(AsRawFd::as_raw_fd)
             }
             Err(e) => {
-                log::warn!("pmd thread: cannot wait for kicks, polling on: {e}");
+                if let Some(held_back) = self.log.allow() {
+                    log::warn!(
+                        "pmd thread: cannot wait for kicks, polling on: {e} \
+                         ({held_back} similar messages held back)"
+                    );
+                }
                 None
             }
         }
