@@ -101,6 +101,11 @@ impl KickWait {
         self.after_cycles != 0 && idle >= self.after_cycles
     }
 
+    /// Idle cycles before sleeping (0: never).
+    pub fn after_cycles(&self) -> u64 {
+        self.after_cycles
+    }
+
     /// The thread's streams changed: its sockets may have closed, so the epoll set
     /// is built afresh before the next sleep.
     pub fn streams_changed(&mut self) {

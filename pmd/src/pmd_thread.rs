@@ -339,7 +339,14 @@ fn run(
                 }
                 // Slept or not (frames came meanwhile), the thread polls a whole
                 // `sleep_after` again before it tries: one try per idle period.
-                last_busy = last;
+                // After a sleep nothing ended, one empty poll is enough to go back
+                // to sleep: an idle thread then costs one poll per safety-net
+                // period, not `sleep_after` of spinning.
+                last_busy = if slept == Slept::TimedOut {
+                    last.wrapping_sub(kicks.after_cycles())
+                } else {
+                    last
+                };
             }
         }
         counters.publish(frames, busy, idle_cycles);
