@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -48,9 +48,16 @@ struct ThreadSlot {
     /// Odd while inside a bracketed call; bumped on every enter and leave.
     seq: AtomicU64,
     interrupts: AtomicU64,
+    /// The thread sleeps where it makes no bracketed call (see [`set_idle`]).
+    idle: AtomicBool,
 }
 
 static THREADS: Mutex<Vec<Arc<ThreadSlot>>> = Mutex::new(Vec::new());
+/// Where the watchdog waits while every registered thread is idle, and the threads
+/// waking up tell it so.
+static IDLE_WAIT: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+/// How long the watchdog waits while every registered thread is idle, at most.
+const IDLE_PERIOD: Duration = Duration::from_millis(500);
 static INSTALL: Once = Once::new();
 
 thread_local! {
@@ -96,6 +103,7 @@ pub fn register() -> Result<Registration, StallGuardError> {
         thread: unsafe { libc::pthread_self() },
         seq: AtomicU64::new(0),
         interrupts: AtomicU64::new(0),
+        idle: AtomicBool::new(false),
     });
     THREADS
         .lock()
@@ -148,6 +156,28 @@ impl Drop for Watched {
             s.seq.fetch_add(1, Ordering::Release);
         }
     }
+}
+
+/// The calling (registered) thread goes to sleep where it makes no bracketed call
+/// (`idle`), or is back. While every registered thread is idle the watchdog stops
+/// looking every [`PERIOD`] (200 wake-ups a second would be most of an idle vpmd's
+/// CPU) and waits until one is back. A slow path: it takes a lock when a thread
+/// comes back.
+pub fn set_idle(idle: bool) {
+    CURRENT.with(|c| {
+        if let Some(s) = c.borrow().as_ref() {
+            s.idle.store(idle, Ordering::SeqCst);
+            if !idle {
+                // Under the lock the watchdog checks the flags with before it waits:
+                // it either saw this thread awake or is waiting and gets the notice.
+                let _g = IDLE_WAIT
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                IDLE_WAIT.1.notify_all();
+            }
+        }
+    });
 }
 
 /// Adds 1 to the eventfd `fd` with one `write`, bracketed for the watchdog and
@@ -215,6 +245,29 @@ fn watch(stop: &AtomicBool) {
         }
         drop(threads);
         seen = now;
+        wait_while_all_idle(stop);
+    }
+}
+
+/// Returns at once unless every registered thread is idle; then waits until one is
+/// back, stop, or [`IDLE_PERIOD`]. An idle thread makes no bracketed call, so
+/// nothing can get stuck meanwhile.
+fn wait_while_all_idle(stop: &AtomicBool) {
+    let g = IDLE_WAIT
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let all_idle = || {
+        let threads = THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !threads.is_empty() && threads.iter().all(|s| s.idle.load(Ordering::SeqCst))
+    };
+    if all_idle() && !stop.load(Ordering::Acquire) {
+        let _ = IDLE_WAIT
+            .1
+            .wait_timeout(g, IDLE_PERIOD)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
 }
 
@@ -226,6 +279,13 @@ impl Watchdog {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
+        {
+            let _g = IDLE_WAIT
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            IDLE_WAIT.1.notify_all();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -255,6 +315,34 @@ mod tests {
             let n = unsafe { libc::write(fd, (&raw const max).cast(), 8) };
             assert_eq!(n, 8);
             // This write blocks (the counter is saturated) until interrupted.
+            let err = signal_eventfd(fd).unwrap_err();
+            // SAFETY: closing our own fd.
+            unsafe { libc::close(fd) };
+            (err.raw_os_error(), reg.interrupts())
+        });
+        let (errno, interrupts) = t.join().unwrap();
+        assert_eq!(errno, Some(libc::EINTR));
+        assert!(interrupts >= 1);
+        dog.stop();
+    }
+
+    #[test]
+    fn a_thread_back_from_idle_is_watched_again() {
+        let dog = start().unwrap();
+        let t = thread::spawn(|| {
+            let reg = register().unwrap();
+            // Idle long enough for the watchdog to rest, then back: the watchdog
+            // must look again, or the blocked write below would never return.
+            set_idle(true);
+            thread::sleep(Duration::from_millis(50));
+            set_idle(false);
+            // SAFETY: eventfd takes no pointers; blocking on purpose (no EFD_NONBLOCK).
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            assert!(fd >= 0);
+            let max = u64::MAX - 1;
+            // SAFETY: writes 8 bytes from a local u64 to our own fd.
+            let n = unsafe { libc::write(fd, (&raw const max).cast(), 8) };
+            assert_eq!(n, 8);
             let err = signal_eventfd(fd).unwrap_err();
             // SAFETY: closing our own fd.
             unsafe { libc::close(fd) };

@@ -149,7 +149,10 @@ impl KickWait {
             self.wake.awake();
             return Slept::No;
         }
+        // No bracketed call while asleep: the stall watchdog may rest too.
+        vpmd_backend::stall_guard::set_idle(true);
         let (events, kicked, _) = wait_events(epoll, LONGEST_WAIT.as_millis() as libc::c_int);
+        vpmd_backend::stall_guard::set_idle(false);
         self.wake.awake();
         match (events, kicked) {
             (0, _) => Slept::TimedOut,
